@@ -1,0 +1,33 @@
+# Set-up and entry points. `make demo` and `make test` build .venv from nothing when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch; override for a GPU machine, e.g. `make TORCH="torch==2.13.0 --index-url ..."`.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench train-digits clean
+
+$(BIN)/migm: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(BIN)/migm
+
+demo: $(BIN)/migm
+	$(BIN)/migm models
+	$(BIN)/migm generate --model maskgit-digits --classes 0-9 --per-class 8 --steps 16 --seed 0 --out demo/grid.png
+	$(BIN)/migm score --model maskgit-digits --samples 1000 --steps 16 --seed 0
+
+test: $(BIN)/migm
+	$(BIN)/python -m pytest
+
+bench: $(BIN)/migm
+	$(BIN)/python benchmarks/sampler.py
+
+# Re-trains the shipped digits base and classifier (seeded; about 25 minutes on 2 cores).
+train-digits: $(BIN)/migm
+	$(BIN)/python -m trajectories.base.train_digits --out trajectories/base/weights
+
+clean:
+	rm -rf $(VENV) demo

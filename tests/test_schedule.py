@@ -1,0 +1,43 @@
+import pytest
+
+from trajectories.errors import MigmError
+from trajectories.schedule import full_steps, mask_ratios, token_schedule
+
+
+@pytest.mark.parametrize("L", [64, 256, 1024])
+def test_token_counts_sum_to_L_and_are_positive(L):
+    for N in range(1, 65):
+        counts = token_schedule(L, N)
+        assert len(counts) == N and sum(counts) == L and min(counts) >= 1, (L, N, counts)
+
+
+def test_arccos_schedule_unmasks_few_tokens_first():
+    counts = token_schedule(256, 12)
+    assert counts[0] < counts[len(counts) // 2] < counts[-1] + counts[-2]
+    assert mask_ratios(256, 12)[-1] == 0.0
+
+
+def test_full_steps_are_distinct_increasing_and_start_at_zero():
+    for N in range(1, 65):
+        for B in range(1, N + 1):
+            idx = full_steps(N, B)
+            assert len(idx) == B and idx[0] == 0 and idx[-1] < N
+            assert all(a < b for a, b in zip(idx, idx[1:])), (N, B, idx)
+        assert full_steps(N, N) == list(range(N))
+
+
+def test_published_example_placement():
+    assert full_steps(32, 12) == [0, 3, 5, 8, 11, 13, 16, 19, 21, 24, 27, 29]
+
+
+@pytest.mark.parametrize("N, B", [(8, 0), (8, 9), (4, -1)])
+def test_bad_budget_is_a_user_error(N, B):
+    with pytest.raises(MigmError):
+        full_steps(N, B)
+
+
+def test_more_steps_than_tokens_is_a_user_error():
+    with pytest.raises(MigmError):
+        token_schedule(64, 65)
+    with pytest.raises(MigmError):
+        token_schedule(64, 0)

@@ -1,0 +1,224 @@
+"""The MaskGIT bidirectional transformer, key-compatible with the published MaskGIT v1.0 checkpoints.
+
+Token ids: image codes 0…V−1, mask V, classes V+1…V+num_classes, null class V+num_classes+1.
+Sequence: L image tokens, then 1 class token. The feature is the output of `last_layer`; logits are
+`feature @ tok_emb.weight.T + bias`, sliced to the L image positions and the V codes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class MaskGITConfig:
+    grid: int = 16  # tokens per side: L = grid * grid
+    codebook_size: int = 1024  # V
+    num_classes: int = 1000
+    hidden_dim: int = 768  # D
+    depth: int = 24
+    heads: int = 16
+    mlp_dim: int = 3072
+    dropout: float = 0.1
+
+    @property
+    def L(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def vocab_size(self) -> int:
+        return self.codebook_size + 1 + self.num_classes + 1
+
+
+# --- blocks (names follow the published state dict) ---------------------------------------------
+
+
+class PreNorm(nn.Module):
+    def __init__(self, dim: int, fn: nn.Module):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.norm(x), *context)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with a packed in-projection (`mha.in_proj_weight`)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.mha = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True, bias=True)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        kv = x if context is None else context
+        return self.mha(x, kv, kv, need_weights=False)[0]
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.ModuleList([PreNorm(dim, Attention(dim, heads, dropout)), PreNorm(dim, FeedForward(dim, mlp_dim, dropout))])
+            for _ in range(depth)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for attn, ff in self.layers:
+            x = x + attn(x)
+            x = x + ff(x)
+        return x
+
+
+class MaskTransformer(nn.Module):
+    def __init__(self, cfg: MaskGITConfig):
+        super().__init__()
+        self.cfg = cfg
+        D, p = cfg.hidden_dim, cfg.dropout
+        self.tok_emb = nn.Embedding(cfg.vocab_size, D)
+        self.pos_emb = nn.Parameter(torch.zeros(1, cfg.L + 1, D))
+        self.first_layer = nn.Sequential(
+            nn.LayerNorm(D, eps=1e-12), nn.Dropout(p), nn.Linear(D, D), nn.GELU(),
+            nn.LayerNorm(D, eps=1e-12), nn.Dropout(p), nn.Linear(D, D),
+        )  # fmt: skip
+        self.transformer = TransformerEncoder(D, cfg.depth, cfg.heads, cfg.mlp_dim, p)
+        self.last_layer = nn.Sequential(
+            nn.LayerNorm(D, eps=1e-12), nn.Dropout(p), nn.Linear(D, D), nn.GELU(), nn.LayerNorm(D, eps=1e-12)
+        )
+        self.bias = nn.Parameter(torch.zeros(cfg.L + 1, cfg.vocab_size))
+        # Small embedding init: with N(0, 1) the class token is drowned out and conditioning is weak.
+        nn.init.trunc_normal_(self.tok_emb.weight, std=0.02)
+        nn.init.trunc_normal_(self.pos_emb, std=0.02)
+
+    def input_ids(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """[B, L] image tokens + [B] class ids (num_classes = null) -> [B, L+1] sequence ids."""
+        cls = cond.long().view(-1, 1) + self.cfg.codebook_size + 1
+        return torch.cat([tokens.long(), cls], dim=1)
+
+    def features(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.tok_emb(ids) + self.pos_emb
+        x = self.first_layer(x)
+        x = self.transformer(x)
+        return self.last_layer(x)
+
+    def head(self, feature: torch.Tensor) -> torch.Tensor:
+        """Feature [B, L+1, D] -> logits [B, L, V] over image codes (mask and class rows skipped)."""
+        L, V = self.cfg.L, self.cfg.codebook_size
+        return feature[:, :L] @ self.tok_emb.weight[:V].T + self.bias[:L, :V]
+
+
+def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Strict load whose error names the missing, unexpected or mis-shaped keys."""
+    from trajectories.errors import MigmError
+
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
+    problems = []
+    if missing:
+        problems.append("missing keys: " + ", ".join(missing[:8]) + (" …" if len(missing) > 8 else ""))
+    if extra:
+        problems.append("unexpected keys: " + ", ".join(extra[:8]) + (" …" if len(extra) > 8 else ""))
+    if shapes:
+        problems.append("wrong shapes: " + ", ".join(shapes[:8]))
+    if problems:
+        raise MigmError(f"{what}: " + "; ".join(problems))
+    module.load_state_dict(state, strict=True)
+
+
+def fingerprint(config: dict, state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the config (sorted JSON) and every tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class MaskGIT:
+    """A class-conditional MaskGIT as a `BaseModel` (see DESIGN.md, Contracts)."""
+
+    C = 1  # one class token after the L image tokens
+
+    def __init__(
+        self,
+        name: str,
+        cfg: MaskGITConfig,
+        net: MaskTransformer,
+        decoder: Callable[[torch.Tensor], torch.Tensor],
+        sampler_defaults: dict | None = None,
+        extra_config: dict | None = None,
+    ):
+        self.name = name
+        self.cfg = cfg
+        self.net = net.eval().requires_grad_(False)
+        self.decoder = decoder
+        self.sampler_defaults = dict(sampler_defaults or {})
+        self._extra_config = dict(extra_config or {})
+        self._fingerprint: str | None = None
+
+    # dims
+    L = property(lambda self: self.cfg.L)
+    D = property(lambda self: self.cfg.hidden_dim)
+    V = property(lambda self: self.cfg.codebook_size)
+    mask_id = property(lambda self: self.cfg.codebook_size)
+    num_classes = property(lambda self: self.cfg.num_classes)
+    device = property(lambda self: self.net.bias.device)
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            config = {"name": self.name, **asdict(self.cfg), **self._extra_config}
+            self._fingerprint = fingerprint(config, self.net.state_dict())
+        return self._fingerprint
+
+    def to(self, device: str | torch.device) -> "MaskGIT":
+        self.net.to(device)
+        return self
+
+    @torch.no_grad()
+    def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feature = self.net.features(self.net.input_ids(tokens, cond))
+        return self.net.head(feature), feature
+
+    @torch.no_grad()
+    def head(self, feature: torch.Tensor) -> torch.Tensor:
+        return self.net.head(feature)
+
+    @torch.no_grad()
+    def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.net.tok_emb(ids.long()) + self.net.pos_emb[0, positions.long()]
+
+    def null_cond(self, batch: int) -> torch.Tensor:
+        return torch.full((batch,), self.cfg.num_classes, dtype=torch.long, device=self.device)
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.decoder(tokens)
+
+
+def masked_token_loss(net: MaskTransformer, tokens: torch.Tensor, cond: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the true codes at masked positions (the MaskGIT training objective)."""
+    inp = tokens.masked_fill(masked, net.cfg.codebook_size)
+    logits = net.head(net.features(net.input_ids(inp, cond)))
+    return F.cross_entropy(logits[masked], tokens[masked])

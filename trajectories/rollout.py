@@ -1,0 +1,185 @@
+"""THE sampling loop. Vanilla sampling, shortcut sampling and trajectory dumping all run through
+`rollout`: a predictor replaces the base at non-full steps, a recorder watches every step.
+
+Randomness is per sample: sample i draws all its noise from its own seed, so a sample's trajectory
+does not depend on which batch it ran in (dataset resume and sharding rely on this).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from trajectories.errors import MigmError
+from trajectories.schedule import full_steps, token_schedule
+
+
+@dataclass
+class SamplerConfig:
+    steps: int = 16  # N
+    budget: int | None = None  # B full steps; None means every step is full
+    guidance: float = 2.8  # w: CFG weight reached at the last step (linear ramp from 0)
+    r_temp: float = 7.0  # Gumbel noise on confidence, annealed to 0
+    sm_temp: float = 1.0  # softmax temperature multiplier on logits
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Predictor(Protocol):
+    def reset(self) -> None: ...
+
+    def observe(self, step: int, feature: torch.Tensor) -> None: ...
+
+    def predict(
+        self,
+        step: int,
+        feature: torch.Tensor,
+        new_emb: torch.Tensor,
+        new_pos: torch.Tensor,
+        new_valid: torch.Tensor,
+        mask_ratio: torch.Tensor,
+    ) -> torch.Tensor:
+        """Feature of `step` from the previous step's feature and the tokens unmasked there."""
+        ...
+
+
+# recorder(step, feature [B·branches, L+C, D], new_ids [B, k], new_pos [B, k]) after each step
+Recorder = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass
+class RolloutResult:
+    tokens: torch.Tensor  # [B, L] final tokens
+    order: torch.Tensor  # [B, L] step at which each position was unmasked
+    step_times: list[float] = field(default_factory=list)  # seconds per step
+    full: list[int] = field(default_factory=list)  # indices of the full steps
+
+    @property
+    def total_time(self) -> float:
+        return float(sum(self.step_times))
+
+
+def sample_seeds(seed: int, start: int, count: int) -> list[int]:
+    """Per-sample seeds derived from the run seed and the sample's global index."""
+    return [int(np.random.SeedSequence([seed, i]).generate_state(1, np.uint64)[0] >> 1) for i in range(start, start + count)]
+
+
+def _noise(seeds: list[int], N: int, L: int, device: torch.device) -> torch.Tensor:
+    """[B, N, 2, L] uniforms: per step, one for token sampling and one for the Gumbel confidence."""
+    out = torch.empty(len(seeds), N, 2, L)
+    for i, s in enumerate(seeds):
+        out[i] = torch.rand(N, 2, L, generator=torch.Generator().manual_seed(s))
+    return out.clamp_(1e-10, 1 - 1e-7).to(device)
+
+
+class _StepClock:
+    """Per-step wall time; CUDA events on GPU so the loop is not synchronised every step."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            self.marks.append(e)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def durations(self) -> list[float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [a.elapsed_time(b) / 1000 for a, b in zip(self.marks, self.marks[1:])]
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
+@torch.no_grad()
+def rollout(
+    base,
+    cond: torch.Tensor,
+    seeds: list[int],
+    config: SamplerConfig,
+    predictor: Predictor | None = None,
+    recorder: Recorder | None = None,
+) -> RolloutResult:
+    """Sample `len(cond)` token grids with `config.steps` steps.
+
+    With CFG (guidance > 0) the conditional and unconditional branches run as one batch of 2B,
+    conditional first; features handed to the predictor and recorder cover both branches.
+    """
+    N, L, device = config.steps, base.L, base.device
+    B_full = config.budget if config.budget is not None else N
+    counts = token_schedule(L, N)
+    full = full_steps(N, B_full)
+    if predictor is None:  # no predictor: vanilla sampling, every step is full whatever the budget
+        full = list(range(N))
+    if len(seeds) != len(cond):
+        raise MigmError(f"got {len(seeds)} seeds for {len(cond)} samples")
+
+    batch = len(cond)
+    cond = cond.to(device)
+    cfg = config.guidance > 0
+    branch_cond = torch.cat([cond, base.null_cond(batch)]) if cfg else cond
+    branches = 2 if cfg else 1
+    noise = _noise(seeds, N, L, device)
+    tokens = torch.full((batch, L), base.mask_id, dtype=torch.long, device=device)
+    order = torch.full((batch, L), -1, dtype=torch.long, device=device)
+    remaining = L
+    is_full = [False] * N
+    for s in full:
+        is_full[s] = True
+
+    if predictor is not None:
+        predictor.reset()
+    clock = _StepClock(device)
+    clock.mark()
+    feature = step_input = None
+    for s in range(N):
+        if is_full[s]:
+            logits, feature = base.forward(tokens.repeat(branches, 1), branch_cond)
+            if predictor is not None:
+                predictor.observe(s, feature)
+        else:
+            feature = predictor.predict(s, feature, *step_input)
+            logits = base.head(feature)
+
+        frac = s / (N - 1) if N > 1 else 0.0
+        logits = logits.float()
+        if cfg:
+            w = config.guidance * frac
+            logits = (1 + w) * logits[:batch] - w * logits[batch:]
+
+        # Sample a token everywhere by inverse CDF, then keep the k most confident masked positions.
+        log_probs = torch.log_softmax(logits * config.sm_temp, dim=-1)
+        cdf = log_probs.exp().cumsum(-1)
+        u = noise[:, s, 0].unsqueeze(-1) * cdf[..., -1:]
+        sampled = (cdf < u).sum(-1).clamp_(max=base.V - 1)
+        confidence = log_probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
+        gumbel = -torch.log(-torch.log(noise[:, s, 1]))
+        confidence = confidence + config.r_temp * (1 - frac) * gumbel
+        confidence = confidence.masked_fill(tokens != base.mask_id, -torch.inf)
+        k = counts[s]
+        new_pos = confidence.topk(k, dim=-1).indices
+        new_ids = sampled.gather(-1, new_pos)
+        tokens.scatter_(1, new_pos, new_ids)
+        order.scatter_(1, new_pos, s)
+        remaining -= k
+
+        if recorder is not None:
+            recorder(s, feature, new_ids, new_pos)
+        if s + 1 < N and not is_full[s + 1]:
+            new_emb = base.embed(new_ids, new_pos).repeat(branches, 1, 1)
+            pos = new_pos.repeat(branches, 1)
+            valid = torch.ones_like(pos, dtype=torch.bool)
+            ratio = torch.full((batch * branches,), remaining / L, device=device)
+            step_input = (new_emb, pos, valid, ratio)
+        clock.mark()
+
+    return RolloutResult(tokens=tokens, order=order, step_times=clock.durations(), full=full)
+
