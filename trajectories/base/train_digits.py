@@ -11,6 +11,7 @@ guidance and temperatures on the held-out classifier and records the best as sam
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import time
@@ -24,6 +25,8 @@ from safetensors.torch import save_file
 from trajectories.base.digits import LEVELS, DigitClassifier, decode_digits, load_digits_split, score_digits, shift
 from trajectories.base.maskgit import MaskGIT, MaskGITConfig, MaskTransformer, masked_token_loss
 from trajectories.rollout import SamplerConfig, rollout, sample_seeds
+
+print = functools.partial(print, flush=True)  # progress shows up in logs as it happens
 
 
 def train_classifier(data: dict, seed: int, epochs: int = 60, log=print) -> tuple[DigitClassifier, float]:

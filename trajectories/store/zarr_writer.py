@@ -1,0 +1,51 @@
+"""Write one Zarr v3 shard (a group of arrays) under a temporary name; `commit` renames it.
+
+Features are chunked one row per chunk (whole-sample reads are one decompression) and packed into
+Zarr shards of `rows_per_object` rows, so a dataset shard is a handful of files, not one per row.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+from trajectories.store.codecs import Codec
+from trajectories.store.schema import Dims, field_specs
+
+
+class ZarrShardWriter:
+    def __init__(self, path: Path, rows: int, dims: Dims, codec: Codec, rows_per_object: int = 16, level: int = 3):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.group = zarr.open_group(str(self.tmp), mode="w", zarr_format=3)
+        self.arrays = {}
+        per_object = min(rows_per_object, rows)
+        for name, (shape, dtype) in field_specs(dims, codec).items():
+            self.arrays[name] = self.group.create_array(
+                name,
+                shape=(rows, *shape),
+                dtype=dtype,
+                chunks=(1, *shape),
+                shards=(per_object, *shape),
+                compressors=ZstdCodec(level=level, checksum=True),  # a flipped byte fails loudly
+                fill_value=0,
+            )
+
+    def write(self, start: int, fields: dict[str, np.ndarray]) -> None:
+        """Rows [start, start + n) of every field."""
+        for name, array in self.arrays.items():
+            array[start : start + len(fields[name])] = fields[name]
+
+    def commit(self) -> None:
+        if self.path.exists():  # a stale shard from an overwritten dump
+            shutil.rmtree(self.path)
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
