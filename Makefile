@@ -15,6 +15,7 @@ $(BIN)/migm: pyproject.toml
 	touch $(BIN)/migm
 
 demo: $(BIN)/migm
+	mkdir -p demo
 	$(BIN)/migm models
 	$(BIN)/migm generate --model maskgit-digits --classes 0-9 --per-class 8 --steps 16 --seed 0 --out demo/grid.png
 	$(BIN)/migm score --model maskgit-digits --samples 1000 --steps 16 --seed 0

@@ -20,6 +20,16 @@ from trajectories.rollout import rollout, sample_seeds
 from trajectories.sample import resolve_device, sampler_config
 
 
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="maskgit-digits")
@@ -44,7 +54,7 @@ def main() -> None:
                      "ms_min": 1000 * min(times), "ms_max": 1000 * max(times),
                      "ms_per_step_per_image": 1000 * statistics.median(times) / N})  # fmt: skip
 
-    where = {"device": device, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+    where = {"device": device, "threads": torch.get_num_threads(), "cpu": cpu_name(),
              "torch": torch.__version__, "batch": args.batch, "model": args.model, "guidance": config.guidance}  # fmt: skip
     print(f"vanilla sampling, {args.model}, batch {args.batch}, {device}, {where['threads']} threads")
     print(f"| N | ms / image (median) | min-max | ms / step / image |")
