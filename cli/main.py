@@ -241,3 +241,7 @@ def push(
             console.print(f"  {f}", markup=False, highlight=False)
         console.rule("dataset card (README.md)")
         console.print(result["card"], markup=False, highlight=False)
+
+
+if __name__ == "__main__":  # `python -m cli.main …`, e.g. under torchrun
+    app()

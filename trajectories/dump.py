@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -160,7 +159,7 @@ def dump_trajectories(cfg: DumpConfig, device: str = "auto", overwrite: bool = F
     """Dump `cfg.num_samples` trajectories to `cfg.out`; returns the manifest."""
     from accelerate import PartialState
 
-    state = PartialState(cpu=device == "cpu")
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
     device = resolve_device(device) if state.num_processes == 1 else str(state.device)
     base = get_base(cfg.model, device=device)
     intended = plan(cfg, base)
@@ -175,7 +174,6 @@ def dump_trajectories(cfg: DumpConfig, device: str = "auto", overwrite: bool = F
         return done
 
     total = -(-cfg.num_samples // cfg.shard_size)
-    t0 = time.perf_counter()
     for k in range(state.process_index, total, state.num_processes):
         if (out / shard_name(cfg.format, k, total)).exists():  # whole: only complete shards get this name
             if progress is not None:
@@ -186,12 +184,12 @@ def dump_trajectories(cfg: DumpConfig, device: str = "auto", overwrite: bool = F
 
     manifest = None
     if state.is_main_process:
-        manifest = finish(out, intended, total, time.perf_counter() - t0)
+        manifest = finish(out, intended, total, processes=state.num_processes)
     state.wait_for_everyone()
     return manifest or json.loads((out / MANIFEST).read_text())
 
 
-def finish(out: Path, intended: dict, total: int, seconds: float) -> dict:
+def finish(out: Path, intended: dict, total: int, processes: int) -> dict:
     """Checksum every shard, render the card, then commit `dataset.json` (written last)."""
     from cards import render_dataset_card
 
@@ -200,7 +198,8 @@ def finish(out: Path, intended: dict, total: int, seconds: float) -> dict:
         name = shard_name(intended["format"], k, total)
         rows = (min((k + 1) * intended["shard_size"], intended["num_samples"]) - k * intended["shard_size"]) * intended["branches"]
         shards.append({"name": name, "rows": rows, "sha256": sha256_path(out / name), "bytes": path_size(out / name)})
-    manifest = {**intended, "shards": shards, "rows": sum(s["rows"] for s in shards), "created_by": f"migm {__version__}"}
+    manifest = {**intended, "shards": shards, "rows": sum(s["rows"] for s in shards), "created_by": f"migm {__version__}",
+                "processes": processes}  # fmt: skip
     (out / "README.md").write_text(render_dataset_card(manifest))
     write_json_atomic(out / MANIFEST, manifest)
     (out / PENDING).unlink(missing_ok=True)
