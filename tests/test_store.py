@@ -9,7 +9,7 @@ import torch
 from trajectories.base import get_base
 from trajectories.dump import DumpConfig, dump_trajectories
 from trajectories.errors import MigmError
-from trajectories.pairs import PairStream, collate_pairs, pair_loader, row_pairs
+from trajectories.pairs import PairStream, all_pairs, pair_loader
 from trajectories.rollout import SamplerConfig, rollout, sample_seeds
 from trajectories.schedule import mask_ratios
 from trajectories.store.codecs import parse_codec
@@ -95,29 +95,38 @@ def test_datasets_load_dataset_reads_the_parquet_folder(dumps):
 
 def test_pairs_follow_the_definition(dumps):
     ds = open_dataset(dumps["zarr", "lossless"])
+    rows = ds.rows(2, 3)
     row = ds[2]
-    pairs = row_pairs(row, mask_id=17)
-    assert len(pairs) == 4
+    batch = all_pairs(rows, mask_id=17)
+    assert batch["step"].tolist() == [0, 1, 2, 3]
     ratios = mask_ratios(64, 5)
-    for s, p in enumerate(pairs):
-        assert np.array_equal(p["feature"], row["features"][s]) and np.array_equal(p["target"], row["features"][s + 1])
-        assert (row["order"][p["new_pos"]] == s).all() and np.array_equal(p["new_ids"], row["tokens"][p["new_pos"]])
-        assert abs(p["mask_ratio"] - ratios[s]) < 1e-6 and p["still_masked"].sum() == round(ratios[s] * 64)
-        assert ((p["tokens"] == 17) == p["still_masked"]).all()
-    batch = collate_pairs(pairs)
-    assert batch["new_valid"].sum(1).tolist() == [len(p["new_pos"]) for p in pairs]
+    for s in range(4):
+        valid = batch["new_valid"][s]
+        pos, ids = batch["new_pos"][s][valid].numpy(), batch["new_ids"][s][valid].numpy()
+        assert np.array_equal(batch["feature"][s].numpy(), row["features"][s].astype(np.float32))
+        assert np.array_equal(batch["target"][s].numpy(), row["features"][s + 1].astype(np.float32))
+        assert sorted(pos.tolist()) == np.flatnonzero(row["order"] == s).tolist()
+        assert np.array_equal(ids, row["tokens"][pos])
+        assert abs(batch["mask_ratio"][s].item() - ratios[s]) < 1e-6
+        assert batch["still_masked"][s].sum().item() == round(ratios[s] * 64)
+        assert ((batch["tokens"][s] == 17) == batch["still_masked"][s]).all()
+    # steps unmask different numbers of tokens: K is padded to the largest
+    assert batch["new_valid"].sum(1).tolist() == [int((row["order"] == s).sum()) for s in range(4)]
 
 
 def test_pair_stream_is_deterministic_and_splits_ranks(dumps):
     root = dumps["zarr", "lossless"]
     key = lambda b: list(zip(b["step"].tolist(), b["feature"][:, 0, 0].tolist()))  # noqa: E731
-    first = [key(b) for b in pair_loader(PairStream(root, seed=1), batch_size=7)]
-    again = [key(b) for b in pair_loader(PairStream(root, seed=1), batch_size=7)]
-    assert first == again
-    ranks = [PairStream(root, seed=1, rank=r, world=2) for r in range(2)]
+    first = [key(b) for b in pair_loader(PairStream(root, batch_size=7, seed=1, block_rows=4))]
+    again = [key(b) for b in pair_loader(PairStream(root, batch_size=7, seed=1, block_rows=4))]
+    other = [key(b) for b in pair_loader(PairStream(root, batch_size=7, seed=2, block_rows=4))]
+    assert first == again and first != other
+    assert sum(len(k) for k in first) == 20 * 4
+    ranks = [PairStream(root, seed=1, rank=r, world=2, block_rows=4) for r in range(2)]
     mine = [set(map(int, s.my_rows())) for s in ranks]
     assert not mine[0] & mine[1] and mine[0] | mine[1] == set(range(20))
-    two_workers = sum(len(b["step"]) for b in pair_loader(PairStream(root, seed=1), batch_size=7, workers=2))
+    assert sum(s.num_pairs() for s in ranks) == 20 * 4
+    two_workers = sum(len(b["step"]) for b in pair_loader(PairStream(root, batch_size=7, block_rows=4), workers=2))
     assert two_workers == 20 * 4
 
 

@@ -1,8 +1,9 @@
 """Training pairs from trajectories: pair s = (f_s, new tokens of step s, mask ratio after step s) → f_{s+1}.
 
-`PairStream` is an IterableDataset: rows are shuffled by (seed, epoch), split across accelerate
-ranks and DataLoader workers, each row is read whole (one chunk per field) and its N−1 pairs are
-shuffled within a small block of rows. `collate_pairs` pads the new tokens so batches mix steps.
+`PairStream` is an IterableDataset of ready batches: blocks of rows are shuffled by (seed, epoch)
+and split across accelerate ranks and DataLoader workers; each block is read whole (one read per
+field), and the (row, step) pairs of a buffer of blocks are shuffled and gathered into batches with
+numpy indexing. New tokens are padded to the batch's largest K with `new_valid`, so batches mix steps.
 """
 
 from __future__ import annotations
@@ -17,92 +18,107 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from trajectories.store.dataset import TrajectoryDataset, open_dataset
 
 
-def row_pairs(row: dict[str, np.ndarray], mask_id: int) -> list[dict[str, np.ndarray]]:
-    """All N−1 pairs of one trajectory row."""
-    order, tokens, feats = row["order"].astype(np.int64), row["tokens"].astype(np.int64), row["features"]
-    N, L = feats.shape[0], order.shape[0]
-    out = []
-    for s in range(N - 1):
-        new_pos = np.flatnonzero(order == s)
-        out.append({
-            "feature": feats[s],
-            "target": feats[s + 1],
-            "new_ids": tokens[new_pos],
-            "new_pos": new_pos,
-            "mask_ratio": np.float32((order > s).sum() / L),
-            "still_masked": order > s,
-            "tokens": np.where(order <= s, tokens, mask_id),  # the token state after step s
-            "step": s,
-            "cond": row["cond"],
-            "branch": row["branch"],
-        })  # fmt: skip
-    return out
-
-
-def collate_pairs(items: Sequence[dict]) -> dict[str, torch.Tensor]:
-    """Stack pairs; new tokens padded to the longest K with `new_valid` marking the real ones."""
-    K = max(len(p["new_pos"]) for p in items)
-    B = len(items)
-    new_ids = torch.zeros(B, K, dtype=torch.long)
-    new_pos = torch.zeros(B, K, dtype=torch.long)
-    new_valid = torch.zeros(B, K, dtype=torch.bool)
-    for i, p in enumerate(items):
-        k = len(p["new_pos"])
-        new_ids[i, :k] = torch.from_numpy(p["new_ids"])
-        new_pos[i, :k] = torch.from_numpy(p["new_pos"])
-        new_valid[i, :k] = True
-    stack = lambda key, dtype: torch.from_numpy(np.stack([p[key] for p in items])).to(dtype)  # noqa: E731
+def pair_batch(rows: dict[str, np.ndarray], r: np.ndarray, s: np.ndarray, mask_id: int) -> dict[str, torch.Tensor]:
+    """Pairs (row r[i], step s[i]) of decoded `rows` as one batch of tensors."""
+    order = rows["order"][r].astype(np.int64)  # [P, L]
+    tokens = rows["tokens"][r].astype(np.int64)
+    s_col = s[:, None]
+    is_new = order == s_col
+    counts = is_new.sum(1)
+    K = int(counts.max())
+    new_pos = np.argsort(~is_new, axis=1, kind="stable")[:, :K]  # positions unmasked at step s first
+    new_valid = np.arange(K)[None] < counts[:, None]
+    new_pos = np.where(new_valid, new_pos, 0)
+    new_ids = np.where(new_valid, np.take_along_axis(tokens, new_pos, 1), 0)
+    still_masked = order > s_col
+    feats = torch.from_numpy(rows["features"])
+    r_t, s_t = torch.from_numpy(r), torch.from_numpy(s)
     return {
-        "feature": stack("feature", torch.float32),
-        "target": stack("target", torch.float32),
-        "new_ids": new_ids,
-        "new_pos": new_pos,
-        "new_valid": new_valid,
-        "mask_ratio": stack("mask_ratio", torch.float32),
-        "still_masked": stack("still_masked", torch.bool),
-        "tokens": stack("tokens", torch.long),
-        "step": torch.tensor([p["step"] for p in items]),
-        "cond": torch.tensor([int(p["cond"]) for p in items]),
-        "branch": torch.tensor([int(p["branch"]) for p in items]),
+        "feature": feats[r_t, s_t].float(),
+        "target": feats[r_t, s_t + 1].float(),
+        "new_ids": torch.from_numpy(new_ids),
+        "new_pos": torch.from_numpy(new_pos),
+        "new_valid": torch.from_numpy(new_valid),
+        "mask_ratio": torch.from_numpy(still_masked.mean(1, dtype=np.float32)),
+        "still_masked": torch.from_numpy(still_masked),
+        "tokens": torch.from_numpy(np.where(still_masked, mask_id, tokens)),  # the token state after step s
+        "step": torch.from_numpy(s.astype(np.int64)),
+        "cond": torch.from_numpy(rows["cond"][r].astype(np.int64)),
+        "branch": torch.from_numpy(rows["branch"][r].astype(np.int64)),
     }
 
 
-class PairStream(IterableDataset):
-    """Shuffled pairs of the given rows (default: all), split across ranks and workers."""
+def all_pairs(rows: dict[str, np.ndarray], mask_id: int) -> dict[str, torch.Tensor]:
+    """Every pair of every row, in (row, step) order."""
+    R, N = rows["features"].shape[:2]
+    r, s = np.divmod(np.arange(R * (N - 1)), N - 1)
+    return pair_batch(rows, r, s, mask_id)
 
-    def __init__(self, root: str | Path, rows: Sequence[int] | None = None, seed: int = 0, rank: int = 0,
-                 world: int = 1, block_rows: int = 8, shuffle: bool = True):  # fmt: skip
-        self.root = Path(root)
+
+class PairStream(IterableDataset):
+    """Shuffled batches of pairs of the given rows (default: all), split across ranks and workers.
+
+    Rows are read in aligned blocks of `block_rows`; the block order is shuffled by (seed, epoch)
+    and pairs are shuffled within a buffer of `buffer_blocks` blocks. Ranks and workers take
+    disjoint blocks. Each epoch yields every pair of this rank's rows exactly once.
+    """
+
+    def __init__(self, root: str | Path, batch_size: int = 64, rows: Sequence[int] | None = None, seed: int = 0,
+                 rank: int = 0, world: int = 1, block_rows: int = 16, buffer_blocks: int = 4,
+                 shuffle: bool = True):  # fmt: skip
         self.ds: TrajectoryDataset = open_dataset(root)
-        self.rows = np.arange(len(self.ds)) if rows is None else np.asarray(rows)
+        self.batch_size = batch_size
+        self.rows = np.arange(len(self.ds)) if rows is None else np.sort(np.asarray(rows))
         self.seed, self.rank, self.world = seed, rank, world
-        self.block_rows, self.shuffle = block_rows, shuffle
+        self.block_rows, self.buffer_blocks, self.shuffle = block_rows, buffer_blocks, shuffle
+        self.blocks = np.unique(self.rows // block_rows)
         self.epoch = 0
         self.mask_id = self.ds.dims.V
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def my_rows(self) -> np.ndarray:
+    def my_blocks(self) -> np.ndarray:
         rng = np.random.default_rng([self.seed, self.epoch])
-        rows = rng.permutation(self.rows) if self.shuffle else self.rows
-        rows = rows[self.rank :: self.world]
+        blocks = rng.permutation(self.blocks) if self.shuffle else self.blocks
+        blocks = blocks[self.rank :: self.world]
         info = get_worker_info()
-        return rows if info is None else rows[info.id :: info.num_workers]
+        return blocks if info is None else blocks[info.id :: info.num_workers]
 
-    def __len__(self) -> int:  # pairs this rank yields per epoch (all workers together)
-        return len(self.rows[self.rank :: self.world]) * (self.ds.dims.N - 1)
+    def rows_of(self, blocks: np.ndarray) -> np.ndarray:
+        return self.rows[np.isin(self.rows // self.block_rows, blocks)]
 
-    def __iter__(self) -> Iterator[dict]:
+    def my_rows(self) -> np.ndarray:
+        return self.rows_of(self.my_blocks())
+
+    def num_pairs(self) -> int:
+        """Pairs this rank yields per epoch (all its workers together)."""
+        return len(self.rows_of(self.blocks[self.rank :: self.world])) * (self.ds.dims.N - 1)
+
+    def read_blocks(self, blocks: np.ndarray) -> dict[str, np.ndarray]:
+        parts = []
+        for b in blocks:
+            rows = self.rows_of(np.array([b]))
+            data = self.ds.rows(int(rows[0]), int(rows[-1]) + 1)
+            parts.append({k: v[rows - rows[0]] for k, v in data.items()})
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, info.id if info else 0])
-        rows = self.my_rows()
-        for i in range(0, len(rows), self.block_rows):
-            block = [p for r in rows[i : i + self.block_rows] for p in row_pairs(self.ds[int(r)], self.mask_id)]
-            for j in rng.permutation(len(block)) if self.shuffle else range(len(block)):
-                yield block[j]
+        blocks = self.my_blocks()
+        steps = self.ds.dims.N - 1
+        for i in range(0, len(blocks), self.buffer_blocks):
+            data = self.read_blocks(blocks[i : i + self.buffer_blocks])
+            pairs = np.arange(len(data["tokens"]) * steps)
+            if self.shuffle:
+                pairs = rng.permutation(pairs)
+            for j in range(0, len(pairs), self.batch_size):
+                chunk = pairs[j : j + self.batch_size]
+                r, s = np.divmod(chunk, steps)
+                yield pair_batch(data, r, s, self.mask_id)
 
 
-def pair_loader(stream: PairStream, batch_size: int, workers: int = 0) -> DataLoader:
-    return DataLoader(stream, batch_size=batch_size, num_workers=workers, collate_fn=collate_pairs,
-                      persistent_workers=False, drop_last=False)  # fmt: skip
+def pair_loader(stream: PairStream, workers: int = 0) -> DataLoader:
+    """A DataLoader over the stream's ready batches (the stream batches; the loader only parallelises)."""
+    return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0)

@@ -46,8 +46,8 @@ class PreNorm(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.fn = fn
 
-    def forward(self, x: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
-        return self.fn(self.norm(x), *context)
+    def forward(self, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.norm(x), *args)
 
 
 class Attention(nn.Module):
@@ -57,9 +57,10 @@ class Attention(nn.Module):
         super().__init__()
         self.mha = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True, bias=True)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, pad: torch.Tensor | None = None) -> torch.Tensor:
+        """Self-attention, or cross-attention to `context` whose `pad` positions are ignored."""
         kv = x if context is None else context
-        return self.mha(x, kv, kv, need_weights=False)[0]
+        return self.mha(x, kv, kv, key_padding_mask=pad, need_weights=False)[0]
 
 
 class FeedForward(nn.Module):

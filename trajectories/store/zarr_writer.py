@@ -2,6 +2,7 @@
 
 Features are chunked one row per chunk (whole-sample reads are one decompression) and packed into
 Zarr shards of `rows_per_object` rows, so a dataset shard is a handful of files, not one per row.
+The small per-row fields (tokens, order, ids) are one chunk each: readers load them once.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ class ZarrShardWriter:
         self.arrays = {}
         per_object = min(rows_per_object, rows)
         for name, (shape, dtype) in field_specs(dims, codec).items():
+            per_row = name.startswith("features")
             self.arrays[name] = self.group.create_array(
                 name,
                 shape=(rows, *shape),
                 dtype=dtype,
-                chunks=(1, *shape),
-                shards=(per_object, *shape),
+                # features: one chunk per row, packed into shard objects; the small fields: one chunk
+                chunks=(1, *shape) if per_row else (rows, *shape),
+                shards=(per_object, *shape) if per_row else None,
                 compressors=ZstdCodec(level=level, checksum=True),  # a flipped byte fails loudly
                 fill_value=0,
             )
