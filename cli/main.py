@@ -4,6 +4,7 @@ prints the result. User errors print `error: …` and exit 2 (`--debug` shows th
 from __future__ import annotations
 
 import json
+import time
 from contextlib import contextmanager
 from typing import Annotated, Callable, Iterator, Optional
 
@@ -60,10 +61,16 @@ def progress_bar(total: int, what: str, quiet: bool) -> Iterator[Callable[[int],
     if quiet:
         yield None
         return
-    columns = [TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    columns = [TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]
     with Progress(*columns, console=err_console, transient=True) as bar:
-        task = bar.add_task(what, total=total)
-        yield lambda n: bar.advance(task, n)
+        task = bar.add_task(what, total=total, rate="")
+        start = time.perf_counter()
+
+        def advance(n: int) -> None:
+            done = bar.tasks[0].completed + n
+            bar.update(task, completed=done, rate=f"{done / (time.perf_counter() - start):.1f}/s")
+
+        yield advance
 
 
 def print_metrics(title: str, result: dict, as_json: bool) -> None:

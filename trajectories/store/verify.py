@@ -80,7 +80,7 @@ def save_smoothness_plot(curve: list[float], path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
     ax.plot(range(len(curve)), curve, marker="o")
     ax.set_xlabel("step s")
-    ax.set_ylabel("mean cos(f_s, f_{s+1})")
+    ax.set_ylabel(r"mean cos($f_s$, $f_{s+1}$)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
