@@ -69,3 +69,28 @@ def render_dataset_card(manifest: dict) -> str:
         parquet_use=parquet_use,
         N=dims.N, L=dims.L, C=dims.C, D=dims.D, V=dims.V,
     )  # fmt: skip
+
+
+def render_model_card(config: dict, path: str) -> str:
+    m, cost, t = config["metrics"]["overall"], config["cost"], config["training"]
+    per_step = config["metrics"]["per_step"]
+    meta = {"library_name": "migm", "tags": ["migm", "feature-shortcut", config["arch"], config["base"]["name"]],
+            "license": "other"}  # fmt: skip
+    N = config["sampler"]["steps"]
+    return (TEMPLATES / "model.md").read_text().format(
+        yaml=yaml.safe_dump(meta, sort_keys=False).rstrip(),
+        name=Path(path).name, path=path, arch=config["arch"],
+        arch_config=", ".join(f"{k}={v}" for k, v in config["arch_config"].items()),
+        version=config["version"], base_name=config["base"]["name"], fingerprint=config["base"]["fingerprint"],
+        dataset_fingerprint=config["dataset"]["fingerprint"][:16], samples=config["dataset"]["num_samples"],
+        codec=config["dataset"]["codec"], N=N, budget_hint=max(1, N // 3),
+        parameters=cost["parameters"], relative_cost=cost["relative_cost"],
+        shortcut_mflops=cost["shortcut_flops"] / 1e6, base_mflops=cost["base_flops"] / 1e6,
+        steps=t["steps"], batch_size=t["batch_size"], lr=t["lr"], ema=t["ema"], loss=t["loss"],
+        processes=t["processes"], minutes=t["seconds"] / 60,
+        cos=m["cos"], mse=m["mse"], ratio=m["mse_ratio_to_cache"], agree=m["agree"],
+        cache_cos=m["cache_cos"], cache_mse=m["cache_mse"], cache_agree=m["cache_agree"],
+        step_header=" | ".join(str(r["step"]) for r in per_step), step_rule="---|" * len(per_step),
+        step_cos=" | ".join(f"{r['cos']:.4f}" for r in per_step),
+        step_cache=" | ".join(f"{r['cache_cos']:.4f}" for r in per_step),
+    )  # fmt: skip

@@ -231,15 +231,15 @@ def inspect_dataset(
 
 @app.command()
 def push(
-    dataset: Annotated[str, typer.Argument(help="Dataset folder.")],
-    repo_id: Annotated[str, typer.Option("--repo-id", help="Hub dataset repo, user/name.")],
+    dataset: Annotated[str, typer.Argument(help="Dataset folder or zoo folder.")],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="Hub repo, user/name (a dataset repo for datasets, a model repo for shortcuts).")],
     private: Annotated[bool, typer.Option("--private", help="Create the repo private.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be uploaded, upload nothing.")] = False,
 ) -> None:
-    """Upload a verified dataset folder to the Hugging Face Hub."""
-    from trajectories.store.hub import push_dataset
+    """Upload a verified dataset folder, or a zoo folder, to the Hugging Face Hub."""
+    from shortcut_zoo.export import push as run
 
-    result = call(push_dataset, dataset, repo_id, private=private, dry_run=dry_run)
+    result = call(run, dataset, repo_id, private=private, dry_run=dry_run)
     verb = "would upload" if dry_run else "uploaded"
     console.print(f"{verb} {len(result['files'])} files ({result['bytes'] / 1e6:.1f} MB) to {repo_id}"
                   + (f" ({'private' if private else 'public'})" if dry_run else f": {result.get('url')}"))  # fmt: skip
@@ -248,6 +248,105 @@ def push(
             console.print(f"  {f}", markup=False, highlight=False)
         console.rule("dataset card (README.md)")
         console.print(result["card"], markup=False, highlight=False)
+
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """['bottleneck=1', 'heads=4'] -> {'bottleneck': 1, 'heads': 4} (values parsed as JSON when they can be)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise MigmError(f"arch options look like key=value, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+@app.command()
+def train(
+    data: Annotated[str, typer.Option("--data", help="Trajectory dataset folder.")],
+    arch: Annotated[str, typer.Option("--arch", help="tiny-transformer, mlp or gru.")] = "tiny-transformer",
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Zoo folder to write (default: zoo/ARCH).")] = None,
+    arch_option: Annotated[Optional[list[str]], typer.Option("--arch-option", "-a", help="Arch hyper-parameter, key=value (repeatable), e.g. -a bottleneck=2 -a blocks=1.")] = None,
+    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 2000,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per step and process.")] = 128,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then cosine decay).")] = 1e-3,
+    ema: Annotated[float, typer.Option("--ema", help="EMA decay of the exported weights.")] = 0.999,
+    loss: Annotated[str, typer.Option("--loss", help="mse, or mse+kl (adds KL between the base head's distributions).")] = "mse",
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Held-out fraction of samples.")] = 0.05,
+    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 0,
+    save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every this many steps.")] = 500,
+    stop_at: Annotated[Optional[int], typer.Option("--stop-at", help="Stop after this step, leaving a checkpoint for --resume.")] = None,
+    seed: SeedOpt = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a shortcut on a trajectory dataset and export it as a zoo folder."""
+    from shortcut_zoo.train import TrainConfig, train as run
+
+    cfg = TrainConfig(data=data, arch=arch, out=out or f"zoo/{arch}", arch_config=call(parse_overrides, arch_option or []),
+                      steps=steps, batch_size=batch_size, lr=lr, ema=ema, loss=loss, val_fraction=val_fraction,
+                      workers=workers, save_every=save_every, stop_at=stop_at, seed=seed)  # fmt: skip
+    if not (quiet or as_json):
+        columns = [TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
+        with Progress(*columns, console=err_console, transient=True) as bar:
+            task = bar.add_task("train", total=min(steps, stop_at or steps), info="")
+            report = lambda step, l, rate: bar.update(task, completed=step, info=f"loss {l:.4f}  {rate:,.0f} pairs/s")  # noqa: E731
+            result = call(run, cfg, device=device, resume=resume, progress=report)
+    else:
+        result = call(run, cfg, device=device, resume=resume)
+    result.pop("losses", None)
+    if "stopped_at" in result:
+        console.print(f"stopped at step {result['stopped_at']}; resume with --resume (checkpoint {result['checkpoint']})")
+        return
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    if "metrics" not in result:  # a non-main rank
+        return
+    m, cost = result["metrics"]["overall"], result["cost"]
+    print_metrics(f"{cfg.out} ({arch}, {cost['parameters']:,} parameters, {cost['relative_cost']:.3f}x a base forward)", {
+        "val cosine": m["cos"], "cache cosine": m["cache_cos"], "val MSE / cache MSE": m["mse_ratio_to_cache"],
+        "token agreement": m["agree"], "cache token agreement": m["cache_agree"],
+        "pairs/s": result["training"]["pairs_per_second"], "minutes": result["training"]["seconds"] / 60,
+    }, False)  # fmt: skip
+    console.print(f"wrote {cfg.out}/model.safetensors, config.json, README.md")
+
+
+zoo_app = typer.Typer(help="Shortcut zoo folders: list, show.", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+
+@zoo_app.command("list")
+def zoo_list(root: Annotated[str, typer.Argument(help="Folder holding zoo folders.")] = "zoo", as_json: JsonOpt = False) -> None:
+    """List the shortcuts under a folder with their base and validation figures."""
+    from shortcut_zoo.export import list_zoo
+
+    rows = call(list_zoo, root)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("path", "arch", "base", "params", "cost", "val cosine", "MSE / cache", "agreement")
+    for r in rows:
+        table.add_row(r["path"], r["arch"], r["base"], f"{r['parameters']:,}", f"{r['relative_cost']:.3f}",
+                      f"{r['cos']:.4f}", f"{r['mse_ratio_to_cache']:.3f}", f"{r['agree']:.4f}")  # fmt: skip
+    console.print(table)
+
+
+@zoo_app.command("show")
+def zoo_show(path: Annotated[str, typer.Argument(help="Zoo folder.")]) -> None:
+    """Print a shortcut's model card."""
+    from pathlib import Path
+
+    from shortcut_zoo.export import read_zoo_config
+
+    call(read_zoo_config, path)
+    console.print((Path(path) / "README.md").read_text(), markup=False, highlight=False)
 
 
 if __name__ == "__main__":  # `python -m cli.main …`, e.g. under torchrun

@@ -121,4 +121,4 @@ class PairStream(IterableDataset):
 
 def pair_loader(stream: PairStream, workers: int = 0) -> DataLoader:
     """A DataLoader over the stream's ready batches (the stream batches; the loader only parallelises)."""
-    return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
+    return DataLoader(stream, batch_size=None, num_workers=workers)

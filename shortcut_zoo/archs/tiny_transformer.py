@@ -24,7 +24,7 @@ class TinyTransformerConfig:
     dim: int  # D of the base
     bottleneck: int = 2  # hidden = D / bottleneck
     blocks: int = 1
-    heads: int = 16
+    heads: int = 0  # 0: the most heads of at least 16 dims that divide the hidden width
     mlp_ratio: int = 4
     time_freq: int = 256  # sinusoidal frequencies of 1000·mask_ratio
     time_hidden: int = 0  # width of the time MLP; 0 means the hidden width (the published file uses 314)
@@ -32,6 +32,12 @@ class TinyTransformerConfig:
     @property
     def hidden(self) -> int:
         return self.dim // self.bottleneck
+
+    @property
+    def num_heads(self) -> int:
+        if self.heads:
+            return self.heads
+        return max(h for h in range(1, max(1, self.hidden // 16) + 1) if self.hidden % h == 0)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -74,7 +80,7 @@ class TinyTransformer(nn.Module):
         D, H = cfg.dim, cfg.hidden
         self.proj_in = nn.Linear(D, H)
         self.new_token_proj_in = nn.Linear(D, H)
-        self.blocks = nn.ModuleList(ShortcutBlock(H, cfg.heads, cfg.mlp_ratio * H) for _ in range(cfg.blocks))
+        self.blocks = nn.ModuleList(ShortcutBlock(H, cfg.num_heads, cfg.mlp_ratio * H) for _ in range(cfg.blocks))
         self.last_layer = nn.Sequential(nn.LayerNorm(H), nn.Linear(H, H), nn.GELU(), nn.LayerNorm(H))
         self.time_embedder = TimeEmbedder(cfg.time_freq, cfg.time_hidden or H, H)
         self.adaLN_modulation = nn.Linear(H, 2 * H)

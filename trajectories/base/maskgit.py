@@ -202,8 +202,8 @@ class MaskGIT:
         feature = self.net.features(self.net.input_ids(tokens, cond))
         return self.net.head(feature), feature
 
-    @torch.no_grad()
     def head(self, feature: torch.Tensor) -> torch.Tensor:
+        # no `no_grad` here: a shortcut's KL loss trains through the (frozen) head
         return self.net.head(feature)
 
     @torch.no_grad()

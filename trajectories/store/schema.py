@@ -107,6 +107,13 @@ def read_manifest(root: str | Path) -> dict:
     return manifest
 
 
+def dataset_fingerprint(manifest: dict) -> str:
+    """sha256 over what defines a dataset's content: the plan and every shard's checksum."""
+    keys = ("base", "sampler", "dims", "codec", "num_samples", "seed", "classes")
+    content = {k: manifest.get(k) for k in keys} | {"shards": [s["sha256"] for s in manifest["shards"]]}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
 def manifest_dims(manifest: dict) -> Dims:
     return Dims(**manifest["dims"])
 

@@ -1,0 +1,80 @@
+"""Validation metrics of a shortcut against the `cache` predictor, and counted per-call costs."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+
+
+def masked_positions(batch: dict[str, torch.Tensor], T: int) -> torch.Tensor:
+    """[B, T] bool: image positions still masked after the step (the ones whose logits matter next)."""
+    m = batch["still_masked"]
+    return torch.cat([m, m.new_zeros(m.shape[0], T - m.shape[1])], dim=1)
+
+
+def predict(model: torch.nn.Module, base, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    new_emb = base.embed(batch["new_ids"], batch["new_pos"])
+    return model(batch["feature"], new_emb, batch["new_pos"], batch["new_valid"], batch["mask_ratio"])
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, base, batches: Iterable[dict[str, torch.Tensor]], steps: int, device="cpu") -> dict:
+    """Cosine, MSE and top-1 token agreement of `model` and of `cache` (f_s itself), per step and overall."""
+    keys = ("n", "cos", "mse", "agree", "cache_cos", "cache_mse", "cache_agree")
+    acc = torch.zeros(steps, len(keys), dtype=torch.float64)
+    model.eval()
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        pred = predict(model, base, batch).float()
+        true, cache = batch["target"], batch["feature"]
+        keep = masked_positions(batch, true.shape[1])
+        true_top = base.head(true).argmax(-1)
+        L = true_top.shape[1]
+        rows = []
+        for guess in (pred, cache):
+            cos = F.cosine_similarity(guess, true, dim=-1)
+            mse = ((guess - true) ** 2).mean(-1)
+            agree = F.pad((base.head(guess).argmax(-1) == true_top).double(), (0, true.shape[1] - L))
+            rows += [cos, mse, agree]
+        for s in batch["step"].unique().tolist():
+            sel = keep & (batch["step"] == s)[:, None]
+            acc[s, 0] += sel.sum()
+            for j, metric in enumerate(rows):
+                acc[s, j + 1] += metric[sel].double().sum()
+    model.train()
+    per_step = []
+    for s in range(steps):
+        n = acc[s, 0].item()
+        if n:
+            per_step.append({"step": s, "positions": int(n), **{k: acc[s, j].item() / n for j, k in enumerate(keys) if j}})
+    total = acc.sum(0)
+    overall = {k: total[j].item() / max(1.0, total[0].item()) for j, k in enumerate(keys) if j}
+    overall["mse_ratio_to_cache"] = overall["mse"] / max(overall["cache_mse"], 1e-12)
+    overall["positions"] = int(total[0].item())
+    return {"overall": overall, "per_step": per_step}
+
+
+def count_flops(fn, *args) -> int:
+    """Floating-point operations of one call, counted by torch's FlopCounterMode (matmuls, convs, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn(*args)
+    return counter.get_total_flops()
+
+
+def relative_cost(model: torch.nn.Module, base, steps: int) -> dict:
+    """Counted FLOPs of one shortcut call (K = L/N new tokens) and of one base forward, per sample."""
+    L, T, D = base.L, base.L + base.C, base.D
+    K = max(1, L // steps)
+    device = base.device
+    feat = torch.zeros(1, T, D, device=device)
+    args = (feat, torch.zeros(1, K, D, device=device), torch.arange(K, device=device)[None],
+            torch.ones(1, K, dtype=torch.bool, device=device), torch.full((1,), 0.5, device=device))  # fmt: skip
+    shortcut = count_flops(model, *args)
+    full = count_flops(base.forward, torch.full((1, L), base.mask_id, device=device), torch.zeros(1, dtype=torch.long, device=device))
+    head = count_flops(base.head, feat)
+    return {"shortcut_flops": shortcut, "base_flops": full, "head_flops": head, "relative_cost": shortcut / full,
+            "parameters": sum(p.numel() for p in model.parameters())}  # fmt: skip
