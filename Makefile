@@ -19,12 +19,19 @@ demo: $(BIN)/migm
 	$(BIN)/migm models
 	$(BIN)/migm generate --model maskgit-digits --classes 0-9 --per-class 8 --steps 16 --seed 0 --out demo/grid.png
 	$(BIN)/migm score --model maskgit-digits --samples 1000 --steps 16 --seed 0
+	$(BIN)/migm dump-trajectories --model maskgit-digits --num-samples 512 --steps 16 --out demo/digits-n16 --overwrite
+	$(BIN)/migm verify demo/digits-n16
+	rm -rf demo/zoo && mkdir -p demo/zoo
+	$(BIN)/migm train --data demo/digits-n16 --arch tiny-transformer --steps 600 --lr 2e-3 --out demo/zoo/tiny-transformer
+	$(BIN)/migm zoo show demo/zoo/tiny-transformer
 
 test: $(BIN)/migm
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/migm
 	$(BIN)/python benchmarks/sampler.py
+	$(BIN)/python benchmarks/storage.py --rss
+	$(BIN)/python benchmarks/zoo.py
 
 # Re-trains the shipped digits base and classifier (seeded; about 25 minutes on 2 cores).
 train-digits: $(BIN)/migm

@@ -10,24 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 
 import torch
 
 from trajectories.base import get_base
 from trajectories.rollout import rollout, sample_seeds
-from trajectories.sample import resolve_device, sampler_config
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from trajectories.sample import cpu_name, resolve_device, sampler_config
 
 
 def main() -> None:

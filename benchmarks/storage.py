@@ -23,15 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from sampler import cpu_name  # noqa: E402
-
-from trajectories.base import get_base  # noqa: E402
-from trajectories.dump import WRITERS, DumpConfig, dump_trajectories, finish  # noqa: E402
-from trajectories.pairs import PairStream, pair_loader  # noqa: E402
-from trajectories.store.codecs import parse_codec  # noqa: E402
-from trajectories.store.dataset import open_dataset  # noqa: E402
-from trajectories.store.schema import Dims, shard_name  # noqa: E402
+from trajectories.base import get_base
+from trajectories.sample import cpu_name
+from trajectories.dump import WRITERS, DumpConfig, dump_trajectories, finish
+from trajectories.pairs import PairStream, pair_loader
+from trajectories.store.codecs import parse_codec
+from trajectories.store.dataset import open_dataset
+from trajectories.store.schema import Dims, shard_name
 
 CODECS = ["lossless", "quant:bits=8", "quant:bits=6", "quant:bits=5"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,17 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise MigmError("--device cuda asked for, but no CUDA GPU is visible")
     return device
+
+
+def cpu_name() -> str:
+    """The CPU model, for benchmark tables."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def sampler_config(base, steps: int, budget: int | None = None, **overrides: float | None) -> SamplerConfig:
@@ -108,9 +120,11 @@ def save_grid(images: torch.Tensor, rows: int, path: Path, scale: int = 4, pad: 
 def generate(
     model: str, classes: list[int], per_class: int, steps: int, seed: int, out: str | Path,
     budget: int | None = None, device: str = "auto", batch_size: int = 250,
-    progress: Callable[[int], None] | None = None, **overrides: float | None,
+    progress: Callable[[int], None] | None = None, predictor_for: Callable | None = None, **overrides: float | None,
 ) -> dict:  # fmt: skip
-    """Sample `per_class` images of each class and write them as a PNG grid, one row per class."""
+    """Sample `per_class` images of each class and write them as a PNG grid, one row per class.
+
+    `predictor_for(base)` gives the predictor for the shortcut steps (none: vanilla sampling)."""
     out = check_out_path(out)
     if per_class < 1:
         raise MigmError(f"per-class must be at least 1, got {per_class}")
@@ -119,8 +133,9 @@ def generate(
     if bad:
         raise MigmError(f"classes must be in 0-{base.num_classes - 1}, got {bad}")
     config = sampler_config(base, steps, budget, **overrides)
+    predictor = predictor_for(base) if predictor_for is not None else None
     labels = torch.tensor(classes).repeat_interleave(per_class)
-    s = sample_many(base, labels, config, seed, batch_size, progress=progress)
+    s = sample_many(base, labels, config, seed, batch_size, predictor=predictor, progress=progress)
     save_grid(base.decode(s.tokens.to(base.device)), rows=len(classes), path=out)
     return {"out": str(out), "images": len(labels), "latency_per_image_s": s.latency_per_image, "sampler": config.to_dict()}
 

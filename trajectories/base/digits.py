@@ -7,6 +7,7 @@ the tokens, so no tokenizer is needed (L = 64, V = 17). Weights ship in `weights
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -100,8 +101,9 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
-    covmean = covmean.real
+    with warnings.catch_warnings():  # near-singular covariances of small sample sets are expected
+        warnings.simplefilter("ignore")
+        covmean = np.real(linalg.sqrtm(s1 @ s2))
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
 
 

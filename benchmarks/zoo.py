@@ -1,0 +1,96 @@
+"""Zoo benchmark: every arch trained on the same digits dataset, compared with the cache predictor.
+
+    python benchmarks/zoo.py [--samples 2048] [--train-steps 5000] [--archs tiny-transformer,mlp,gru]
+
+Dumps `--samples` digits trajectories (N = 16) losslessly and with `--lossy`, trains each arch on
+the lossless dump, and tiny-transformer also on the lossy one; every model is validated on the same
+held-out lossless trajectories. Prints a table and a JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from shortcut_zoo.evaluate import validate
+from shortcut_zoo.export import load_shortcut
+from shortcut_zoo.train import TrainConfig, split_rows, train
+from trajectories.base import get_base
+from trajectories.sample import cpu_name
+from trajectories.dump import DumpConfig, dump_trajectories
+from trajectories.pairs import PairStream, pair_loader
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--samples", type=int, default=2048)
+    p.add_argument("--steps", type=int, default=16, help="sampling steps N of the dump")
+    p.add_argument("--train-steps", type=int, default=5000)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--archs", default="tiny-transformer,mlp,gru")
+    p.add_argument("--lossy", default="quant:bits=6", help="codec of the lossy dump ('' to skip)")
+    p.add_argument("--out", default=None, help="keep datasets and zoo folders here (default: a temp folder)")
+    args = p.parse_args()
+
+    tmp = tempfile.TemporaryDirectory()
+    root = Path(args.out or tmp.name)
+    root.mkdir(parents=True, exist_ok=True)
+    dumps = {"lossless": root / "digits-lossless"}
+    if args.lossy:
+        dumps[args.lossy] = root / f"digits-{args.lossy.replace(':', '-').replace('=', '')}"
+    for codec, path in dumps.items():
+        dump_trajectories(DumpConfig(num_samples=args.samples, steps=args.steps, out=str(path), codec=codec), device="cpu")
+
+    base = get_base("maskgit-digits")
+    manifest = json.loads((dumps["lossless"] / "dataset.json").read_text())
+    _, val_rows = split_rows(manifest, 0.05, 0)
+
+    def heldout(zoo: Path) -> dict:
+        """Validation on the lossless held-out rows, whatever the model was trained on."""
+        model = load_shortcut(zoo, base)
+        batches = pair_loader(PairStream(dumps["lossless"], batch_size=256, rows=val_rows, shuffle=False))
+        return validate(model, base, batches, args.steps - 1)["overall"]
+
+    runs = [(arch, "lossless") for arch in args.archs.split(",")]
+    if args.lossy:
+        runs.append(("tiny-transformer", args.lossy))
+    rows = []
+    for arch, codec in runs:
+        out = root / f"zoo-{arch}-{codec.split(':')[0]}"
+        t0 = time.perf_counter()
+        result = train(TrainConfig(data=str(dumps[codec]), arch=arch, out=str(out), steps=args.train_steps,
+                                   batch_size=args.batch, lr=args.lr, save_every=10**9), device="cpu")  # fmt: skip
+        minutes = (time.perf_counter() - t0) / 60
+        m = heldout(out)
+        rows.append({"arch": arch, "data": codec, "parameters": result["cost"]["parameters"],
+                     "relative_cost": result["cost"]["relative_cost"], "val_cosine": m["cos"],
+                     "cache_cosine": m["cache_cos"], "mse_ratio_to_cache": m["mse_ratio_to_cache"],
+                     "token_agreement": m["agree"], "cache_token_agreement": m["cache_agree"],
+                     "train_pairs_per_s": result["training"]["pairs_per_second"], "minutes": minutes})  # fmt: skip
+
+    print(f"zoo, maskgit-digits, {args.samples} samples, N={args.steps}, {args.train_steps} steps of batch {args.batch}, "
+          f"lr {args.lr}, {cpu_name()}, {torch.get_num_threads()} threads; validated on held-out lossless trajectories")  # fmt: skip
+    print("| arch | trained on | params | cost vs base forward | val cosine | cache cosine | MSE / cache | "
+          "token agreement | cache agreement | train pairs/s | minutes |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['arch']} | {r['data']} | {r['parameters']:,} | {r['relative_cost']:.3f} | {r['val_cosine']:.4f} | "
+              f"{r['cache_cosine']:.4f} | {r['mse_ratio_to_cache']:.3f} | {r['token_agreement']:.4f} | "
+              f"{r['cache_token_agreement']:.4f} | {r['train_pairs_per_s']:,.0f} | {r['minutes']:.1f} |")  # fmt: skip
+    if args.lossy:
+        a = next(r for r in rows if r["arch"] == "tiny-transformer" and r["data"] == "lossless")
+        b = rows[-1]
+        print(f"tiny-transformer held-out cosine, lossless vs {args.lossy} training data: "
+              f"{a['val_cosine']:.4f} vs {b['val_cosine']:.4f} (difference {abs(a['val_cosine'] - b['val_cosine']):.4f})")  # fmt: skip
+    print(json.dumps({"benchmark": "zoo", "samples": args.samples, "steps": args.steps, "train_steps": args.train_steps,
+                      "batch": args.batch, "cpu": cpu_name(), "threads": torch.get_num_threads(), "rows": rows}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""`migm bench`: quality against latency for vanilla N, shortcut N/B and the training-free peers.
+
+For every (config, predictor): latency per image (warm-up, timed repeats: median and spread),
+speedup vs vanilla at the same N (same run), class accuracy and Fréchet distance (the base's
+scorer), token agreement with vanilla sampling of the same seeds, and measured / ideal latency,
+where ideal = B·t_full + (N−B)·(t_shortcut + t_head) + N·t_sampling from per-call costs measured in
+the same run. Writes results.json, results.md and pareto.png.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from shortcut_zoo.export import load_shortcut
+from shortcut_zoo.predictors import make_predictor
+from trajectories.base import get_base
+from trajectories.errors import MigmError
+from trajectories.rollout import rollout, sample_seeds
+from trajectories.sample import SCORERS, cpu_name, resolve_device, sample_many, sampler_config
+
+
+@dataclass
+class BenchConfig:
+    model: str = "maskgit-digits"
+    shortcuts: list[str] = field(default_factory=list)
+    configs: list[str] = field(default_factory=lambda: ["N8", "N12", "N16", "N32", "N32B12", "N32B8", "N16B6"])
+    predictors: list[str] = field(default_factory=lambda: ["shortcut", "cache", "taylor"])
+    samples: int = 1000
+    seed: int = 0
+    batch_size: int = 250
+    repeats: int = 5
+    out: str = "bench"
+    force: bool = False
+
+
+def parse_config(spec: str) -> tuple[int, int | None]:
+    m = re.fullmatch(r"N(\d+)(?:B(\d+))?", spec.strip())
+    if not m:
+        raise MigmError(f"configs look like N16 or N32B12, got {spec!r}")
+    return int(m.group(1)), int(m.group(2)) if m.group(2) else None
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> tuple[float, float, float]:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), min(times), max(times)
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def call_costs(base, shortcut: torch.nn.Module | None, batch: int, N: int, repeats: int) -> dict:
+    """Seconds per image of one base forward, one head and one shortcut call (both CFG branches)."""
+    B2, L, device = 2 * batch, base.L, base.device
+    tokens = torch.full((B2, L), base.mask_id, device=device)
+    cond = torch.zeros(B2, dtype=torch.long, device=device)
+    feature = base.forward(tokens, cond)[1]
+    K = max(1, L // N)
+    new_emb = base.embed(torch.zeros(B2, K, dtype=torch.long, device=device), torch.arange(K, device=device).expand(B2, K))
+    args = (feature, new_emb, torch.arange(K, device=device).expand(B2, K), torch.ones(B2, K, dtype=torch.bool, device=device),
+            torch.full((B2,), 0.5, device=device))  # fmt: skip
+    with torch.no_grad():
+        out = {"t_full": _median_time(lambda: base.forward(tokens, cond), repeats)[0] / batch,
+               "t_head": _median_time(lambda: base.head(feature), repeats)[0] / batch}  # fmt: skip
+        if shortcut is not None:
+            out["t_shortcut"] = _median_time(lambda: shortcut(*args), repeats)[0] / batch
+    return out
+
+
+def run_bench(cfg: BenchConfig, device: str = "auto", progress: Callable[[str], None] | None = None) -> dict:
+    configs = [parse_config(c) for c in cfg.configs]
+    if cfg.samples < 2:
+        raise MigmError(f"samples must be at least 2, got {cfg.samples}")
+    for name in cfg.predictors:
+        if name != "shortcut":
+            make_predictor(name)
+    if "shortcut" in cfg.predictors and not cfg.shortcuts and any(b for _, b in configs):
+        raise MigmError("the shortcut predictor needs --shortcut zoo/NAME (or leave it out of --predictors)")
+    out = Path(cfg.out)
+    if not out.parent.is_dir():
+        raise MigmError(f"output directory {str(out.parent)!r} does not exist")
+    base = get_base(cfg.model, device=resolve_device(device))
+    if base.name not in SCORERS:
+        raise MigmError(f"no scorer for {base.name!r}; bench works for: {', '.join(SCORERS)}")
+    for N, B in configs:
+        sampler_config(base, N, B)  # validates 1 <= B <= N <= L before any work
+    shortcuts = {Path(p).name: load_shortcut(p, base, force=cfg.force) for p in cfg.shortcuts}
+    score = SCORERS[base.name]
+    labels = torch.arange(cfg.samples) % base.num_classes
+    timing_labels = labels[: cfg.batch_size]
+    timing_seeds = sample_seeds(cfg.seed + 10_000, 0, len(timing_labels))
+
+    def latency(config, predictor) -> tuple[float, float, float]:
+        t = _median_time(lambda: rollout(base, timing_labels, timing_seeds, config, predictor=predictor), cfg.repeats)
+        return tuple(x / len(timing_labels) for x in t)
+
+    rows, vanilla = [], {}
+    steps_needed = sorted({N for N, _ in configs})
+    for N in steps_needed:  # vanilla at every N: the reference for speed-up and agreement
+        config = sampler_config(base, N)
+        if progress:
+            progress(f"vanilla N{N}")
+        s = sample_many(base, labels, config, cfg.seed, cfg.batch_size)
+        again = sample_many(base, labels, config, cfg.seed + 1, cfg.batch_size)
+        m, m2 = score(s.tokens, s.labels), score(again.tokens, again.labels)
+        lat = latency(config, None)
+        vanilla[N] = {"tokens": s.tokens, "latency": lat[0]}
+        rows.append({"config": f"N{N}", "method": "vanilla", "N": N, "B": N, "latency_s": lat[0], "latency_min_s": lat[1],
+                     "latency_max_s": lat[2], "speedup": 1.0, "accuracy": m["accuracy"], "frechet": m["frechet"],
+                     "frechet_spread": abs(m["frechet"] - m2["frechet"]), "token_agreement": 1.0})  # fmt: skip
+    shortcut_costs = {}
+    for N, B in configs:
+        if B is None or B == N:
+            continue
+        config = sampler_config(base, N, B)
+        methods = [(f"shortcut:{name}", make_predictor("shortcut", model)) for name, model in shortcuts.items()
+                   if "shortcut" in cfg.predictors] + [(p, make_predictor(p)) for p in cfg.predictors if p != "shortcut"]  # fmt: skip
+        for method, predictor in methods:
+            if progress:
+                progress(f"{method} N{N}B{B}")
+            s = sample_many(base, labels, config, cfg.seed, cfg.batch_size, predictor=predictor)
+            m = score(s.tokens, s.labels)
+            lat = latency(config, predictor)
+            rows.append({"config": f"N{N}B{B}", "method": method, "N": N, "B": B, "latency_s": lat[0],
+                         "latency_min_s": lat[1], "latency_max_s": lat[2], "speedup": vanilla[N]["latency"] / lat[0],
+                         "accuracy": m["accuracy"], "frechet": m["frechet"],
+                         "token_agreement": (s.tokens == vanilla[N]["tokens"]).float().mean().item()})  # fmt: skip
+
+    # Overhead accounting from per-call costs measured now.
+    costs = call_costs(base, None, cfg.batch_size, max(steps_needed), cfg.repeats)
+    for name, model in shortcuts.items():
+        shortcut_costs[name] = call_costs(base, model, cfg.batch_size, max(steps_needed), cfg.repeats)["t_shortcut"]
+    sampling = {r["N"]: max(0.0, (r["latency_s"] - r["N"] * costs["t_full"]) / r["N"]) for r in rows if r["method"] == "vanilla"}
+    for r in rows:
+        N, B, method = r["N"], r["B"], r["method"]
+        if method == "vanilla":
+            per_shortcut_step = 0.0
+        elif method.startswith("shortcut:"):
+            per_shortcut_step = shortcut_costs[method.split(":", 1)[1]] + costs["t_head"]
+        else:  # cache, taylor: a few elementwise ops, then the head
+            per_shortcut_step = costs["t_head"]
+        r["ideal_s"] = B * costs["t_full"] + (N - B) * per_shortcut_step + N * sampling[N]
+        r["measured_over_ideal"] = r["latency_s"] / r["ideal_s"]
+
+    where = {"device": str(base.device), "threads": torch.get_num_threads(), "cpu": cpu_name(),
+             "torch": torch.__version__, "model": base.name, "samples": cfg.samples, "batch": cfg.batch_size}  # fmt: skip
+    result = {"where": where, "costs": {**costs, "t_shortcut": shortcut_costs, "t_sampling_per_step": sampling},
+              "config": asdict(cfg), "rows": rows}  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "results.md").write_text(results_table(result) + "\n")
+    pareto_plot(rows, out / "pareto.png", f"{base.name}, {cfg.samples} samples, {where['device']} ({where['threads']} threads)")
+    result["files"] = [str(out / f) for f in ("results.json", "results.md", "pareto.png")]
+    return result
+
+
+def results_table(result: dict) -> str:
+    w = result["where"]
+    lines = [f"{w['model']}, {w['samples']} samples per point, batch {w['batch']}, {w['device']} "
+             f"({w['cpu']}, {w['threads']} threads), torch {w['torch']}", "",
+             "| config | method | ms / image | min-max | speed-up vs vanilla N | accuracy | Fréchet | "
+             "token agreement | measured / ideal |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in result["rows"]:
+        fd = f"{r['frechet']:.2f}" + (f" ± {r['frechet_spread']:.2f}" if "frechet_spread" in r else "")
+        lines.append(f"| {r['config']} | {r['method']} | {1000 * r['latency_s']:.2f} | {1000 * r['latency_min_s']:.2f}-"
+                     f"{1000 * r['latency_max_s']:.2f} | {r['speedup']:.2f}x | {r['accuracy']:.3f} | {fd} | "
+                     f"{r['token_agreement']:.3f} | {r['measured_over_ideal']:.2f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def pareto_plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for method in dict.fromkeys(r["method"] for r in rows):
+        pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["latency_s"])
+        xs, ys = [1000 * r["latency_s"] for r in pts], [r["frechet"] for r in pts]
+        ax.plot(xs, ys, marker="o", label=method)
+        for r, x, y in zip(pts, xs, ys):
+            ax.annotate(r["config"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("latency per image (ms)")
+    ax.set_ylabel("Fréchet distance (lower is better)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
