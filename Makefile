@@ -14,16 +14,20 @@ $(BIN)/migm: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(BIN)/migm
 
+# The whole pipeline on the embedded base (about 8 minutes on 2 CPU cores).
 demo: $(BIN)/migm
 	mkdir -p demo
 	$(BIN)/migm models
 	$(BIN)/migm generate --model maskgit-digits --classes 0-9 --per-class 8 --steps 16 --seed 0 --out demo/grid.png
 	$(BIN)/migm score --model maskgit-digits --samples 1000 --steps 16 --seed 0
-	$(BIN)/migm dump-trajectories --model maskgit-digits --num-samples 512 --steps 16 --out demo/digits-n16 --overwrite
+	$(BIN)/migm dump-trajectories --model maskgit-digits --num-samples 1024 --steps 16 --out demo/digits-n16
 	$(BIN)/migm verify demo/digits-n16
 	rm -rf demo/zoo && mkdir -p demo/zoo
-	$(BIN)/migm train --data demo/digits-n16 --arch tiny-transformer --steps 600 --lr 2e-3 --out demo/zoo/tiny-transformer
+	$(BIN)/migm train --data demo/digits-n16 --arch tiny-transformer --steps 2000 --lr 2e-3 --out demo/zoo/tiny-transformer
 	$(BIN)/migm zoo show demo/zoo/tiny-transformer
+	$(BIN)/migm sample --model maskgit-digits --shortcut demo/zoo/tiny-transformer --steps 32 --budget 12 --out demo/shortcut-grid.png
+	$(BIN)/migm bench --model maskgit-digits --shortcut demo/zoo/tiny-transformer --configs N8,N16,N32,N32B12,N16B6 \
+		--samples 500 --out demo/bench
 
 test: $(BIN)/migm
 	$(BIN)/python -m pytest

@@ -46,8 +46,8 @@ def main() -> None:
     where = {"device": device, "threads": torch.get_num_threads(), "cpu": cpu_name(),
              "torch": torch.__version__, "batch": args.batch, "model": args.model, "guidance": config.guidance}  # fmt: skip
     print(f"vanilla sampling, {args.model}, batch {args.batch}, {device}, {where['threads']} threads")
-    print(f"| N | ms / image (median) | min-max | ms / step / image |")
-    print(f"|---|---|---|---|")
+    print("| N | ms / image (median) | min-max | ms / step / image |")
+    print("|---|---|---|---|")
     for r in rows:
         print(f"| {r['steps']} | {r['ms_per_image']:.3f} | {r['ms_min']:.3f}-{r['ms_max']:.3f} | {r['ms_per_step_per_image']:.3f} |")
     print(json.dumps({"benchmark": "sampler", **where, "rows": rows}))

@@ -30,10 +30,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--samples", type=int, default=2048)
     p.add_argument("--steps", type=int, default=16, help="sampling steps N of the dump")
-    p.add_argument("--train-steps", type=int, default=5000)
+    p.add_argument("--train-steps", type=int, default=6000)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--archs", default="tiny-transformer,mlp,gru")
+    p.add_argument("--archs", default="tiny-transformer,tiny-transformer:bottleneck=1,mlp,gru",
+                   help="comma-separated arch[:key=value;key=value] specs")
     p.add_argument("--lossy", default="quant:bits=6", help="codec of the lossy dump ('' to skip)")
     p.add_argument("--out", default=None, help="keep datasets and zoo folders here (default: a temp folder)")
     args = p.parse_args()
@@ -57,18 +58,21 @@ def main() -> None:
         batches = pair_loader(PairStream(dumps["lossless"], batch_size=256, rows=val_rows, shuffle=False))
         return validate(model, base, batches, args.steps - 1)["overall"]
 
-    runs = [(arch, "lossless") for arch in args.archs.split(",")]
+    runs = [(spec, "lossless") for spec in args.archs.split(",")]
     if args.lossy:
         runs.append(("tiny-transformer", args.lossy))
     rows = []
-    for arch, codec in runs:
-        out = root / f"zoo-{arch}-{codec.split(':')[0]}"
+    for spec, codec in runs:
+        arch, _, options = spec.partition(":")  # e.g. tiny-transformer:bottleneck=1
+        arch_config = {k: int(v) for k, v in (kv.split("=") for kv in options.split(";") if kv)}
+        out = root / f"zoo-{spec.replace(':', '-').replace('=', '').replace(';', '-')}-{codec.split(':')[0]}"
         t0 = time.perf_counter()
         result = train(TrainConfig(data=str(dumps[codec]), arch=arch, out=str(out), steps=args.train_steps,
-                                   batch_size=args.batch, lr=args.lr, save_every=10**9), device="cpu")  # fmt: skip
+                                   batch_size=args.batch, lr=args.lr, save_every=10**9, arch_config=arch_config),
+                       device="cpu")  # fmt: skip
         minutes = (time.perf_counter() - t0) / 60
         m = heldout(out)
-        rows.append({"arch": arch, "data": codec, "parameters": result["cost"]["parameters"],
+        rows.append({"arch": spec, "data": codec, "parameters": result["cost"]["parameters"],
                      "relative_cost": result["cost"]["relative_cost"], "val_cosine": m["cos"],
                      "cache_cosine": m["cache_cos"], "mse_ratio_to_cache": m["mse_ratio_to_cache"],
                      "token_agreement": m["agree"], "cache_token_agreement": m["cache_agree"],

@@ -12,7 +12,6 @@ from shortcut_zoo.predictors import TaylorPredictor, make_predictor
 from shortcut_zoo.train import TrainConfig, train
 from trajectories.base import get_base
 from trajectories.dump import DumpConfig, dump_trajectories
-from trajectories.errors import MigmError
 from trajectories.sample import sample_many, sampler_config
 
 runner = CliRunner()
@@ -87,7 +86,7 @@ def test_sample_cli_and_its_errors(zoo, tmp_path):
 def test_budget_without_a_predictor_is_vanilla(tmp_path):
     a = runner.invoke(app, ["sample", "--steps", "8", "--budget", "3", "--per-class", "1", "--out", str(tmp_path / "a.png"), "--json"])
     b = runner.invoke(app, ["sample", "--steps", "8", "--per-class", "1", "--out", str(tmp_path / "b.png"), "--json"])
-    assert a.exit_code == 0 and json.loads(a.stdout)["predictor"] == "vanilla"
+    assert a.exit_code == 0 and b.exit_code == 0 and json.loads(a.stdout)["predictor"] == "vanilla"
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
 
 

@@ -1,0 +1,101 @@
+"""The `migm` Typer app and what its commands share: options, error handling, progress, tables.
+
+User errors (MigmError) print `error: …` and exit 2 (`--debug` shows the traceback)."""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from typing import Annotated, Callable, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from trajectories.errors import MigmError
+
+app = typer.Typer(
+    name="migm",
+    help="Learned shortcuts for masked image generation models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+# Options shared by several commands.
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Base model name (see `migm models`).")]
+StepsOpt = Annotated[int, typer.Option("--steps", "-n", help="Total sampling steps N.")]
+BudgetOpt = Annotated[Optional[int], typer.Option("--budget", "-b", help="Full steps B (1..N); without a predictor sampling is vanilla.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed; the same seed gives the same samples.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Samples per rollout batch.")]
+GuidanceOpt = Annotated[Optional[float], typer.Option("--guidance", "-w", help="CFG weight w (default: the base's).")]
+RTempOpt = Annotated[Optional[float], typer.Option("--r-temp", help="Gumbel noise scale on confidence (default: the base's).")]
+SmTempOpt = Annotated[Optional[float], typer.Option("--sm-temp", help="Softmax temperature multiplier (default: the base's).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
+    _state["debug"] = debug
+
+
+def call(fn: Callable, *args, **kwargs):
+    """Run a library function; a user error becomes `error: …` on stderr and exit code 2."""
+    try:
+        return fn(*args, **kwargs)
+    except MigmError as e:
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+@contextmanager
+def progress_bar(total: int, what: str, quiet: bool) -> Iterator[Callable[[int], None] | None]:
+    if quiet:
+        yield None
+        return
+    columns = [TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task(what, total=total, rate="")
+        start = time.perf_counter()
+
+        def advance(n: int) -> None:
+            done = bar.tasks[0].completed + n
+            bar.update(task, completed=done, rate=f"{done / (time.perf_counter() - start):.1f}/s")
+
+        yield advance
+
+
+def print_metrics(title: str, result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=title, show_header=False)
+    flat = {}
+    for key, value in result.items():
+        flat.update({f"{key}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {key: value})
+    for key, value in flat.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """['bottleneck=1', 'heads=4'] -> {'bottleneck': 1, 'heads': 4} (values parsed as JSON when they can be)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise MigmError(f"arch options look like key=value, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out

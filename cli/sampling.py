@@ -1,0 +1,155 @@
+"""Commands that sample: models, generate, score, sample, bench."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from cli.app import (
+    BatchOpt, BudgetOpt, DeviceOpt, GuidanceOpt, JsonOpt, ModelOpt, QuietOpt, RTempOpt, SeedOpt, SmTempOpt, StepsOpt,
+    app, call, console, err_console, print_metrics, progress_bar,
+)  # fmt: skip
+
+
+@app.command()
+def models(as_json: JsonOpt = False) -> None:
+    """List the base models."""
+    from trajectories.base import BASES
+
+    rows = {name: desc for name, (_, desc) in sorted(BASES.items())}
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("name", "description")
+    for name, desc in rows.items():
+        table.add_row(name, desc)
+    console.print(table)
+
+
+@app.command()
+def generate(
+    out: Annotated[str, typer.Option("--out", "-o", help="PNG file to write (its folder must exist).")] = "grid.png",
+    model: ModelOpt = "maskgit-digits",
+    classes: Annotated[str, typer.Option("--classes", help="Classes, e.g. 0-9 or 1,4,7; one grid row each.")] = "0-9",
+    per_class: Annotated[int, typer.Option("--per-class", help="Samples per class.")] = 8,
+    steps: StepsOpt = 16,
+    budget: BudgetOpt = None,
+    seed: SeedOpt = 0,
+    guidance: GuidanceOpt = None,
+    r_temp: RTempOpt = None,
+    sm_temp: SmTempOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 250,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sample a grid of images, one row per class, and write it as a PNG."""
+    from trajectories.sample import generate as run, parse_classes
+
+    class_ids = call(parse_classes, classes)
+    with progress_bar(len(class_ids) * per_class, "sampling", quiet or as_json) as bar:
+        result = call(run, model, class_ids, per_class, steps, seed, out, budget=budget, device=device,
+                      batch_size=batch_size, progress=bar, guidance=guidance, r_temp=r_temp, sm_temp=sm_temp)  # fmt: skip
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        console.print(f"wrote {result['out']} ({result['images']} images), "
+                      f"latency {result['latency_per_image_s'] * 1000:.2f} ms per image")  # fmt: skip
+
+
+@app.command()
+def score(
+    model: ModelOpt = "maskgit-digits",
+    samples: Annotated[int, typer.Option("--samples", help="Samples to score, classes spread evenly.")] = 1000,
+    steps: StepsOpt = 16,
+    budget: BudgetOpt = None,
+    seed: SeedOpt = 0,
+    guidance: GuidanceOpt = None,
+    r_temp: RTempOpt = None,
+    sm_temp: SmTempOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 250,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sample and score: class accuracy and Fréchet distance by the base's classifier."""
+    from trajectories.sample import score as run
+
+    with progress_bar(samples, "sampling", quiet or as_json) as bar:
+        result = call(run, model, samples, steps, seed, budget=budget, device=device, batch_size=batch_size,
+                      progress=bar, guidance=guidance, r_temp=r_temp, sm_temp=sm_temp)  # fmt: skip
+    print_metrics(f"{model}, N={steps}", result, as_json)
+
+
+@app.command()
+def sample(
+    out: Annotated[str, typer.Option("--out", "-o", help="PNG file to write (its folder must exist).")] = "grid.png",
+    model: ModelOpt = "maskgit-digits",
+    shortcut: Annotated[Optional[str], typer.Option("--shortcut", help="Zoo folder of a trained shortcut.")] = None,
+    predictor: Annotated[Optional[str], typer.Option("--predictor", help="shortcut (default with --shortcut), cache, taylor or taylor2.")] = None,
+    classes: Annotated[str, typer.Option("--classes", help="Classes, e.g. 0-9 or 1,4,7; one grid row each.")] = "0-9",
+    per_class: Annotated[int, typer.Option("--per-class", help="Samples per class.")] = 8,
+    steps: StepsOpt = 32,
+    budget: BudgetOpt = None,
+    seed: SeedOpt = 0,
+    guidance: GuidanceOpt = None,
+    r_temp: RTempOpt = None,
+    sm_temp: SmTempOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Use a shortcut trained for another base fingerprint.")] = False,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 250,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sample with a shortcut: B of the N steps run the base model, the others the predictor."""
+    from shortcut_zoo.sample import sample as run
+    from trajectories.sample import parse_classes
+
+    class_ids = call(parse_classes, classes)
+    with progress_bar(len(class_ids) * per_class, "sampling", quiet or as_json) as bar:
+        result = call(run, model, class_ids, per_class, steps, seed, out, budget=budget, shortcut=shortcut,
+                      predictor=predictor, force=force, device=device, batch_size=batch_size, progress=bar,
+                      guidance=guidance, r_temp=r_temp, sm_temp=sm_temp)  # fmt: skip
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        console.print(f"wrote {result['out']} ({result['images']} images, {result['predictor']}, N={steps}, "
+                      f"{result['full_steps']} full steps), latency {result['latency_per_image_s'] * 1000:.2f} ms per image")  # fmt: skip
+
+
+
+@app.command()
+def bench(
+    model: ModelOpt = "maskgit-digits",
+    shortcut: Annotated[Optional[list[str]], typer.Option("--shortcut", help="Zoo folder (repeatable).")] = None,
+    configs: Annotated[str, typer.Option("--configs", help="Comma-separated N or NxBy configs.")] = "N8,N12,N16,N32,N32B12,N32B8,N16B6",
+    predictors: Annotated[str, typer.Option("--predictors", help="Comma-separated: shortcut, cache, taylor, taylor2.")] = "shortcut,cache,taylor",
+    samples: Annotated[int, typer.Option("--samples", help="Samples per point (classes spread evenly).")] = 1000,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed batches per point, after a warm-up.")] = 5,
+    out: Annotated[str, typer.Option("--out", "-o", help="Folder for results.json, results.md, pareto.png.")] = "bench",
+    seed: SeedOpt = 0,
+    force: Annotated[bool, typer.Option("--force", help="Use shortcuts trained for another base fingerprint.")] = False,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 250,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Quality vs latency of vanilla, shortcut and training-free configs: table, JSON and Pareto plot."""
+    from shortcut_zoo.bench import BenchConfig, results_table, run_bench
+
+    cfg = BenchConfig(model=model, shortcuts=shortcut or [], configs=[c for c in configs.split(",") if c],
+                      predictors=[p for p in predictors.split(",") if p], samples=samples, seed=seed,
+                      batch_size=batch_size, repeats=repeats, out=out, force=force)  # fmt: skip
+    if quiet or as_json:
+        result = call(run_bench, cfg, device=device)
+    else:
+        with err_console.status("benchmarking") as status:
+            result = call(run_bench, cfg, device=device, progress=lambda what: status.update(f"benchmarking {what}"))
+    if as_json:
+        print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
+        return
+    console.print(results_table(result), markup=False, highlight=False)
+    console.print("wrote " + ", ".join(result["files"]))

@@ -1,0 +1,99 @@
+"""Commands on shortcuts: train, zoo list, zoo show."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cli.app import (
+    DeviceOpt, JsonOpt, QuietOpt, SeedOpt,
+    app, call, console, err_console, parse_overrides, print_metrics,
+)  # fmt: skip
+
+
+@app.command()
+def train(
+    data: Annotated[str, typer.Option("--data", help="Trajectory dataset folder.")],
+    arch: Annotated[str, typer.Option("--arch", help="tiny-transformer, mlp or gru.")] = "tiny-transformer",
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Zoo folder to write (default: zoo/ARCH).")] = None,
+    arch_option: Annotated[Optional[list[str]], typer.Option("--arch-option", "-a", help="Arch hyper-parameter, key=value (repeatable), e.g. -a bottleneck=2 -a blocks=1.")] = None,
+    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 2000,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per step and process.")] = 128,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then cosine decay).")] = 1e-3,
+    ema: Annotated[float, typer.Option("--ema", help="EMA decay of the exported weights.")] = 0.999,
+    loss: Annotated[str, typer.Option("--loss", help="mse, or mse+kl (adds KL between the base head's distributions).")] = "mse",
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Held-out fraction of samples.")] = 0.05,
+    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 0,
+    save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every this many steps.")] = 500,
+    stop_at: Annotated[Optional[int], typer.Option("--stop-at", help="Stop after this step, leaving a checkpoint for --resume.")] = None,
+    seed: SeedOpt = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a shortcut on a trajectory dataset and export it as a zoo folder."""
+    from shortcut_zoo.train import TrainConfig, train as run
+
+    cfg = TrainConfig(data=data, arch=arch, out=out or f"zoo/{arch}", arch_config=call(parse_overrides, arch_option or []),
+                      steps=steps, batch_size=batch_size, lr=lr, ema=ema, loss=loss, val_fraction=val_fraction,
+                      workers=workers, save_every=save_every, stop_at=stop_at, seed=seed)  # fmt: skip
+    if not (quiet or as_json):
+        columns = [TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
+        with Progress(*columns, console=err_console, transient=True) as bar:
+            task = bar.add_task("train", total=min(steps, stop_at or steps), info="")
+            report = lambda step, l, rate: bar.update(task, completed=step, info=f"loss {l:.4f}  {rate:,.0f} pairs/s")  # noqa: E731
+            result = call(run, cfg, device=device, resume=resume, progress=report)
+    else:
+        result = call(run, cfg, device=device, resume=resume)
+    result.pop("losses", None)
+    if "stopped_at" in result:
+        console.print(f"stopped at step {result['stopped_at']}; resume with --resume (checkpoint {result['checkpoint']})")
+        return
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    if "metrics" not in result:  # a non-main rank
+        return
+    m, cost = result["metrics"]["overall"], result["cost"]
+    print_metrics(f"{cfg.out} ({arch}, {cost['parameters']:,} parameters, {cost['relative_cost']:.3f}x a base forward)", {
+        "val cosine": m["cos"], "cache cosine": m["cache_cos"], "val MSE / cache MSE": m["mse_ratio_to_cache"],
+        "token agreement": m["agree"], "cache token agreement": m["cache_agree"],
+        "pairs/s": result["training"]["pairs_per_second"], "minutes": result["training"]["seconds"] / 60,
+    }, False)  # fmt: skip
+    console.print(f"wrote {cfg.out}/model.safetensors, config.json, README.md")
+
+
+zoo_app = typer.Typer(help="Shortcut zoo folders: list, show.", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+
+@zoo_app.command("list")
+def zoo_list(root: Annotated[str, typer.Argument(help="Folder holding zoo folders.")] = "zoo", as_json: JsonOpt = False) -> None:
+    """List the shortcuts under a folder with their base and validation figures."""
+    from shortcut_zoo.export import list_zoo
+
+    rows = call(list_zoo, root)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("path", "arch", "base", "params", "cost", "val cosine", "MSE / cache", "agreement")
+    for r in rows:
+        table.add_row(r["path"], r["arch"], r["base"], f"{r['parameters']:,}", f"{r['relative_cost']:.3f}",
+                      f"{r['cos']:.4f}", f"{r['mse_ratio_to_cache']:.3f}", f"{r['agree']:.4f}")  # fmt: skip
+    console.print(table)
+
+
+@zoo_app.command("show")
+def zoo_show(path: Annotated[str, typer.Argument(help="Zoo folder.")]) -> None:
+    """Print a shortcut's model card."""
+    from pathlib import Path
+
+    from shortcut_zoo.export import read_zoo_config
+
+    call(read_zoo_config, path)
+    console.print((Path(path) / "README.md").read_text(), markup=False, highlight=False)
