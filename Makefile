@@ -14,7 +14,7 @@ $(BIN)/migm: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(BIN)/migm
 
-# The whole pipeline on the embedded base (about 8 minutes on 2 CPU cores).
+# The whole pipeline on the embedded base (about 8 minutes on 2 CPU cores after set-up).
 demo: $(BIN)/migm
 	mkdir -p demo
 	$(BIN)/migm models
@@ -26,8 +26,8 @@ demo: $(BIN)/migm
 	$(BIN)/migm train --data demo/digits-n16 --arch tiny-transformer --steps 2000 --lr 2e-3 --out demo/zoo/tiny-transformer
 	$(BIN)/migm zoo show demo/zoo/tiny-transformer
 	$(BIN)/migm sample --model maskgit-digits --shortcut demo/zoo/tiny-transformer --steps 32 --budget 12 --out demo/shortcut-grid.png
-	$(BIN)/migm bench --model maskgit-digits --shortcut demo/zoo/tiny-transformer --configs N8,N16,N32,N32B12,N16B6 \
-		--samples 500 --out demo/bench
+	$(BIN)/migm bench --model maskgit-digits --shortcut demo/zoo/tiny-transformer --configs N8,N16,N16B8,N16B6 \
+		--samples 300 --repeats 3 --out demo/bench
 
 test: $(BIN)/migm
 	$(BIN)/python -m pytest
