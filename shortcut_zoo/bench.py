@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from shortcut_zoo.export import load_shortcut
-from shortcut_zoo.predictors import make_predictor
+from shortcut_zoo.predictors import check_predictor_name, make_predictor
 from trajectories.base import get_base
 from trajectories.errors import MigmError
 from trajectories.rollout import rollout, sample_seeds
@@ -88,8 +88,7 @@ def run_bench(cfg: BenchConfig, device: str = "auto", progress: Callable[[str], 
     if cfg.samples < 2:
         raise MigmError(f"samples must be at least 2, got {cfg.samples}")
     for name in cfg.predictors:
-        if name != "shortcut":
-            make_predictor(name)
+        check_predictor_name(name)
     if "shortcut" in cfg.predictors and not cfg.shortcuts and any(b for _, b in configs):
         raise MigmError("the shortcut predictor needs --shortcut zoo/NAME (or leave it out of --predictors)")
     out = Path(cfg.out)

@@ -70,12 +70,16 @@ class TaylorPredictor:
 PEERS = {"cache": CachePredictor, "taylor": lambda: TaylorPredictor(1), "taylor2": lambda: TaylorPredictor(2)}
 
 
+def check_predictor_name(name: str) -> None:
+    if name != "shortcut" and name not in PEERS:
+        raise MigmError(f"unknown predictor {name!r}; known predictors: shortcut, {', '.join(PEERS)}")
+
+
 def make_predictor(name: str, shortcut_model: torch.nn.Module | None = None):
     """'shortcut' (needs a loaded zoo model), 'cache', 'taylor' (order 1) or 'taylor2'."""
+    check_predictor_name(name)
     if name == "shortcut":
         if shortcut_model is None:
             raise MigmError("the shortcut predictor needs --shortcut zoo/NAME")
         return ShortcutPredictor(shortcut_model)
-    if name not in PEERS:
-        raise MigmError(f"unknown predictor {name!r}; known predictors: shortcut, {', '.join(PEERS)}")
     return PEERS[name]()

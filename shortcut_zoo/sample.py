@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from shortcut_zoo.export import load_shortcut
-from shortcut_zoo.predictors import make_predictor
+from shortcut_zoo.predictors import check_predictor_name, make_predictor
 from trajectories.errors import MigmError
 from trajectories.sample import generate
 
@@ -19,7 +19,7 @@ def predictor_factory(predictor: str | None, shortcut: str | None, force: bool =
         raise MigmError("the shortcut predictor needs --shortcut zoo/NAME")
     if name != "shortcut" and shortcut is not None:
         raise MigmError(f"--shortcut goes with --predictor shortcut, not {name!r}")
-    make_predictor(name, shortcut_model=object() if name == "shortcut" else None)  # checks the name early
+    check_predictor_name(name)
     if name == "shortcut":
         return lambda base: make_predictor("shortcut", load_shortcut(shortcut, base, force=force))
     return lambda base: make_predictor(name)
