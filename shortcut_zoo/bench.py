@@ -65,8 +65,8 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def call_costs(base, shortcut: torch.nn.Module | None, batch: int, N: int, repeats: int) -> dict:
-    """Seconds per image of one base forward, one head and one shortcut call (both CFG branches)."""
+def call_costs(base, shortcuts: dict[str, torch.nn.Module], batch: int, N: int, repeats: int) -> dict:
+    """Seconds per image of one base forward, one head and one call of each shortcut (both CFG branches)."""
     B2, L, device = 2 * batch, base.L, base.device
     tokens = torch.full((B2, L), base.mask_id, device=device)
     cond = torch.zeros(B2, dtype=torch.long, device=device)
@@ -78,8 +78,7 @@ def call_costs(base, shortcut: torch.nn.Module | None, batch: int, N: int, repea
     with torch.no_grad():
         out = {"t_full": _median_time(lambda: base.forward(tokens, cond), repeats)[0] / batch,
                "t_head": _median_time(lambda: base.head(feature), repeats)[0] / batch}  # fmt: skip
-        if shortcut is not None:
-            out["t_shortcut"] = _median_time(lambda: shortcut(*args), repeats)[0] / batch
+        out["t_shortcut"] = {name: _median_time(lambda: m(*args), repeats)[0] / batch for name, m in shortcuts.items()}
     return out
 
 
@@ -123,7 +122,6 @@ def run_bench(cfg: BenchConfig, device: str = "auto", progress: Callable[[str], 
         rows.append({"config": f"N{N}", "method": "vanilla", "N": N, "B": N, "latency_s": lat[0], "latency_min_s": lat[1],
                      "latency_max_s": lat[2], "speedup": 1.0, "accuracy": m["accuracy"], "frechet": m["frechet"],
                      "frechet_spread": abs(m["frechet"] - m2["frechet"]), "token_agreement": 1.0})  # fmt: skip
-    shortcut_costs = {}
     for N, B in configs:
         if B is None or B == N:
             continue
@@ -142,16 +140,14 @@ def run_bench(cfg: BenchConfig, device: str = "auto", progress: Callable[[str], 
                          "token_agreement": (s.tokens == vanilla[N]["tokens"]).float().mean().item()})  # fmt: skip
 
     # Overhead accounting from per-call costs measured now.
-    costs = call_costs(base, None, cfg.batch_size, max(steps_needed), cfg.repeats)
-    for name, model in shortcuts.items():
-        shortcut_costs[name] = call_costs(base, model, cfg.batch_size, max(steps_needed), cfg.repeats)["t_shortcut"]
+    costs = call_costs(base, shortcuts, cfg.batch_size, max(steps_needed), cfg.repeats)
     sampling = {r["N"]: max(0.0, (r["latency_s"] - r["N"] * costs["t_full"]) / r["N"]) for r in rows if r["method"] == "vanilla"}
     for r in rows:
         N, B, method = r["N"], r["B"], r["method"]
         if method == "vanilla":
             per_shortcut_step = 0.0
         elif method.startswith("shortcut:"):
-            per_shortcut_step = shortcut_costs[method.split(":", 1)[1]] + costs["t_head"]
+            per_shortcut_step = costs["t_shortcut"][method.split(":", 1)[1]] + costs["t_head"]
         else:  # cache, taylor: a few elementwise ops, then the head
             per_shortcut_step = costs["t_head"]
         r["ideal_s"] = B * costs["t_full"] + (N - B) * per_shortcut_step + N * sampling[N]
@@ -159,7 +155,7 @@ def run_bench(cfg: BenchConfig, device: str = "auto", progress: Callable[[str], 
 
     where = {"device": str(base.device), "threads": torch.get_num_threads(), "cpu": cpu_name(),
              "torch": torch.__version__, "model": base.name, "samples": cfg.samples, "batch": cfg.batch_size}  # fmt: skip
-    result = {"where": where, "costs": {**costs, "t_shortcut": shortcut_costs, "t_sampling_per_step": sampling},
+    result = {"where": where, "costs": {**costs, "t_sampling_per_step": sampling},
               "config": asdict(cfg), "rows": rows}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")

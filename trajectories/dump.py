@@ -107,6 +107,12 @@ def prepare_output(out: Path, intended: dict, overwrite: bool) -> dict | None:
     return None
 
 
+def shard_samples(k: int, plan: dict) -> range:
+    """The sample indices of shard k."""
+    S = plan["shard_size"]
+    return range(k * S, min((k + 1) * S, plan["num_samples"]))
+
+
 class StepRecorder:
     """Collects every step's feature of one batch as float16 [rows, N, L+C, D] on the host."""
 
@@ -119,7 +125,8 @@ class StepRecorder:
 
 def dump_shard(base, intended: dict, k: int, out: Path, batch_size: int, progress: Callable[[int], None] | None) -> None:
     n, S, seed = intended["num_samples"], intended["shard_size"], intended["seed"]
-    first, last = k * S, min((k + 1) * S, n)
+    samples = shard_samples(k, intended)
+    first, last = samples.start, samples.stop
     branches, classes = intended["branches"], intended["classes"]
     dims, codec, sampler = Dims(**intended["dims"]), codec_from_dict(intended["codec"]), SamplerConfig(**intended["sampler"])
     path = out / shard_name(intended["format"], k, -(-n // S))
@@ -177,7 +184,7 @@ def dump_trajectories(cfg: DumpConfig, device: str = "auto", overwrite: bool = F
     for k in range(state.process_index, total, state.num_processes):
         if (out / shard_name(cfg.format, k, total)).exists():  # whole: only complete shards get this name
             if progress is not None:
-                progress(min((k + 1) * cfg.shard_size, cfg.num_samples) - k * cfg.shard_size)
+                progress(len(shard_samples(k, intended)))
             continue
         dump_shard(base, intended, k, out, cfg.batch_size, progress)
     state.wait_for_everyone()
@@ -196,7 +203,7 @@ def finish(out: Path, intended: dict, total: int, processes: int) -> dict:
     shards = []
     for k in range(total):
         name = shard_name(intended["format"], k, total)
-        rows = (min((k + 1) * intended["shard_size"], intended["num_samples"]) - k * intended["shard_size"]) * intended["branches"]
+        rows = len(shard_samples(k, intended)) * intended["branches"]
         shards.append({"name": name, "rows": rows, "sha256": sha256_path(out / name), "bytes": path_size(out / name)})
     manifest = {**intended, "shards": shards, "rows": sum(s["rows"] for s in shards), "created_by": f"migm {__version__}",
                 "processes": processes}  # fmt: skip

@@ -64,14 +64,16 @@ class TrajectoryDataset:
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         return {k: v[0] for k, v in self.rows(i, i + 1).items()}
 
+    def checksum_problem(self, k: int) -> str | None:
+        """Why shard k's bytes do not match the manifest ("missing", "checksum mismatch"), or None."""
+        path = self.root / self.shards[k]["name"]
+        if not path.exists():
+            return "missing"
+        return None if sha256_path(path) == self.shards[k]["sha256"] else "checksum mismatch"
+
     def verify(self) -> list[str]:
         """Names of shards whose bytes do not match the manifest's sha256 (or that are missing)."""
-        bad = []
-        for s in self.shards:
-            path = self.root / s["name"]
-            if not path.exists() or sha256_path(path) != s["sha256"]:
-                bad.append(s["name"])
-        return bad
+        return [s["name"] for k, s in enumerate(self.shards) if self.checksum_problem(k)]
 
 
 def open_dataset(root: str | Path, verify: bool = False) -> TrajectoryDataset:

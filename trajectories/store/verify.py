@@ -8,7 +8,7 @@ import numpy as np
 
 from trajectories.errors import MigmError
 from trajectories.store.dataset import open_dataset
-from trajectories.store.schema import path_size, read_manifest, sha256_path
+from trajectories.store.schema import path_size
 
 
 def verify_dataset(root: str | Path) -> dict:
@@ -16,13 +16,8 @@ def verify_dataset(root: str | Path) -> dict:
     ds = open_dataset(root)
     report = []
     for k, shard in enumerate(ds.shards):
-        path = ds.root / shard["name"]
-        problem = None
-        if not path.exists():
-            problem = "missing"
-        elif sha256_path(path) != shard["sha256"]:
-            problem = "checksum mismatch"
-        else:
+        problem = ds.checksum_problem(k)
+        if problem is None:
             try:
                 reader = ds.reader(k)
                 first = reader.read(0, 1)
@@ -38,9 +33,8 @@ def verify_dataset(root: str | Path) -> dict:
 
 def inspect_dataset(root: str | Path, plot: str | Path | None = None, sample_rows: int = 64) -> dict:
     """Rows, dims, sizes, codec error bound and the smoothness curve (mean cos(f_s, f_{s+1}) per step)."""
-    manifest = read_manifest(root)
     ds = open_dataset(root)
-    dims = ds.dims
+    manifest, dims = ds.manifest, ds.dims
     size = sum(path_size(ds.root / s["name"]) for s in ds.shards)
     raw = dims.N * dims.T * dims.D * 2
     rows = np.linspace(0, len(ds) - 1, min(sample_rows, len(ds))).round().astype(int)
