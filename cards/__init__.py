@@ -72,6 +72,8 @@ def render_dataset_card(manifest: dict) -> str:
 
 
 def render_model_card(config: dict, path: str) -> str:
+    if "origin" in config:
+        return render_imported_card(config, path)
     m, cost, t = config["metrics"]["overall"], config["cost"], config["training"]
     per_step = config["metrics"]["per_step"]
     meta = {"library_name": "migm", "tags": ["migm", "feature-shortcut", config["arch"], config["base"]["name"]],
@@ -93,4 +95,20 @@ def render_model_card(config: dict, path: str) -> str:
         step_header=" | ".join(str(r["step"]) for r in per_step), step_rule="---|" * len(per_step),
         step_cos=" | ".join(f"{r['cos']:.4f}" for r in per_step),
         step_cache=" | ".join(f"{r['cache_cos']:.4f}" for r in per_step),
+    )  # fmt: skip
+
+
+def render_imported_card(config: dict, path: str) -> str:
+    """Card of a published shortcut wrapped by `migm zoo import`: origin and cost, no training figures."""
+    cost, origin = config["cost"], config["origin"]
+    meta = {"library_name": "migm", "tags": ["migm", "feature-shortcut", config["arch"], config["base"]["name"]],
+            "license": "other"}  # fmt: skip
+    return (TEMPLATES / "imported.md").read_text().format(
+        yaml=yaml.safe_dump(meta, sort_keys=False).rstrip(),
+        name=Path(path).name, path=path, arch=config["arch"],
+        arch_config=", ".join(f"{k}={v}" for k, v in config["arch_config"].items()),
+        version=config["version"], base_name=config["base"]["name"], fingerprint=config["base"]["fingerprint"],
+        published=origin["published"], sha256=origin["sha256"], N=config["sampler"]["steps"],
+        parameters=cost["parameters"], relative_cost=cost["relative_cost"],
+        shortcut_mflops=cost["shortcut_flops"] / 1e6, base_mflops=cost["base_flops"] / 1e6,
     )  # fmt: skip

@@ -39,6 +39,17 @@ RTempOpt = Annotated[Optional[float], typer.Option("--r-temp", help="Gumbel nois
 SmTempOpt = Annotated[Optional[float], typer.Option("--sm-temp", help="Softmax temperature multiplier (default: the base's).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+# Real bases (--model maskgit) load from local files.
+CheckpointOpt = Annotated[Optional[str], typer.Option("--checkpoint", help="MaskGIT checkpoint file (--model maskgit).")]
+VqganOpt = Annotated[Optional[str], typer.Option("--vqgan", help="Taming VQGAN folder, model.yaml + last.ckpt (--model maskgit).")]
+HeadsOpt = Annotated[Optional[int], typer.Option("--heads", help="Attention heads of the checkpoint (--model maskgit, default 16).")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32, bf16 or fp16: autocast for the transformer (fp16 on cuda).")]
+
+
+def base_args(checkpoint: str | None, vqgan: str | None, heads: int | None, precision: str) -> dict:
+    """What `get_base` needs beyond the model name (unset paths left out)."""
+    paths = {"checkpoint": checkpoint, "vqgan": vqgan, "heads": heads}
+    return {"precision": precision, **{k: v for k, v in paths.items() if v is not None}}
 
 
 @app.callback()

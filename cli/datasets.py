@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from cli.app import (
-    DeviceOpt, GuidanceOpt, JsonOpt, ModelOpt, QuietOpt, RTempOpt, SeedOpt, SmTempOpt, StepsOpt,
-    app, call, console, print_metrics, progress_bar,
+    CheckpointOpt, DeviceOpt, GuidanceOpt, HeadsOpt, JsonOpt, ModelOpt, PrecisionOpt, QuietOpt, RTempOpt, SeedOpt,
+    SmTempOpt, StepsOpt, app, base_args, call, console, print_metrics, progress_bar,
 )  # fmt: skip
 
 
@@ -31,6 +31,9 @@ def dump_trajectories(
     sm_temp: SmTempOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an output made with another config.")] = False,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    checkpoint: CheckpointOpt = None,
+    heads: HeadsOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -39,7 +42,8 @@ def dump_trajectories(
 
     cfg = DumpConfig(model=model, num_samples=num_samples, steps=steps, out=out, format=format, codec=codec,
                      shard_size=shard_size, batch_size=batch_size, seed=seed, classes=classes,
-                     guidance=guidance, r_temp=r_temp, sm_temp=sm_temp)  # fmt: skip
+                     guidance=guidance, r_temp=r_temp, sm_temp=sm_temp,
+                     base_args=base_args(checkpoint, None, heads, precision))  # fmt: skip
     with progress_bar(num_samples, "dumping samples", quiet or as_json) as bar:
         manifest = call(run, cfg, device=device, overwrite=overwrite, progress=bar)
     size = sum(s["bytes"] for s in manifest["shards"])

@@ -9,8 +9,9 @@ import typer
 from rich.table import Table
 
 from cli.app import (
-    BatchOpt, BudgetOpt, DeviceOpt, GuidanceOpt, JsonOpt, ModelOpt, QuietOpt, RTempOpt, SeedOpt, SmTempOpt, StepsOpt,
-    app, call, console, err_console, print_metrics, progress_bar,
+    BatchOpt, BudgetOpt, CheckpointOpt, DeviceOpt, GuidanceOpt, HeadsOpt, JsonOpt, ModelOpt, PrecisionOpt, QuietOpt,
+    RTempOpt, SeedOpt, SmTempOpt, StepsOpt, VqganOpt, app, base_args, call, console, err_console, print_metrics,
+    progress_bar,
 )  # fmt: skip
 
 
@@ -42,6 +43,10 @@ def generate(
     r_temp: RTempOpt = None,
     sm_temp: SmTempOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    checkpoint: CheckpointOpt = None,
+    vqgan: VqganOpt = None,
+    heads: HeadsOpt = None,
     batch_size: BatchOpt = 250,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -52,7 +57,8 @@ def generate(
     class_ids = call(parse_classes, classes)
     with progress_bar(len(class_ids) * per_class, "sampling", quiet or as_json) as bar:
         result = call(run, model, class_ids, per_class, steps, seed, out, budget=budget, device=device,
-                      batch_size=batch_size, progress=bar, guidance=guidance, r_temp=r_temp, sm_temp=sm_temp)  # fmt: skip
+                      batch_size=batch_size, progress=bar, guidance=guidance, r_temp=r_temp, sm_temp=sm_temp,
+                      base_args=base_args(checkpoint, vqgan, heads, precision))  # fmt: skip
     if as_json:
         print(json.dumps(result, indent=2))
     else:
@@ -71,6 +77,10 @@ def score(
     r_temp: RTempOpt = None,
     sm_temp: SmTempOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    checkpoint: CheckpointOpt = None,
+    vqgan: VqganOpt = None,
+    heads: HeadsOpt = None,
     batch_size: BatchOpt = 250,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -80,7 +90,8 @@ def score(
 
     with progress_bar(samples, "sampling", quiet or as_json) as bar:
         result = call(run, model, samples, steps, seed, budget=budget, device=device, batch_size=batch_size,
-                      progress=bar, guidance=guidance, r_temp=r_temp, sm_temp=sm_temp)  # fmt: skip
+                      progress=bar, guidance=guidance, r_temp=r_temp, sm_temp=sm_temp,
+                      base_args=base_args(checkpoint, vqgan, heads, precision))  # fmt: skip
     print_metrics(f"{model}, N={steps}", result, as_json)
 
 
@@ -100,6 +111,10 @@ def sample(
     sm_temp: SmTempOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Use a shortcut trained for another base fingerprint.")] = False,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    checkpoint: CheckpointOpt = None,
+    vqgan: VqganOpt = None,
+    heads: HeadsOpt = None,
     batch_size: BatchOpt = 250,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -112,7 +127,8 @@ def sample(
     with progress_bar(len(class_ids) * per_class, "sampling", quiet or as_json) as bar:
         result = call(run, model, class_ids, per_class, steps, seed, out, budget=budget, shortcut=shortcut,
                       predictor=predictor, force=force, device=device, batch_size=batch_size, progress=bar,
-                      guidance=guidance, r_temp=r_temp, sm_temp=sm_temp)  # fmt: skip
+                      guidance=guidance, r_temp=r_temp, sm_temp=sm_temp,
+                      base_args=base_args(checkpoint, vqgan, heads, precision))  # fmt: skip
     if as_json:
         print(json.dumps(result, indent=2))
     else:
@@ -133,6 +149,10 @@ def bench(
     seed: SeedOpt = 0,
     force: Annotated[bool, typer.Option("--force", help="Use shortcuts trained for another base fingerprint.")] = False,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    checkpoint: CheckpointOpt = None,
+    vqgan: VqganOpt = None,
+    heads: HeadsOpt = None,
     batch_size: BatchOpt = 250,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -142,7 +162,8 @@ def bench(
 
     cfg = BenchConfig(model=model, shortcuts=shortcut or [], configs=[c for c in configs.split(",") if c],
                       predictors=[p for p in predictors.split(",") if p], samples=samples, seed=seed,
-                      batch_size=batch_size, repeats=repeats, out=out, force=force)  # fmt: skip
+                      batch_size=batch_size, repeats=repeats, out=out, force=force,
+                      base_args=base_args(checkpoint, vqgan, heads, precision))  # fmt: skip
     if quiet or as_json:
         result = call(run_bench, cfg, device=device)
     else:

@@ -1,4 +1,4 @@
-"""Commands on shortcuts: train, zoo list, zoo show."""
+"""Commands on shortcuts: train, zoo list, zoo show, zoo import."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.app import (
-    DeviceOpt, JsonOpt, QuietOpt, SeedOpt,
-    app, call, console, err_console, parse_overrides, print_metrics,
+    CheckpointOpt, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt,
+    app, base_args, call, console, err_console, parse_overrides, print_metrics,
 )  # fmt: skip
 
 
@@ -68,7 +68,7 @@ def train(
     console.print(f"wrote {cfg.out}/model.safetensors, config.json, README.md")
 
 
-zoo_app = typer.Typer(help="Shortcut zoo folders: list, show.", no_args_is_help=True)
+zoo_app = typer.Typer(help="Shortcut zoo folders: list, show, import.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
 
 
@@ -97,3 +97,29 @@ def zoo_show(path: Annotated[str, typer.Argument(help="Zoo folder.")]) -> None:
 
     call(read_zoo_config, path)
     console.print((Path(path) / "README.md").read_text(), markup=False, highlight=False)
+
+
+@zoo_app.command("import")
+def zoo_import(
+    published: Annotated[str, typer.Option("--published", help="Published MIGM-Shortcut state dict (torch file, read weights-only).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Zoo folder to write (new or empty; its parent must exist).")],
+    checkpoint: CheckpointOpt = None,
+    model: Annotated[str, typer.Option("--base", "--model", help="Base the shortcut belongs to.")] = "maskgit",
+    heads: Annotated[int, typer.Option("--heads", help="Attention heads of the base and of the shortcut (published: 16).")] = 16,
+    bottleneck: Annotated[Optional[int], typer.Option("--bottleneck", help="Expected D / hidden (checked against the file).")] = None,
+    blocks: Annotated[Optional[int], typer.Option("--blocks", help="Expected blocks (checked against the file).")] = None,
+    steps: Annotated[int, typer.Option("--steps", help="N the shortcut is meant for (cost accounting, card).")] = 32,
+    as_json: JsonOpt = False,
+) -> None:
+    """Wrap a published shortcut into a zoo folder bound to its base's fingerprint."""
+    from shortcut_zoo.export import import_published
+
+    config = call(import_published, published, out, model=model, base_args=base_args(checkpoint, None, heads, "fp32"),
+                  heads=heads, bottleneck=bottleneck, blocks=blocks, steps=steps)  # fmt: skip
+    if as_json:
+        print(json.dumps(config, indent=2))
+        return
+    a = config["arch_config"]
+    console.print(f"wrote {out} (tiny-transformer, bottleneck {a['bottleneck']}, {a['blocks']} block(s), "
+                  f"{config['cost']['parameters']:,} parameters, {config['cost']['relative_cost']:.3f}x a base forward, "
+                  f"base {config['base']['name']} {config['base']['fingerprint'][:12]})")  # fmt: skip

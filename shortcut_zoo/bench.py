@@ -21,10 +21,9 @@ import torch
 
 from shortcut_zoo.export import load_shortcut
 from shortcut_zoo.predictors import check_predictor_name, make_predictor
-from trajectories.base import get_base
 from trajectories.errors import MigmError
-from trajectories.rollout import rollout, sample_seeds
-from trajectories.sample import SCORERS, cpu_name, resolve_device, sample_many, sampler_config
+from trajectories.rollout import autocast, rollout, sample_seeds
+from trajectories.sample import SCORERS, cpu_name, load_base, sample_many, sampler_config
 
 
 @dataclass
@@ -39,6 +38,7 @@ class BenchConfig:
     repeats: int = 5
     out: str = "bench"
     force: bool = False
+    base_args: dict = field(default_factory=dict)  # checkpoint / vqgan / heads / precision for real bases
 
 
 def parse_config(spec: str) -> tuple[int, int | None]:
@@ -75,7 +75,7 @@ def call_costs(base, shortcuts: dict[str, torch.nn.Module], batch: int, N: int, 
     new_emb = base.embed(torch.zeros(B2, K, dtype=torch.long, device=device), torch.arange(K, device=device).expand(B2, K))
     args = (feature, new_emb, torch.arange(K, device=device).expand(B2, K), torch.ones(B2, K, dtype=torch.bool, device=device),
             torch.full((B2,), 0.5, device=device))  # fmt: skip
-    with torch.no_grad():
+    with torch.no_grad(), autocast(base):
         out = {"t_full": _median_time(lambda: base.forward(tokens, cond), repeats)[0] / batch,
                "t_head": _median_time(lambda: base.head(feature), repeats)[0] / batch}  # fmt: skip
         out["t_shortcut"] = {name: _median_time(lambda: m(*args), repeats)[0] / batch for name, m in shortcuts.items()}
@@ -93,13 +93,13 @@ def run_bench(cfg: BenchConfig, device: str = "auto", progress: Callable[[str], 
     out = Path(cfg.out)
     if not out.parent.is_dir():
         raise MigmError(f"output directory {str(out.parent)!r} does not exist")
-    base = get_base(cfg.model, device=resolve_device(device))
-    if base.name not in SCORERS:
-        raise MigmError(f"no scorer for {base.name!r}; bench works for: {', '.join(SCORERS)}")
+    base = load_base(cfg.model, device, cfg.base_args)
     for N, B in configs:
         sampler_config(base, N, B)  # validates 1 <= B <= N <= L before any work
     shortcuts = {Path(p).name: load_shortcut(p, base, force=cfg.force) for p in cfg.shortcuts}
-    score = SCORERS[base.name]
+    # Without a scorer for this base (real ImageNet models: no classifier ships), quality is token agreement only.
+    scorer = SCORERS.get(base.name)
+    score = scorer or (lambda tokens, labels: {"accuracy": None, "frechet": None})
     labels = torch.arange(cfg.samples) % base.num_classes
     timing_labels = labels[: cfg.batch_size]
     timing_seeds = sample_seeds(cfg.seed + 10_000, 0, len(timing_labels))
@@ -115,13 +115,16 @@ def run_bench(cfg: BenchConfig, device: str = "auto", progress: Callable[[str], 
         if progress:
             progress(f"vanilla N{N}")
         s = sample_many(base, labels, config, cfg.seed, cfg.batch_size)
-        again = sample_many(base, labels, config, cfg.seed + 1, cfg.batch_size)
-        m, m2 = score(s.tokens, s.labels), score(again.tokens, again.labels)
+        m = score(s.tokens, s.labels)
+        if scorer:  # a second seed gives the run-to-run spread of the Fréchet distance
+            again = sample_many(base, labels, config, cfg.seed + 1, cfg.batch_size)
+            m2 = score(again.tokens, again.labels)
         lat = latency(config, None)
         vanilla[N] = {"tokens": s.tokens, "latency": lat[0]}
         rows.append({"config": f"N{N}", "method": "vanilla", "N": N, "B": N, "latency_s": lat[0], "latency_min_s": lat[1],
                      "latency_max_s": lat[2], "speedup": 1.0, "accuracy": m["accuracy"], "frechet": m["frechet"],
-                     "frechet_spread": abs(m["frechet"] - m2["frechet"]), "token_agreement": 1.0})  # fmt: skip
+                     "frechet_spread": abs(m["frechet"] - m2["frechet"]) if scorer else None,
+                     "token_agreement": 1.0})  # fmt: skip
     for N, B in configs:
         if B is None or B == N:
             continue
@@ -160,7 +163,8 @@ def run_bench(cfg: BenchConfig, device: str = "auto", progress: Callable[[str], 
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "results.md").write_text(results_table(result) + "\n")
-    pareto_plot(rows, out / "pareto.png", f"{base.name}, {cfg.samples} samples, {where['device']} ({where['threads']} threads)")
+    pareto_plot(rows, out / "pareto.png", f"{base.name}, {cfg.samples} samples, {where['device']} ({where['threads']} threads)",
+                quality="frechet" if scorer else "token_agreement")  # fmt: skip
     result["files"] = [str(out / f) for f in ("results.json", "results.md", "pareto.png")]
     return result
 
@@ -172,14 +176,18 @@ def results_table(result: dict) -> str:
              "| config | method | ms / image | min-max | speed-up vs vanilla N | accuracy | Fréchet | "
              "token agreement | measured / ideal |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in result["rows"]:
-        fd = f"{r['frechet']:.2f}" + (f" ± {r['frechet_spread']:.2f}" if "frechet_spread" in r else "")
+        fd = "-" if r["frechet"] is None else f"{r['frechet']:.2f}"
+        fd += f" ± {r['frechet_spread']:.2f}" if r.get("frechet_spread") is not None else ""
+        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
         lines.append(f"| {r['config']} | {r['method']} | {1000 * r['latency_s']:.2f} | {1000 * r['latency_min_s']:.2f}-"
-                     f"{1000 * r['latency_max_s']:.2f} | {r['speedup']:.2f}x | {r['accuracy']:.3f} | {fd} | "
+                     f"{1000 * r['latency_max_s']:.2f} | {r['speedup']:.2f}x | {acc} | {fd} | "
                      f"{r['token_agreement']:.3f} | {r['measured_over_ideal']:.2f} |")  # fmt: skip
     return "\n".join(lines)
 
 
-def pareto_plot(rows: list[dict], path: Path, title: str) -> None:
+def pareto_plot(rows: list[dict], path: Path, title: str, quality: str = "frechet") -> None:
+    """Quality vs latency, one line per method; quality is the Fréchet distance, or token agreement
+    with vanilla for bases without a scorer."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,12 +196,12 @@ def pareto_plot(rows: list[dict], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for method in dict.fromkeys(r["method"] for r in rows):
         pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["latency_s"])
-        xs, ys = [1000 * r["latency_s"] for r in pts], [r["frechet"] for r in pts]
+        xs, ys = [1000 * r["latency_s"] for r in pts], [r[quality] for r in pts]
         ax.plot(xs, ys, marker="o", label=method)
         for r, x, y in zip(pts, xs, ys):
             ax.annotate(r["config"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel("latency per image (ms)")
-    ax.set_ylabel("Fréchet distance (lower is better)")
+    ax.set_ylabel("Fréchet distance (lower is better)" if quality == "frechet" else "token agreement with vanilla (higher is better)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -41,7 +41,7 @@ def test_score_json(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--model", "nope"], "unknown model 'nope'; known models: maskgit-digits"),
+        (["--model", "nope"], "unknown model 'nope'; known models: maskgit, maskgit-digits"),
         (["--steps", "0"], "steps must be between 1 and 64"),
         (["--steps", "8", "--budget", "9"], "budget must satisfy 1 <= budget <= steps (8)"),
         (["--classes", "3-12"], "classes must be in 0-9"),

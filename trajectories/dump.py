@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -50,6 +50,7 @@ class DumpConfig:
     guidance: float | None = None
     r_temp: float | None = None
     sm_temp: float | None = None
+    base_args: dict = field(default_factory=dict)  # checkpoint / vqgan / heads / precision for real bases
 
 
 def plan(cfg: DumpConfig, base) -> dict:
@@ -69,7 +70,7 @@ def plan(cfg: DumpConfig, base) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "format": cfg.format,
-        "base": {"name": base.name, "fingerprint": base.fingerprint},
+        "base": {"name": base.name, "fingerprint": base.fingerprint, "precision": base.precision},
         "sampler": sampler.to_dict(),
         "dims": dims.__dict__,
         "codec": codec.to_dict(),
@@ -114,13 +115,17 @@ def shard_samples(k: int, plan: dict) -> range:
 
 
 class StepRecorder:
-    """Collects every step's feature of one batch as float16 [rows, N, L+C, D] on the host."""
+    """Collects every step's feature of one batch as float16 [samples·branches, N, L+C, D] on the host,
+    sample-major (rollout rows are branch-major: all conditional, then all unconditional). The batch
+    is the only thing held in memory: peak host memory is set by --batch-size, not the dataset."""
 
-    def __init__(self, rows: int, dims: Dims):
-        self.features = np.empty((rows, dims.N, dims.T, dims.D), dtype=np.float16)
+    def __init__(self, samples: int, branches: int, dims: Dims):
+        self.samples, self.branches = samples, branches
+        self.features = np.empty((samples * branches, dims.N, dims.T, dims.D), dtype=np.float16)
 
     def __call__(self, step: int, feature: torch.Tensor, new_ids: torch.Tensor, new_pos: torch.Tensor) -> None:
-        self.features[:, step] = feature.to(torch.float16).cpu().numpy()
+        f = feature.to(torch.float16).cpu().numpy()
+        self.features[:, step] = f.reshape(self.branches, self.samples, *f.shape[1:]).swapaxes(0, 1).reshape(f.shape)
 
 
 def dump_shard(base, intended: dict, k: int, out: Path, batch_size: int, progress: Callable[[int], None] | None) -> None:
@@ -137,14 +142,12 @@ def dump_shard(base, intended: dict, k: int, out: Path, batch_size: int, progres
             ids = np.arange(start, stop)
             seeds = sample_seeds(seed, start, stop - start)
             cond = torch.tensor([classes[i % len(classes)] for i in ids])
-            rec = StepRecorder((stop - start) * branches, dims)
-            result = rollout(base, cond, seeds, sampler, recorder=rec)
             b = stop - start
-            # rollout rows are branch-major (all conditional, then all unconditional); store sample-major
-            perm = np.arange(b * branches).reshape(branches, b).T.reshape(-1)
+            rec = StepRecorder(b, branches, dims)
+            result = rollout(base, cond, seeds, sampler, recorder=rec)
             rep = lambda a: np.repeat(np.asarray(a), branches, axis=0)  # noqa: E731
             fields = {
-                **codec.encode(rec.features[perm]),
+                **codec.encode(rec.features),
                 "tokens": rep(result.tokens.cpu().numpy()).astype(np.int16),
                 "order": rep(result.order.cpu().numpy()).astype(np.int16),
                 "cond": rep(cond.numpy()).astype(np.int32),
@@ -168,7 +171,7 @@ def dump_trajectories(cfg: DumpConfig, device: str = "auto", overwrite: bool = F
 
     state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
     device = resolve_device(device) if state.num_processes == 1 else str(state.device)
-    base = get_base(cfg.model, device=device)
+    base = get_base(cfg.model, device=device, **cfg.base_args)
     intended = plan(cfg, base)
     out = Path(cfg.out)
     done = None

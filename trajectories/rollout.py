@@ -99,6 +99,12 @@ class _StepClock:
         return [b - a for a, b in zip(self.marks, self.marks[1:])]
 
 
+def autocast(base) -> torch.autocast:
+    """Autocast for the base's precision (a no-op at fp32); logits are sampled in fp32 regardless."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(getattr(base, "precision", "fp32"))
+    return torch.autocast(base.device.type, dtype=dtype, enabled=dtype is not None)
+
+
 @torch.no_grad()
 def rollout(
     base,
@@ -140,46 +146,47 @@ def rollout(
     clock = _StepClock(device)
     clock.mark()
     feature = step_input = None
-    for s in range(N):
-        if is_full[s]:
-            logits, feature = base.forward(tokens.repeat(branches, 1), branch_cond)
-            if predictor is not None:
-                predictor.observe(s, feature)
-        else:
-            feature = predictor.predict(s, feature, *step_input)
-            logits = base.head(feature)
+    with autocast(base):  # fp32 unless the base was loaded with --precision bf16/fp16
+        for s in range(N):
+            if is_full[s]:
+                logits, feature = base.forward(tokens.repeat(branches, 1), branch_cond)
+                if predictor is not None:
+                    predictor.observe(s, feature)
+            else:
+                feature = predictor.predict(s, feature, *step_input)
+                logits = base.head(feature)
 
-        frac = s / (N - 1) if N > 1 else 0.0
-        logits = logits.float()
-        if cfg:
-            w = config.guidance * frac
-            logits = (1 + w) * logits[:batch] - w * logits[batch:]
+            frac = s / (N - 1) if N > 1 else 0.0
+            logits = logits.float()
+            if cfg:
+                w = config.guidance * frac
+                logits = (1 + w) * logits[:batch] - w * logits[batch:]
 
-        # Sample a token everywhere by inverse CDF, then keep the k most confident masked positions.
-        log_probs = torch.log_softmax(logits * config.sm_temp, dim=-1)
-        cdf = log_probs.exp().cumsum(-1)
-        u = noise[:, s, 0].unsqueeze(-1) * cdf[..., -1:]
-        sampled = (cdf < u).sum(-1).clamp_(max=base.V - 1)
-        confidence = log_probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
-        gumbel = -torch.log(-torch.log(noise[:, s, 1]))
-        confidence = confidence + config.r_temp * (1 - frac) * gumbel
-        confidence = confidence.masked_fill(tokens != base.mask_id, -torch.inf)
-        k = counts[s]
-        new_pos = confidence.topk(k, dim=-1).indices
-        new_ids = sampled.gather(-1, new_pos)
-        tokens.scatter_(1, new_pos, new_ids)
-        order.scatter_(1, new_pos, s)
-        remaining -= k
+            # Sample a token everywhere by inverse CDF, then keep the k most confident masked positions.
+            log_probs = torch.log_softmax(logits * config.sm_temp, dim=-1)
+            cdf = log_probs.exp().cumsum(-1)
+            u = noise[:, s, 0].unsqueeze(-1) * cdf[..., -1:]
+            sampled = (cdf < u).sum(-1).clamp_(max=base.V - 1)
+            confidence = log_probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
+            gumbel = -torch.log(-torch.log(noise[:, s, 1]))
+            confidence = confidence + config.r_temp * (1 - frac) * gumbel
+            confidence = confidence.masked_fill(tokens != base.mask_id, -torch.inf)
+            k = counts[s]
+            new_pos = confidence.topk(k, dim=-1).indices
+            new_ids = sampled.gather(-1, new_pos)
+            tokens.scatter_(1, new_pos, new_ids)
+            order.scatter_(1, new_pos, s)
+            remaining -= k
 
-        if recorder is not None:
-            recorder(s, feature, new_ids, new_pos)
-        if s + 1 < N and not is_full[s + 1]:
-            new_emb = base.embed(new_ids, new_pos).repeat(branches, 1, 1)
-            pos = new_pos.repeat(branches, 1)
-            valid = torch.ones_like(pos, dtype=torch.bool)
-            ratio = torch.full((batch * branches,), remaining / L, device=device)
-            step_input = (new_emb, pos, valid, ratio)
-        clock.mark()
+            if recorder is not None:
+                recorder(s, feature, new_ids, new_pos)
+            if s + 1 < N and not is_full[s + 1]:
+                new_emb = base.embed(new_ids, new_pos).repeat(branches, 1, 1)
+                pos = new_pos.repeat(branches, 1)
+                valid = torch.ones_like(pos, dtype=torch.bool)
+                ratio = torch.full((batch * branches,), remaining / L, device=device)
+                step_input = (new_emb, pos, valid, ratio)
+            clock.mark()
 
     return RolloutResult(tokens=tokens, order=order, step_times=clock.durations(), full=full)
 

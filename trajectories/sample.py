@@ -28,6 +28,11 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def load_base(model: str, device: str = "auto", base_args: dict | None = None):
+    """The base by name on the resolved device; `base_args`: checkpoint / vqgan / heads / precision."""
+    return get_base(model, device=resolve_device(device), **(base_args or {}))
+
+
 def cpu_name() -> str:
     """The CPU model, for benchmark tables."""
     try:
@@ -120,7 +125,8 @@ def save_grid(images: torch.Tensor, rows: int, path: Path, scale: int = 4, pad: 
 def generate(
     model: str, classes: list[int], per_class: int, steps: int, seed: int, out: str | Path,
     budget: int | None = None, device: str = "auto", batch_size: int = 250,
-    progress: Callable[[int], None] | None = None, predictor_for: Callable | None = None, **overrides: float | None,
+    progress: Callable[[int], None] | None = None, predictor_for: Callable | None = None,
+    base_args: dict | None = None, **overrides: float | None,
 ) -> dict:  # fmt: skip
     """Sample `per_class` images of each class and write them as a PNG grid, one row per class.
 
@@ -128,7 +134,7 @@ def generate(
     out = check_out_path(out)
     if per_class < 1:
         raise MigmError(f"per-class must be at least 1, got {per_class}")
-    base = get_base(model, device=resolve_device(device))
+    base = load_base(model, device, base_args)
     bad = [c for c in classes if not 0 <= c < base.num_classes]
     if bad:
         raise MigmError(f"classes must be in 0-{base.num_classes - 1}, got {bad}")
@@ -142,12 +148,13 @@ def generate(
 
 def score(
     model: str, samples: int, steps: int, seed: int, budget: int | None = None, device: str = "auto",
-    batch_size: int = 250, progress: Callable[[int], None] | None = None, **overrides: float | None,
+    batch_size: int = 250, progress: Callable[[int], None] | None = None, base_args: dict | None = None,
+    **overrides: float | None,
 ) -> dict:  # fmt: skip
     """Sample `samples` images with classes spread evenly and score them with the base's scorer."""
     if samples < 2:
         raise MigmError(f"samples must be at least 2 (the Fréchet distance needs a covariance), got {samples}")
-    base = get_base(model, device=resolve_device(device))
+    base = load_base(model, device, base_args)
     if base.name not in SCORERS:
         raise MigmError(f"no scorer for {base.name!r}; scoring works for: {', '.join(SCORERS)}")
     config = sampler_config(base, steps, budget, **overrides)

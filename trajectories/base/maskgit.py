@@ -177,6 +177,7 @@ class MaskGIT:
         self.sampler_defaults = dict(sampler_defaults or {})
         self._extra_config = dict(extra_config or {})
         self._fingerprint: str | None = None
+        self.precision = "fp32"  # bf16 / fp16: the rollout runs the transformer under autocast
 
     # dims
     L = property(lambda self: self.cfg.L)
@@ -223,3 +224,65 @@ def masked_token_loss(net: MaskTransformer, tokens: torch.Tensor, cond: torch.Te
     inp = tokens.masked_fill(masked, net.cfg.codebook_size)
     logits = net.head(net.features(net.input_ids(inp, cond)))
     return F.cross_entropy(logits[masked], tokens[masked])
+
+
+# --- published checkpoints ----------------------------------------------------------------------
+
+
+def infer_config(state: dict[str, torch.Tensor], heads: int = 16, codebook_size: int | None = None) -> MaskGITConfig:
+    """Dims from tensor shapes. The vocabulary is V codes + mask + classes + null; V is the VQGAN's
+    codebook size when known, else the largest power of two that leaves at least one class."""
+    from trajectories.errors import MigmError
+
+    need = ("pos_emb", "tok_emb.weight", "transformer.layers.0.1.fn.net.0.weight")
+    missing = [k for k in need if k not in state]
+    if missing:
+        raise MigmError("not a MaskGIT state dict: missing keys: " + ", ".join(missing))
+    _, seq, D = state["pos_emb"].shape
+    L, vocab = seq - 1, state["tok_emb.weight"].shape[0]
+    grid = int(round(L**0.5))
+    if grid * grid != L:
+        raise MigmError(f"MaskGIT token grid must be square, got L={L} image positions")
+    depth = len({k.split(".")[2] for k in state if k.startswith("transformer.layers.")})
+    V = codebook_size or 2 ** ((vocab - 3).bit_length() - 1)
+    classes = vocab - V - 2
+    if classes < 1:
+        raise MigmError(f"vocabulary of {vocab} tokens leaves no class tokens for a codebook of {V}")
+    if heads < 1 or D % heads:
+        raise MigmError(f"--heads must divide the hidden size {D}, got {heads}")
+    mlp = state["transformer.layers.0.1.fn.net.0.weight"].shape[0]
+    return MaskGITConfig(grid=grid, codebook_size=V, num_classes=classes, hidden_dim=D, depth=depth, heads=heads, mlp_dim=mlp)
+
+
+def read_maskgit_state(path: str) -> dict[str, torch.Tensor]:
+    """A published checkpoint (a dict holding `model_state_dict`, optimizer entries ignored) or a bare state dict."""
+    from trajectories.base.checkpoints import load_torch_file, strip_prefixes
+    from trajectories.errors import MigmError
+
+    obj = load_torch_file(path)
+    state = obj.get("model_state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise MigmError(f"{path}: not a MaskGIT checkpoint (expected a dict with 'model_state_dict', or a state dict)")
+    return strip_prefixes(state)
+
+
+def load_maskgit(checkpoint: str | None = None, vqgan: str | None = None, heads: int | None = None) -> MaskGIT:
+    """A published MaskGIT ImageNet checkpoint, with the taming VQGAN folder for decoding (optional
+    for commands that never decode, such as dump-trajectories)."""
+    from trajectories.base.vqgan import load_vqgan
+    from trajectories.errors import MigmError
+
+    if checkpoint is None:
+        raise MigmError("--model maskgit needs --checkpoint FILE (a published MaskGIT checkpoint)")
+    state = read_maskgit_state(checkpoint)
+    vq = load_vqgan(vqgan) if vqgan else None
+    cfg = infer_config(state, heads=heads or 16, codebook_size=vq.cfg.n_embed if vq else None)
+    net = MaskTransformer(cfg)
+    load_state_dict_strict(net, state, str(checkpoint))
+
+    def decode(tokens: torch.Tensor) -> torch.Tensor:
+        if vq is None:
+            raise MigmError("decoding images needs the VQGAN: add --vqgan DIR (model.yaml + last.ckpt)")
+        return vq.to(tokens.device)(tokens)
+
+    return MaskGIT("maskgit", cfg, net, decode, extra_config={"family": "halton-maskgit-v1"})

@@ -1,0 +1,73 @@
+"""Reading published torch checkpoints safely: `torch.load(weights_only=True)`, never a full unpickle.
+
+Training checkpoints often carry objects beside the weights (PyTorch Lightning callbacks keyed by
+their class, argparse namespaces). `weights_only` refuses them; we retry with an inert stand-in class
+for each refused name: it has no behaviour, so the file's objects load as empty shells while every
+tensor loads exactly. Modules torch blocks (os, sys, …) stay refused.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+from trajectories.errors import MigmError
+
+_REFUSED = re.compile(r"Unsupported (?:global: GLOBAL|class) ([\w.]+)")
+
+
+class _Inert:
+    """Stand-in for a class a checkpoint names but we do not need: takes any state, does nothing."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state) -> None:
+        pass
+
+
+def _stand_in(full_path: str) -> type:
+    module, _, name = full_path.rpartition(".")
+    return type(name, (_Inert,), {"__module__": module, "__qualname__": name})
+
+
+def load_torch_file(path: str | Path, max_stand_ins: int = 32):
+    """`torch.load(path, map_location='cpu', weights_only=True)`, with inert stand-ins for refused classes."""
+    path = Path(path)
+    if not path.is_file():
+        raise MigmError(f"checkpoint {str(path)!r} does not exist")
+    stand_ins: list[type] = []
+    while True:
+        try:
+            with torch.serialization.safe_globals(stand_ins):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            m = _REFUSED.search(str(e))
+            name = m.group(1) if m else None
+            if "Unsupported operand" in str(e) or "could not find MARK" in str(e):
+                raise MigmError(f"{path}: not a torch checkpoint (unreadable pickle data)") from None
+            if name is None or name.startswith(("torch.", "builtins.")) or len(stand_ins) >= max_stand_ins:
+                why = re.search(r"WeightsUnpickler error:\s*(\S.*)", str(e))
+                why = (why.group(1) if why else str(e).strip()).split(" was not an allowed")[0][:160]
+                raise MigmError(f"{path}: refused by the weights-only loader: {why}") from None
+            stand_ins.append(_stand_in(name))
+        except Exception as e:  # torch raises many kinds for a file that is not a checkpoint
+            why = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+            raise MigmError(f"{path}: not a torch checkpoint ({type(e).__name__}{': ' + why if why else ''})") from None
+
+
+def strip_prefixes(state: dict, prefixes: tuple[str, ...] = ("module.", "_orig_mod.")) -> dict:
+    """Keys saved from DDP (`module.`) or `torch.compile` (`_orig_mod.`) models, made plain."""
+    out = {}
+    for key, value in state.items():
+        for p in prefixes:
+            if key.startswith(p):
+                key = key[len(p) :]
+        out[key] = value
+    return out
