@@ -107,11 +107,12 @@ def sample_many(
     return Samples(torch.cat(tokens), labels.cpu(), seconds, step_seconds)
 
 
-def save_grid(images: torch.Tensor, rows: int, path: Path, scale: int = 4, pad: int = 1) -> None:
-    """Images [n, 3, H, W] in [0, 1] as a PNG grid with `rows` rows, upscaled by `scale`."""
+def save_grid(images: torch.Tensor, rows: int, path: Path, scale: int | None = None, pad: int = 1) -> None:
+    """Images [n, 3, H, W] in [0, 1] as a PNG grid with `rows` rows, small images upscaled (to >= 32 px)."""
     from PIL import Image
 
     n, _, H, W = images.shape
+    scale = scale or max(1, 32 // H)
     cols = -(-n // rows)
     canvas = np.ones((rows * (H + pad) + pad, cols * (W + pad) + pad, 3), dtype=np.float32)
     for i, img in enumerate(images.cpu().float().numpy()):
@@ -142,7 +143,9 @@ def generate(
     predictor = predictor_for(base) if predictor_for is not None else None
     labels = torch.tensor(classes).repeat_interleave(per_class)
     s = sample_many(base, labels, config, seed, batch_size, predictor=predictor, progress=progress)
-    save_grid(base.decode(s.tokens.to(base.device)), rows=len(classes), path=out)
+    # decode a few at a time: a 512-px VQGAN decode holds GiBs of activations per dozen images
+    images = torch.cat([base.decode(t.to(base.device)).cpu() for t in s.tokens.split(8)])
+    save_grid(images, rows=len(classes), path=out)
     return {"out": str(out), "images": len(labels), "latency_per_image_s": s.latency_per_image, "sampler": config.to_dict()}
 
 
