@@ -83,10 +83,12 @@ def test_manifest_and_card(dumps):
     assert card.startswith("---\n") and "data/train-*" in card and m["base"]["fingerprint"] in card
 
 
-def test_datasets_load_dataset_reads_the_parquet_folder(dumps):
+def test_datasets_load_dataset_reads_the_parquet_folder(dumps, tmp_path):
     from datasets import load_dataset
 
-    hf = load_dataset(str(dumps["parquet", "lossless"]), split="train").with_format("numpy", dtype=None)
+    # a fresh cache: `datasets` keys its cache of a local folder by the folder's name, not its content
+    hf = load_dataset(str(dumps["parquet", "lossless"]), split="train", cache_dir=str(tmp_path / "hf-cache"))
+    hf = hf.with_format("numpy", dtype=None)
     ours = open_dataset(dumps["parquet", "lossless"])
     row = hf[3]
     assert row["features"].dtype == np.float16 and row["features"].shape == (5, 65, 64)
