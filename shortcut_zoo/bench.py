@@ -1,6 +1,7 @@
 """`migm bench`: quality against latency for vanilla N, shortcut N/B and the training-free peers.
 
-For every (config, predictor): latency per image (warm-up, timed repeats: median and spread),
+For every (config, predictor): latency per image (warm-up, then repeats timed round-robin over all
+points: median and spread),
 speedup vs vanilla at the same N (same run), class accuracy and Fréchet distance (the base's
 scorer), token agreement with vanilla sampling of the same seeds, and measured / ideal latency,
 where ideal = B·t_full + (N−B)·(t_shortcut + t_head) + N·t_sampling from per-call costs measured in
@@ -60,6 +61,22 @@ def _median_time(fn: Callable[[], object], repeats: int) -> tuple[float, float, 
     return statistics.median(times), min(times), max(times)
 
 
+def _interleaved_times(fns: list[Callable[[], object]], repeats: int) -> list[tuple[float, float, float]]:
+    """Median, min and max seconds of each fn, timed round-robin (one warm-up each first), so that
+    a machine that slows down or speeds up during the run shifts every point alike."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            ts.append(time.perf_counter() - t0)
+    return [(statistics.median(ts), min(ts), max(ts)) for ts in times]
+
+
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -104,11 +121,11 @@ def run_bench(cfg: BenchConfig, device: str = "auto", progress: Callable[[str], 
     timing_labels = labels[: cfg.batch_size]
     timing_seeds = sample_seeds(cfg.seed + 10_000, 0, len(timing_labels))
 
-    def latency(config, predictor) -> tuple[float, float, float]:
-        t = _median_time(lambda: rollout(base, timing_labels, timing_seeds, config, predictor=predictor), cfg.repeats)
-        return tuple(x / len(timing_labels) for x in t)
+    rows, vanilla, timed = [], {}, []  # timed: what each row's latency runs, timed after all sampling
 
-    rows, vanilla = [], {}
+    def timer(config, predictor) -> Callable[[], object]:
+        return lambda: rollout(base, timing_labels, timing_seeds, config, predictor=predictor)
+
     steps_needed = sorted({N for N, _ in configs})
     for N in steps_needed:  # vanilla at every N: the reference for speed-up and agreement
         config = sampler_config(base, N)
@@ -119,10 +136,9 @@ def run_bench(cfg: BenchConfig, device: str = "auto", progress: Callable[[str], 
         if scorer:  # a second seed gives the run-to-run spread of the Fréchet distance
             again = sample_many(base, labels, config, cfg.seed + 1, cfg.batch_size)
             m2 = score(again.tokens, again.labels)
-        lat = latency(config, None)
-        vanilla[N] = {"tokens": s.tokens, "latency": lat[0]}
-        rows.append({"config": f"N{N}", "method": "vanilla", "N": N, "B": N, "latency_s": lat[0], "latency_min_s": lat[1],
-                     "latency_max_s": lat[2], "speedup": 1.0, "accuracy": m["accuracy"], "frechet": m["frechet"],
+        vanilla[N] = {"tokens": s.tokens}
+        timed.append(timer(config, None))
+        rows.append({"config": f"N{N}", "method": "vanilla", "N": N, "B": N, "accuracy": m["accuracy"], "frechet": m["frechet"],
                      "frechet_spread": abs(m["frechet"] - m2["frechet"]) if scorer else None,
                      "token_agreement": 1.0})  # fmt: skip
     for N, B in configs:
@@ -136,11 +152,18 @@ def run_bench(cfg: BenchConfig, device: str = "auto", progress: Callable[[str], 
                 progress(f"{method} N{N}B{B}")
             s = sample_many(base, labels, config, cfg.seed, cfg.batch_size, predictor=predictor)
             m = score(s.tokens, s.labels)
-            lat = latency(config, predictor)
-            rows.append({"config": f"N{N}B{B}", "method": method, "N": N, "B": B, "latency_s": lat[0],
-                         "latency_min_s": lat[1], "latency_max_s": lat[2], "speedup": vanilla[N]["latency"] / lat[0],
+            timed.append(timer(config, predictor))
+            rows.append({"config": f"N{N}B{B}", "method": method, "N": N, "B": B,
                          "accuracy": m["accuracy"], "frechet": m["frechet"],
                          "token_agreement": (s.tokens == vanilla[N]["tokens"]).float().mean().item()})  # fmt: skip
+
+    if progress:
+        progress("latency, all points round-robin")
+    for r, (med, lo, hi) in zip(rows, _interleaved_times(timed, cfg.repeats)):
+        n = len(timing_labels)
+        r.update(latency_s=med / n, latency_min_s=lo / n, latency_max_s=hi / n)
+    for r in rows:
+        r["speedup"] = next(v["latency_s"] for v in rows if v["method"] == "vanilla" and v["N"] == r["N"]) / r["latency_s"]
 
     # Overhead accounting from per-call costs measured now.
     costs = call_costs(base, shortcuts, cfg.batch_size, max(steps_needed), cfg.repeats)
