@@ -49,18 +49,6 @@ def parse_config(spec: str) -> tuple[int, int | None]:
     return int(m.group(1)), int(m.group(2)) if m.group(2) else None
 
 
-def _median_time(fn: Callable[[], object], repeats: int) -> tuple[float, float, float]:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times), max(times)
-
-
 def _interleaved_times(fns: list[Callable[[], object]], repeats: int) -> list[tuple[float, float, float]]:
     """Median, min and max seconds of each fn, timed round-robin (one warm-up each first), so that
     a machine that slows down or speeds up during the run shifts every point alike."""
@@ -82,8 +70,9 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def call_costs(base, shortcuts: dict[str, torch.nn.Module], batch: int, N: int, repeats: int) -> dict:
-    """Seconds per image of one base forward, one head and one call of each shortcut (both CFG branches)."""
+def call_fns(base, shortcuts: dict[str, torch.nn.Module], batch: int, N: int) -> dict[str, Callable[[], object]]:
+    """One base forward, one head and one call of each shortcut on `batch` images (both CFG branches),
+    as functions to time beside the rollouts."""
     B2, L, device = 2 * batch, base.L, base.device
     tokens = torch.full((B2, L), base.mask_id, device=device)
     cond = torch.zeros(B2, dtype=torch.long, device=device)
@@ -92,11 +81,17 @@ def call_costs(base, shortcuts: dict[str, torch.nn.Module], batch: int, N: int, 
     new_emb = base.embed(torch.zeros(B2, K, dtype=torch.long, device=device), torch.arange(K, device=device).expand(B2, K))
     args = (feature, new_emb, torch.arange(K, device=device).expand(B2, K), torch.ones(B2, K, dtype=torch.bool, device=device),
             torch.full((B2,), 0.5, device=device))  # fmt: skip
-    with torch.no_grad(), autocast(base):
-        out = {"t_full": _median_time(lambda: base.forward(tokens, cond), repeats)[0] / batch,
-               "t_head": _median_time(lambda: base.head(feature), repeats)[0] / batch}  # fmt: skip
-        out["t_shortcut"] = {name: _median_time(lambda: m(*args), repeats)[0] / batch for name, m in shortcuts.items()}
-    return out
+
+    def under_autocast(fn: Callable[[], object]) -> Callable[[], object]:
+        def run():
+            with torch.no_grad(), autocast(base):
+                return fn()
+
+        return run
+
+    fns = {"t_full": lambda: base.forward(tokens, cond), "t_head": lambda: base.head(feature)}
+    fns |= {f"t_shortcut:{name}": (lambda m=m: m(*args)) for name, m in shortcuts.items()}
+    return {key: under_autocast(fn) for key, fn in fns.items()}
 
 
 def run_bench(cfg: BenchConfig, device: str = "auto", progress: Callable[[str], None] | None = None) -> dict:
@@ -157,16 +152,19 @@ def run_bench(cfg: BenchConfig, device: str = "auto", progress: Callable[[str], 
                          "accuracy": m["accuracy"], "frechet": m["frechet"],
                          "token_agreement": (s.tokens == vanilla[N]["tokens"]).float().mean().item()})  # fmt: skip
 
+    # Latency: every rollout and the per-call costs of the overhead accounting, timed round-robin.
     if progress:
         progress("latency, all points round-robin")
-    for r, (med, lo, hi) in zip(rows, _interleaved_times(timed, cfg.repeats)):
-        n = len(timing_labels)
+    n = len(timing_labels)
+    cost_fns = call_fns(base, shortcuts, n, max(steps_needed))
+    times = _interleaved_times(timed + list(cost_fns.values()), cfg.repeats)
+    for r, (med, lo, hi) in zip(rows, times):
         r.update(latency_s=med / n, latency_min_s=lo / n, latency_max_s=hi / n)
     for r in rows:
         r["speedup"] = next(v["latency_s"] for v in rows if v["method"] == "vanilla" and v["N"] == r["N"]) / r["latency_s"]
-
-    # Overhead accounting from per-call costs measured now.
-    costs = call_costs(base, shortcuts, cfg.batch_size, max(steps_needed), cfg.repeats)
+    per_call = {key: t[0] / n for key, t in zip(cost_fns, times[len(rows) :])}
+    costs = {"t_full": per_call["t_full"], "t_head": per_call["t_head"],
+             "t_shortcut": {k.split(":", 1)[1]: v for k, v in per_call.items() if k.startswith("t_shortcut:")}}  # fmt: skip
     sampling = {r["N"]: max(0.0, (r["latency_s"] - r["N"] * costs["t_full"]) / r["N"]) for r in rows if r["method"] == "vanilla"}
     for r in rows:
         N, B, method = r["N"], r["B"], r["method"]
