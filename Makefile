@@ -36,6 +36,8 @@ bench: $(BIN)/migm
 	$(BIN)/python benchmarks/sampler.py
 	$(BIN)/python benchmarks/storage.py --rss
 	$(BIN)/python benchmarks/zoo.py
+	$(BIN)/python benchmarks/dump_memory.py
+	bash benchmarks/gpu_check.sh --smoke
 
 # Re-trains the shipped digits base and classifier (seeded; about 25 minutes on 2 cores).
 train-digits: $(BIN)/migm
