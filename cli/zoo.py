@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.app import (
-    CheckpointOpt, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, SeedOpt,
+    CheckpointOpt, DeviceOpt, JsonOpt, QuietOpt, SeedOpt,
     app, base_args, call, console, err_console, parse_overrides, print_metrics,
 )  # fmt: skip
 

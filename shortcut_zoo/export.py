@@ -30,10 +30,6 @@ PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 def export_shortcut(out: str | Path, model: torch.nn.Module, arch: str, base, manifest: dict, metrics: dict,
                     cost: dict, training: dict) -> dict:  # fmt: skip
     """Write a zoo folder for a trained shortcut; returns its config."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    from cards import render_model_card
-
     config = {
         "zoo_format": ZOO_FORMAT,
         "arch": arch,
@@ -47,6 +43,14 @@ def export_shortcut(out: str | Path, model: torch.nn.Module, arch: str, base, ma
         "training": training,
         "version": __version__,
     }
+    return write_zoo_folder(Path(out), model, config)
+
+
+def write_zoo_folder(out: Path, model: torch.nn.Module, config: dict) -> dict:
+    """Weights (safetensors), model card, then `config.json` last."""
+    from cards import render_model_card
+
+    out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS))
     (out / "README.md").write_text(render_model_card(config, str(out)))
     write_json_atomic(out / CONFIG, config)
@@ -59,9 +63,8 @@ def import_published(file: str | Path, out: str | Path, model: str = "maskgit", 
     """Wrap a published MIGM-Shortcut state dict (a torch pickle, read weights-only) into a zoo folder
     bound to the base `model` (loaded from `base_args`): tiny-transformer arch, dims read off the
     tensor shapes (`bottleneck` / `blocks`, when given, are checked against them), safetensors weights."""
-    from cards import render_model_card
     from shortcut_zoo.evaluate import relative_cost
-    from trajectories.base.checkpoints import load_torch_file, strip_prefixes
+    from trajectories.base.checkpoints import load_state_dict
     from trajectories.sample import load_base, sampler_config
     from trajectories.store.schema import sha256_path
 
@@ -70,12 +73,8 @@ def import_published(file: str | Path, out: str | Path, model: str = "maskgit", 
         raise MigmError(f"output directory {str(out.parent)!r} does not exist")
     if out.exists() and any(out.iterdir()):
         raise MigmError(f"{out} is not empty; choose a new zoo folder")
-    obj = load_torch_file(file)
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise MigmError(f"{file}: not a shortcut state dict (expected a dict of tensors)")
+    state = load_state_dict(file, "state_dict", "shortcut state dict")
     base = load_base(model, "cpu", base_args)
-    state = strip_prefixes(state)
     if "proj_in.weight" not in state or "time_embedder.mlp.0.weight" not in state:
         raise MigmError(f"{file}: not a MIGM-Shortcut state dict (no proj_in.weight / time_embedder.mlp.0.weight)")
     H, D = state["proj_in.weight"].shape
@@ -90,25 +89,21 @@ def import_published(file: str | Path, out: str | Path, model: str = "maskgit", 
     arch_config = {"dim": D, "bottleneck": found["bottleneck"], "blocks": found["blocks"], "heads": heads,
                    "time_hidden": state["time_embedder.mlp.0.weight"].shape[0],
                    "time_freq": state["time_embedder.mlp.0.weight"].shape[1]}  # fmt: skip
-    model = build("tiny-transformer", **arch_config)
-    load_state_dict_strict(model, state, str(file))
-    model = model.to(base.device).eval()
+    shortcut = build("tiny-transformer", **arch_config)
+    load_state_dict_strict(shortcut, state, str(file))
+    shortcut = shortcut.to(base.device).eval()
     config = {
         "zoo_format": ZOO_FORMAT,
         "arch": "tiny-transformer",
-        "arch_config": asdict(model.cfg),
+        "arch_config": asdict(shortcut.cfg),
         "base": {"name": base.name, "fingerprint": base.fingerprint},
         "origin": {"published": file.name, "sha256": sha256_path(file)},
         "sampler": sampler_config(base, steps).to_dict(),
         "metrics": {"overall": {}},
-        "cost": relative_cost(model, base, steps),
+        "cost": relative_cost(shortcut, base, steps),
         "version": __version__,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS))
-    (out / "README.md").write_text(render_model_card(config, str(out)))
-    write_json_atomic(out / CONFIG, config)
-    return config
+    return write_zoo_folder(out, shortcut, config)
 
 
 def read_zoo_config(path: str | Path) -> dict:

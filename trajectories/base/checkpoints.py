@@ -62,6 +62,16 @@ def load_torch_file(path: str | Path, max_stand_ins: int = 32):
             raise MigmError(f"{path}: not a torch checkpoint ({type(e).__name__}{': ' + why if why else ''})") from None
 
 
+def load_state_dict(path: str | Path, key: str, what: str) -> dict:
+    """The tensors of a checkpoint: `obj[key]` when the file holds a dict with `key`, else the file's
+    own dict; all values must be tensors. DDP / compile key prefixes are dropped."""
+    obj = load_torch_file(path)
+    state = obj.get(key, obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise MigmError(f"{path}: not a {what} (expected a dict with {key!r}, or a state dict of tensors)")
+    return strip_prefixes(state)
+
+
 def strip_prefixes(state: dict, prefixes: tuple[str, ...] = ("module.", "_orig_mod.")) -> dict:
     """Keys saved from DDP (`module.`) or `torch.compile` (`_orig_mod.`) models, made plain."""
     out = {}

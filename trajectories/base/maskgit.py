@@ -256,14 +256,9 @@ def infer_config(state: dict[str, torch.Tensor], heads: int = 16, codebook_size:
 
 def read_maskgit_state(path: str) -> dict[str, torch.Tensor]:
     """A published checkpoint (a dict holding `model_state_dict`, optimizer entries ignored) or a bare state dict."""
-    from trajectories.base.checkpoints import load_torch_file, strip_prefixes
-    from trajectories.errors import MigmError
+    from trajectories.base.checkpoints import load_state_dict
 
-    obj = load_torch_file(path)
-    state = obj.get("model_state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise MigmError(f"{path}: not a MaskGIT checkpoint (expected a dict with 'model_state_dict', or a state dict)")
-    return strip_prefixes(state)
+    return load_state_dict(path, "model_state_dict", "MaskGIT checkpoint")
 
 
 def load_maskgit(checkpoint: str | None = None, vqgan: str | None = None, heads: int | None = None) -> MaskGIT:

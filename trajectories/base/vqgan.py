@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trajectories.base.checkpoints import load_torch_file
+from trajectories.base.checkpoints import load_state_dict
 from trajectories.errors import MigmError
 
 
@@ -174,12 +174,8 @@ def load_vqgan(folder: str | Path) -> VQGANDecoder:
         if not p.is_file():
             raise MigmError(f"VQGAN folder {str(folder)!r} lacks {p.name} (expected model.yaml and last.ckpt)")
     cfg = config_from_yaml(yaml_path)
-    obj = load_torch_file(ckpt_path)
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if isinstance(state, dict):
-        state = {k: v for k, v in state.items() if isinstance(k, str) and k.startswith(DECODER_PREFIXES)}
-    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise MigmError(f"{ckpt_path}: not a VQGAN checkpoint (expected a dict with 'state_dict' of decoder tensors)")
+    state = load_state_dict(ckpt_path, "state_dict", "VQGAN checkpoint")
+    state = {k: v for k, v in state.items() if k.startswith(DECODER_PREFIXES)}
     vq = VQGANDecoder(cfg)
     load_state_dict_strict(vq, state, str(ckpt_path))
     return vq.eval().requires_grad_(False)
