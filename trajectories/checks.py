@@ -1,0 +1,71 @@
+"""Option and path checks in one place: every command validates its input here before any work.
+
+Each check raises `MigmError` with a one-line message naming the option, so the CLI prints
+`error: …` and exits 2 (DESIGN.md, Conventions)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from trajectories.errors import MigmError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def check_finite(name: str, value: float | None, low: float | None = None, high: float | None = None) -> None:
+    """A finite number within [low, high] (None: unset, allowed)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MigmError(f"{name} must be a finite number, got {value!r}")
+    if low is not None and value < low:
+        raise MigmError(f"{name} must be at least {low}, got {value}")
+    if high is not None and value > high:
+        raise MigmError(f"{name} must be at most {high}, got {value}")
+
+
+def check_int(name: str, value: int | None, low: int = 1, high: int | None = None) -> None:
+    """An integer within [low, high] (None: unset, allowed)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MigmError(f"{name} must be an integer, got {value!r}")
+    if value < low:
+        raise MigmError(f"{name} must be at least {low}, got {value}")
+    if high is not None and value > high:
+        raise MigmError(f"{name} must be at most {high}, got {value}")
+
+
+def check_seed(value: int) -> None:
+    check_int("--seed", value, low=0, high=2**63 - 1)
+
+
+def writable_dir(path: str | Path, what: str = "output folder") -> Path:
+    """A folder to write into: created with its parents when missing (as `save_pretrained` does);
+    refused when it is a file or not writable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MigmError(f"{what} {str(path)!r} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MigmError(f"cannot create {what} {str(path)!r}: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise MigmError(f"{what} {str(path)!r} is not writable")
+    return path
+
+
+def output_file(path: str | Path, extensions: tuple[str, ...] | None = None, what: str = "output file") -> Path:
+    """A file to write: known extension (when given), not a folder, its parent folder created and
+    writable. Checked before any work so a bad path never wastes a run."""
+    path = Path(path)
+    if extensions is not None and path.suffix.lower() not in extensions:
+        raise MigmError(f"{what} {str(path)!r} needs one of the extensions {', '.join(extensions)}")
+    if path.is_dir():
+        raise MigmError(f"{what} {str(path)!r} is a folder")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise MigmError(f"{what} {str(path)!r} is not writable")
+    writable_dir(path.parent, "folder")
+    return path
