@@ -29,8 +29,14 @@ def build(name: str, **config):
         raise MigmError(f"unknown arch {name!r}; known archs: {', '.join(sorted(ARCHS))}")
     cls, config_cls = ARCHS[name]
     kinds = {"int": int, "float": (int, float), "str": str}
+    switches = {"on": True, "true": True, "off": False, "false": False}
     for f in dataclasses.fields(config_cls):
         value = config.get(f.name)
+        if str(f.type) == "bool" and value is not None:
+            if not isinstance(value, bool) and str(value).lower() not in switches:
+                raise MigmError(f"bad config for arch {name!r}: {f.name} must be on or off, got {value!r}")
+            config = {**config, f.name: value if isinstance(value, bool) else switches[str(value).lower()]}
+            continue
         kind = kinds.get(str(f.type))
         if value is not None and kind and (isinstance(value, bool) or not isinstance(value, kind)):
             raise MigmError(f"bad config for arch {name!r}: {f.name} must be {f.type}, got {value!r}")

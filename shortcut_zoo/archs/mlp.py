@@ -12,8 +12,7 @@ import torch
 import torch.nn as nn
 
 from shortcut_zoo.archs import register
-from shortcut_zoo.archs.common import scatter_new_tokens
-from shortcut_zoo.archs.tiny_transformer import TimeEmbedder
+from shortcut_zoo.archs.common import TimeEmbedder, scatter_new_tokens
 
 
 @dataclass
