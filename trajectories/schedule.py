@@ -27,15 +27,13 @@ def token_schedule(L: int, N: int) -> list[int]:
 
 
 def full_steps(N: int, B: int) -> list[int]:
-    """Indices of the B steps that run the base model: round(k·N/B), kept strictly increasing."""
+    """Indices of the B steps that run the base model, the published rule: step 0, then
+    s_k = max(s_{k-1} + 1, round(N·k/B)) for k = 1 … B−1 with Python's round (half to even)."""
     if not 1 <= B <= N:
         raise MigmError(f"budget must satisfy 1 <= budget <= steps ({N}), got {B}")
-    out: list[int] = []
-    for k in range(B):
-        i = math.floor(k * N / B + 0.5)
-        if out and i <= out[-1]:
-            i = out[-1] + 1
-        out.append(i)
+    out = [0]
+    for k in range(1, B):
+        out.append(max(out[-1] + 1, round(N * k / B)))
     return out
 
 
