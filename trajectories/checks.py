@@ -69,3 +69,34 @@ def output_file(path: str | Path, extensions: tuple[str, ...] | None = None, wha
         raise MigmError(f"{what} {str(path)!r} is not writable")
     writable_dir(path.parent, "folder")
     return path
+
+
+# Bidirectional-text overrides: invisible, yet they reorder what a terminal shows.
+_BIDI = set("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def inert(text: str) -> str:
+    """`text` safe to print on a terminal: control characters (escape sequences, carriage returns,
+    bells, bidi overrides) shown as visible `\\xNN` / `\\uNNNN` escapes; newlines and tabs kept."""
+    import unicodedata
+
+    def show(ch: str) -> str:
+        if ch in "\n\t" or (unicodedata.category(ch) != "Cc" and ch not in _BIDI):
+            return ch
+        return ascii(ch)[1:-1]
+
+    return "".join(map(show, text))
+
+
+def check_repo_id(repo_id: str) -> str:
+    """A Hub repo id `user/name` the Hub accepts (huggingface_hub's own validator), before any work."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        raise MigmError(f"repo id must look like 'user/name', got {inert(repr(repo_id))}")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise MigmError(f"repo id {inert(repr(repo_id))} is not one the Hub accepts: 'user/name', at most 96 "
+                        "characters of letters, digits, '-', '_' and '.', no '--' or '..'") from None  # fmt: skip
+    return repo_id
