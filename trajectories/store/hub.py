@@ -41,3 +41,34 @@ def push_dataset(root: str | Path, repo_id: str, private: bool = False, dry_run:
         bad = [s["name"] for s in report["shards"] if not s["ok"]]
         raise MigmError(f"refusing to push a dataset with bad shards: {', '.join(bad)} (see `migm verify {root}`)")
     return upload_folder(root, repo_id, "dataset", private, dry_run, ignore=(".migm-*",), token=token)
+
+
+def upload_files(root: str | Path, files: list[str], repo_id: str, repo_type: str, private: bool = True,
+                 dry_run: bool = False, token: str | None = None) -> dict:  # fmt: skip
+    """Upload exactly `files` (plain names inside `root`, no links) in one commit, to a repo created
+    private unless asked otherwise. With `dry_run`, only report what would go up."""
+    from trajectories.checks import check_repo_id
+
+    root = Path(root)
+    check_repo_id(repo_id)
+    for name in files:
+        path = root / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise MigmError(f"{name!r} is not a plain name inside {root}")
+        if path.is_symlink() or not path.is_file():
+            raise MigmError(f"{path} is {'a link' if path.is_symlink() else 'missing or not a file'}; push uploads plain files only")
+    card = (root / "README.md").read_text() if "README.md" in files else ""
+    result = {"repo_id": repo_id, "repo_type": repo_type, "private": private, "files": list(files),
+              "bytes": sum((root / f).stat().st_size for f in files), "card": card}  # fmt: skip
+    if dry_run:
+        return {**result, "dry_run": True}
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        commit = api.create_commit(repo_id, repo_type=repo_type, commit_message="Upload with migm",
+                                   operations=[CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(root / f)) for f in files])  # fmt: skip
+    except Exception as e:  # network, auth and permission errors all end the same way for the user
+        raise MigmError(f"upload to {repo_id} failed: {type(e).__name__}: {e}") from None
+    return {**result, "dry_run": False, "url": str(url), "commit": getattr(commit, "oid", None)}
