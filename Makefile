@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench train-digits clean
+.PHONY: demo test lint format bench train-digits clean
 
 $(BIN)/migm: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,15 @@ demo: $(BIN)/migm
 test: $(BIN)/migm
 	$(BIN)/python -m pytest
 
+# ruff: lint and format check (CI runs both before the tests); `make format` rewrites in place.
+lint: $(BIN)/migm
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(BIN)/migm
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
 bench: $(BIN)/migm
 	$(BIN)/python benchmarks/sampler.py
 	$(BIN)/python benchmarks/storage.py --rss
@@ -41,7 +50,7 @@ bench: $(BIN)/migm
 
 # Re-trains the shipped digits base and classifier (seeded; about 25 minutes on 2 cores).
 train-digits: $(BIN)/migm
-	$(BIN)/python -m trajectories.base.train_digits --out trajectories/base/weights
+	$(BIN)/python -m trajectories.train_digits --out trajectories/base/weights
 
 clean:
 	rm -rf $(VENV) demo

@@ -20,14 +20,16 @@ from pathlib import Path
 import torch
 
 from trajectories.base.maskgit import MaskGITConfig, MaskTransformer
-from trajectories.sample import cpu_name
+from shortcut_zoo.bench import cpu_name
 
 CHILD = """
 import sys
 from trajectories.dump import DumpConfig, dump_trajectories
+from trajectories.base import BaseSpec, load_base
+
 out, ckpt, n, batch, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-m = dump_trajectories(DumpConfig(model="maskgit", num_samples=n, steps=steps, out=out, shard_size=n, batch_size=batch,
-                                 base_args={"checkpoint": ckpt}), device="cpu")
+base = load_base(BaseSpec("maskgit", checkpoint=ckpt, device="cpu"))
+m = dump_trajectories(DumpConfig(num_samples=n, steps=steps, out=out, shard_size=n, batch_size=batch), base)
 peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
 print(peak, sum(s["bytes"] for s in m["shards"]))
 """

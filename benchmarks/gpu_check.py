@@ -22,7 +22,8 @@ from shortcut_zoo.evaluate import relative_cost
 from shortcut_zoo.predictors import make_predictor
 from trajectories.base.maskgit import MaskGIT, MaskGITConfig, MaskTransformer
 from trajectories.rollout import SamplerConfig, rollout, sample_seeds
-from trajectories.sample import cpu_name, resolve_device
+from shortcut_zoo.bench import cpu_name
+from trajectories.base import resolve_device
 
 FULL = dict(base=MaskGITConfig(grid=32, codebook_size=1024, num_classes=1000, hidden_dim=768, depth=24, heads=16, mlp_dim=3072),
             shortcut=dict(dim=768, bottleneck=2, blocks=1, heads=16, time_hidden=314))  # fmt: skip

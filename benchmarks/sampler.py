@@ -14,9 +14,9 @@ import statistics
 
 import torch
 
-from trajectories.base import get_base
-from trajectories.rollout import rollout, sample_seeds
-from trajectories.sample import cpu_name, resolve_device, sampler_config
+from shortcut_zoo.bench import cpu_name
+from trajectories.base import BaseSpec, load_base, resolve_device
+from trajectories.rollout import SamplerConfig, rollout, sample_seeds
 
 
 def main() -> None:
@@ -29,11 +29,11 @@ def main() -> None:
     args = p.parse_args()
 
     device = resolve_device(args.device)
-    base = get_base(args.model, device=device)
+    base = load_base(BaseSpec(args.model, device=device))
     cond = torch.arange(args.batch) % base.num_classes
     rows = []
     for N in (int(x) for x in args.steps.split(",")):
-        config = sampler_config(base, N)
+        config = SamplerConfig.for_base(base, N)
         times = []
         for r in range(args.repeats + 1):  # the first run is warm-up
             result = rollout(base, cond, sample_seeds(r, 0, args.batch), config)

@@ -23,13 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trajectories.base import get_base
-from trajectories.sample import cpu_name
+from shortcut_zoo.bench import cpu_name
+from trajectories.base import BaseSpec, load_base
 from trajectories.dump import WRITERS, DumpConfig, dump_trajectories, finish
 from trajectories.pairs import PairStream, pair_loader
 from trajectories.store.codecs import parse_codec
 from trajectories.store.dataset import open_dataset
 from trajectories.store.schema import Dims, shard_name
+
+DIGITS = load_base(BaseSpec("maskgit-digits", device="cpu"))
 
 CODECS = ["lossless", "quant:bits=8", "quant:bits=6", "quant:bits=5"]
 
@@ -73,7 +75,7 @@ def train_rate(root: Path, batch: int, steps: int = 60) -> float:
     batch size over the median step time, after 3 warm-up steps."""
     from shortcut_zoo.archs import ARCHS
 
-    base = get_base("maskgit-digits")
+    base = load_base(BaseSpec("maskgit-digits"))
     cls, config = ARCHS["tiny-transformer"]
     model = cls(config(dim=base.D, heads=4, blocks=1))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -98,7 +100,7 @@ def dump_rss(samples: int, steps: int) -> float:
         "import tempfile\n"
         "from trajectories.dump import DumpConfig, dump_trajectories\n"
         "with tempfile.TemporaryDirectory() as d:\n"
-        f"    dump_trajectories(DumpConfig(num_samples={samples}, steps={steps}, out=d + '/ds'), device='cpu')\n"
+        f"    dump_trajectories(DumpConfig(num_samples={samples}, steps={steps}, out=d + '/ds'), load_base(BaseSpec('maskgit-digits', device='cpu')))\n"
         "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -119,7 +121,7 @@ def main() -> None:
         tmp = Path(tmp)
         t0 = time.perf_counter()
         src = tmp / "source"
-        manifest = dump_trajectories(DumpConfig(num_samples=args.samples, steps=args.steps, out=str(src), shard_size=128), device="cpu")
+        manifest = dump_trajectories(DumpConfig(num_samples=args.samples, steps=args.steps, out=str(src), shard_size=128), DIGITS)
         dump_seconds = time.perf_counter() - t0
         rows = open_dataset(src).rows(0, manifest["rows"])
         raw = rows["features"].nbytes

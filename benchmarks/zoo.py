@@ -20,10 +20,13 @@ import torch
 from shortcut_zoo.evaluate import validate
 from shortcut_zoo.export import load_shortcut
 from shortcut_zoo.train import TrainConfig, split_rows, train
-from trajectories.base import get_base
-from trajectories.sample import cpu_name
+from shortcut_zoo.bench import cpu_name
+from trajectories.base import BaseSpec, load_base
 from trajectories.dump import DumpConfig, dump_trajectories
 from trajectories.pairs import PairStream, pair_loader
+
+DIGITS = load_base(BaseSpec("maskgit-digits", device="cpu"))
+CPU = BaseSpec(device="cpu")  # train: the base the dataset names, on the CPU
 
 
 def main() -> None:
@@ -46,9 +49,9 @@ def main() -> None:
     if args.lossy:
         dumps[args.lossy] = root / f"digits-{args.lossy.replace(':', '-').replace('=', '')}"
     for codec, path in dumps.items():
-        dump_trajectories(DumpConfig(num_samples=args.samples, steps=args.steps, out=str(path), codec=codec), device="cpu")
+        dump_trajectories(DumpConfig(num_samples=args.samples, steps=args.steps, out=str(path), codec=codec), DIGITS)
 
-    base = get_base("maskgit-digits")
+    base = load_base(BaseSpec("maskgit-digits"))
     manifest = json.loads((dumps["lossless"] / "dataset.json").read_text())
     _, val_rows = split_rows(manifest, 0.05, 0)
 
@@ -68,8 +71,7 @@ def main() -> None:
         out = root / f"zoo-{spec.replace(':', '-').replace('=', '').replace(';', '-')}-{codec.split(':')[0]}"
         t0 = time.perf_counter()
         result = train(TrainConfig(data=str(dumps[codec]), arch=arch, out=str(out), steps=args.train_steps,
-                                   batch_size=args.batch, lr=args.lr, save_every=10**9, arch_config=arch_config),
-                       device="cpu")  # fmt: skip
+                                   batch_size=args.batch, lr=args.lr, save_every=10**9, arch_config=arch_config), CPU)  # fmt: skip
         minutes = (time.perf_counter() - t0) / 60
         m = heldout(out)
         rows.append({"arch": spec, "data": codec, "parameters": result["cost"]["parameters"],

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from trajectories.base import BaseSpec
 from trajectories.errors import MigmError
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: flags read as flags, not as `--json <bool>`
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -30,9 +32,9 @@ _state = {"debug": False}
 # Options shared by several commands.
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Base model name (see `migm models`).")]
 StepsOpt = Annotated[int, typer.Option("--steps", "-n", help="Total sampling steps N.")]
-BudgetOpt = Annotated[Optional[int], typer.Option("--budget", "-b", help="Full steps B (1..N); without a predictor sampling is vanilla.")]
+BudgetOpt = Annotated[Optional[int], typer.Option("--budget", "-b", help="Full steps B (1..N) that run the base; below N needs a predictor.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed; the same seed gives the same samples.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:K.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Samples per rollout batch.")]
 GuidanceOpt = Annotated[Optional[float], typer.Option("--guidance", "-w", help="CFG weight w (default: the base's).")]
 RTempOpt = Annotated[Optional[float], typer.Option("--r-temp", help="Gumbel noise scale on confidence (default: the base's).")]
@@ -40,16 +42,35 @@ SmTempOpt = Annotated[Optional[float], typer.Option("--sm-temp", help="Softmax t
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 # Real bases (--model maskgit) load from local files.
-CheckpointOpt = Annotated[Optional[str], typer.Option("--checkpoint", help="MaskGIT checkpoint file (--model maskgit).")]
+CheckpointOpt = Annotated[Optional[str], typer.Option("--checkpoint", help="Checkpoint file of a real base (--model maskgit).")]
 VqganOpt = Annotated[Optional[str], typer.Option("--vqgan", help="Taming VQGAN folder, model.yaml + last.ckpt (--model maskgit).")]
 HeadsOpt = Annotated[Optional[int], typer.Option("--heads", help="Attention heads of the checkpoint (--model maskgit, default 16).")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32, bf16 or fp16: autocast for the transformer (fp16 on cuda).")]
+PixelsOpt = Annotated[Optional[str], typer.Option("--pixels", help="Decoded images to [0, 1] (--model maskgit): minmax per image (default, as published) or clamp.")]
 
 
-def base_args(checkpoint: str | None, vqgan: str | None, heads: int | None, precision: str) -> dict:
-    """What `get_base` needs beyond the model name (unset paths left out)."""
-    paths = {"checkpoint": checkpoint, "vqgan": vqgan, "heads": heads}
-    return {"precision": precision, **{k: v for k, v in paths.items() if v is not None}}
+def base_spec(model: str | None, checkpoint: str | None = None, vqgan: str | None = None, heads: int | None = None,
+              pixels: str | None = None, precision: str = "fp32", device: str = "auto") -> BaseSpec:
+    """The base options of a command, parsed once into the spec that `load_base` loads."""
+    return BaseSpec(model, checkpoint=checkpoint, vqgan=vqgan, heads=heads, pixels=pixels, precision=precision, device=device)
+
+
+def parse_classes(spec: str) -> list[int]:
+    """'0-9', '3', '1,4,7' or '0-2,5' -> sorted class ids (checked against the base later)."""
+    out: set[int] = set()
+    try:
+        for part in spec.split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                out.update(range(lo, hi + 1))
+            else:
+                out.add(int(part))
+    except ValueError:
+        raise MigmError(f"classes must look like '0-9' or '1,4,7', got {spec!r}") from None
+    if not out:
+        raise MigmError(f"no classes in {spec!r}")
+    return sorted(out)
 
 
 @app.callback()

@@ -10,13 +10,13 @@ from rich.table import Table
 
 from cli.app import (
     CheckpointOpt, DeviceOpt, GuidanceOpt, HeadsOpt, JsonOpt, ModelOpt, PrecisionOpt, QuietOpt, RTempOpt, SeedOpt,
-    SmTempOpt, StepsOpt, app, base_args, call, console, print_metrics, progress_bar,
+    SmTempOpt, StepsOpt, app, base_spec, call, console, parse_classes, print_metrics, progress_bar,
 )  # fmt: skip
 
 
 @app.command("dump-trajectories")
 def dump_trajectories(
-    out: Annotated[str, typer.Option("--out", "-o", help="Dataset folder to write (its parent must exist).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Dataset folder to write (missing folders are created).")],
     model: ModelOpt = "maskgit-digits",
     num_samples: Annotated[int, typer.Option("--num-samples", help="Samples to roll out (one row per CFG branch).")] = 2048,
     steps: StepsOpt = 16,
@@ -38,14 +38,15 @@ def dump_trajectories(
     as_json: JsonOpt = False,
 ) -> None:
     """Roll out a base model and write its per-step feature trajectories as a dataset."""
+    from trajectories.base import load_base
     from trajectories.dump import DumpConfig, dump_trajectories as run
 
-    cfg = DumpConfig(model=model, num_samples=num_samples, steps=steps, out=out, format=format, codec=codec,
-                     shard_size=shard_size, batch_size=batch_size, seed=seed, classes=classes,
-                     guidance=guidance, r_temp=r_temp, sm_temp=sm_temp,
-                     base_args=base_args(checkpoint, None, heads, precision))  # fmt: skip
+    cfg = DumpConfig(num_samples=num_samples, steps=steps, out=out, format=format, codec=codec, shard_size=shard_size,
+                     batch_size=batch_size, seed=seed, classes=call(parse_classes, classes) if classes else None,
+                     guidance=guidance, r_temp=r_temp, sm_temp=sm_temp)  # fmt: skip
+    base = call(load_base, base_spec(model, checkpoint, heads=heads, precision=precision, device=device))
     with progress_bar(num_samples, "dumping samples", quiet or as_json) as bar:
-        manifest = call(run, cfg, device=device, overwrite=overwrite, progress=bar)
+        manifest = call(run, cfg, base, overwrite=overwrite, progress=bar)
     size = sum(s["bytes"] for s in manifest["shards"])
     summary = {"out": out, "rows": manifest["rows"], "shards": len(manifest["shards"]), "format": manifest["format"],
                "codec": manifest["codec"]["name"], "megabytes": size / 1e6}  # fmt: skip

@@ -9,9 +9,9 @@ import typer
 from rich.table import Table
 
 from cli.app import (
-    BatchOpt, BudgetOpt, CheckpointOpt, DeviceOpt, GuidanceOpt, HeadsOpt, JsonOpt, ModelOpt, PrecisionOpt, QuietOpt,
-    RTempOpt, SeedOpt, SmTempOpt, StepsOpt, VqganOpt, app, base_args, call, console, err_console, print_metrics,
-    progress_bar,
+    BatchOpt, BudgetOpt, CheckpointOpt, DeviceOpt, GuidanceOpt, HeadsOpt, JsonOpt, ModelOpt, PixelsOpt, PrecisionOpt,
+    QuietOpt, RTempOpt, SeedOpt, SmTempOpt, StepsOpt, VqganOpt, app, base_spec, call, console, err_console,
+    parse_classes, print_metrics, progress_bar,
 )  # fmt: skip
 
 
@@ -30,14 +30,18 @@ def models(as_json: JsonOpt = False) -> None:
     console.print(table)
 
 
+ImageOutOpt = Annotated[str, typer.Option("--out", "-o", help="Image file to write (.png, .jpg, …); missing folders are created.")]
+ClassesOpt = Annotated[str, typer.Option("--classes", help="Classes, e.g. 0-9 or 1,4,7; one grid row each.")]
+PerClassOpt = Annotated[int, typer.Option("--per-class", help="Samples per class.")]
+
+
 @app.command()
 def generate(
-    out: Annotated[str, typer.Option("--out", "-o", help="PNG file to write (its folder must exist).")] = "grid.png",
+    out: ImageOutOpt = "grid.png",
     model: ModelOpt = "maskgit-digits",
-    classes: Annotated[str, typer.Option("--classes", help="Classes, e.g. 0-9 or 1,4,7; one grid row each.")] = "0-9",
-    per_class: Annotated[int, typer.Option("--per-class", help="Samples per class.")] = 8,
+    classes: ClassesOpt = "0-9",
+    per_class: PerClassOpt = 8,
     steps: StepsOpt = 16,
-    budget: BudgetOpt = None,
     seed: SeedOpt = 0,
     guidance: GuidanceOpt = None,
     r_temp: RTempOpt = None,
@@ -46,24 +50,27 @@ def generate(
     precision: PrecisionOpt = "fp32",
     checkpoint: CheckpointOpt = None,
     vqgan: VqganOpt = None,
+    pixels: PixelsOpt = None,
     heads: HeadsOpt = None,
     batch_size: BatchOpt = 250,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Sample a grid of images, one row per class, and write it as a PNG."""
-    from trajectories.sample import generate as run, parse_classes
+    """Sample a grid of images with vanilla sampling, one row per class, and write it as an image."""
+    from trajectories.base import load_base
+    from trajectories.generate import generate as run
+    from trajectories.rollout import SamplerConfig
 
     class_ids = call(parse_classes, classes)
+    base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device))
+    config = call(SamplerConfig.for_base, base, steps, guidance=guidance, r_temp=r_temp, sm_temp=sm_temp)
     with progress_bar(len(class_ids) * per_class, "sampling", quiet or as_json) as bar:
-        result = call(run, model, class_ids, per_class, steps, seed, out, budget=budget, device=device,
-                      batch_size=batch_size, progress=bar, guidance=guidance, r_temp=r_temp, sm_temp=sm_temp,
-                      base_args=base_args(checkpoint, vqgan, heads, precision))  # fmt: skip
+        result = call(run, base, class_ids, per_class, config, seed, out, batch_size=batch_size, progress=bar)
     if as_json:
         print(json.dumps(result, indent=2))
     else:
         console.print(f"wrote {result['out']} ({result['images']} images), "
-                      f"latency {result['latency_per_image_s'] * 1000:.2f} ms per image")  # fmt: skip
+                      f"latency {result['latency_per_image_s'] * 1000:.2f} ms per image", markup=False)  # fmt: skip
 
 
 @app.command()
@@ -71,7 +78,6 @@ def score(
     model: ModelOpt = "maskgit-digits",
     samples: Annotated[int, typer.Option("--samples", help="Samples to score, classes spread evenly.")] = 1000,
     steps: StepsOpt = 16,
-    budget: BudgetOpt = None,
     seed: SeedOpt = 0,
     guidance: GuidanceOpt = None,
     r_temp: RTempOpt = None,
@@ -80,29 +86,32 @@ def score(
     precision: PrecisionOpt = "fp32",
     checkpoint: CheckpointOpt = None,
     vqgan: VqganOpt = None,
+    pixels: PixelsOpt = None,
     heads: HeadsOpt = None,
     batch_size: BatchOpt = 250,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Sample and score: class accuracy and Fréchet distance by the base's classifier."""
-    from trajectories.sample import score as run
+    """Sample with vanilla sampling and score: class accuracy and Fréchet distance by the base's classifier."""
+    from trajectories.base import load_base
+    from trajectories.generate import score as run
+    from trajectories.rollout import SamplerConfig
 
+    base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device))
+    config = call(SamplerConfig.for_base, base, steps, guidance=guidance, r_temp=r_temp, sm_temp=sm_temp)
     with progress_bar(samples, "sampling", quiet or as_json) as bar:
-        result = call(run, model, samples, steps, seed, budget=budget, device=device, batch_size=batch_size,
-                      progress=bar, guidance=guidance, r_temp=r_temp, sm_temp=sm_temp,
-                      base_args=base_args(checkpoint, vqgan, heads, precision))  # fmt: skip
+        result = call(run, base, samples, config, seed, batch_size=batch_size, progress=bar)
     print_metrics(f"{model}, N={steps}", result, as_json)
 
 
 @app.command()
 def sample(
-    out: Annotated[str, typer.Option("--out", "-o", help="PNG file to write (its folder must exist).")] = "grid.png",
+    out: ImageOutOpt = "grid.png",
     model: ModelOpt = "maskgit-digits",
     shortcut: Annotated[Optional[str], typer.Option("--shortcut", help="Zoo folder of a trained shortcut.")] = None,
     predictor: Annotated[Optional[str], typer.Option("--predictor", help="shortcut (default with --shortcut), cache, taylor or taylor2.")] = None,
-    classes: Annotated[str, typer.Option("--classes", help="Classes, e.g. 0-9 or 1,4,7; one grid row each.")] = "0-9",
-    per_class: Annotated[int, typer.Option("--per-class", help="Samples per class.")] = 8,
+    classes: ClassesOpt = "0-9",
+    per_class: PerClassOpt = 8,
     steps: StepsOpt = 32,
     budget: BudgetOpt = None,
     seed: SeedOpt = 0,
@@ -114,6 +123,7 @@ def sample(
     precision: PrecisionOpt = "fp32",
     checkpoint: CheckpointOpt = None,
     vqgan: VqganOpt = None,
+    pixels: PixelsOpt = None,
     heads: HeadsOpt = None,
     batch_size: BatchOpt = 250,
     quiet: QuietOpt = False,
@@ -121,20 +131,21 @@ def sample(
 ) -> None:
     """Sample with a shortcut: B of the N steps run the base model, the others the predictor."""
     from shortcut_zoo.sample import sample as run
-    from trajectories.sample import parse_classes
+    from trajectories.base import load_base
+    from trajectories.rollout import SamplerConfig
 
     class_ids = call(parse_classes, classes)
+    base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device))
+    config = call(SamplerConfig.for_base, base, steps, budget, guidance=guidance, r_temp=r_temp, sm_temp=sm_temp)
     with progress_bar(len(class_ids) * per_class, "sampling", quiet or as_json) as bar:
-        result = call(run, model, class_ids, per_class, steps, seed, out, budget=budget, shortcut=shortcut,
-                      predictor=predictor, force=force, device=device, batch_size=batch_size, progress=bar,
-                      guidance=guidance, r_temp=r_temp, sm_temp=sm_temp,
-                      base_args=base_args(checkpoint, vqgan, heads, precision))  # fmt: skip
+        result = call(run, base, class_ids, per_class, config, seed, out, shortcut=shortcut, predictor=predictor,
+                      force=force, batch_size=batch_size, progress=bar)  # fmt: skip
     if as_json:
         print(json.dumps(result, indent=2))
     else:
         console.print(f"wrote {result['out']} ({result['images']} images, {result['predictor']}, N={steps}, "
-                      f"{result['full_steps']} full steps), latency {result['latency_per_image_s'] * 1000:.2f} ms per image")  # fmt: skip
-
+                      f"{len(result['full_steps'])} full steps: {result['full_steps']}), "
+                      f"latency {result['latency_per_image_s'] * 1000:.2f} ms per image", markup=False)  # fmt: skip
 
 
 @app.command()
@@ -152,6 +163,7 @@ def bench(
     precision: PrecisionOpt = "fp32",
     checkpoint: CheckpointOpt = None,
     vqgan: VqganOpt = None,
+    pixels: PixelsOpt = None,
     heads: HeadsOpt = None,
     batch_size: BatchOpt = 250,
     quiet: QuietOpt = False,
@@ -159,18 +171,19 @@ def bench(
 ) -> None:
     """Quality vs latency of vanilla, shortcut and training-free configs: table, JSON and Pareto plot."""
     from shortcut_zoo.bench import BenchConfig, results_table, run_bench
+    from trajectories.base import load_base
 
-    cfg = BenchConfig(model=model, shortcuts=shortcut or [], configs=[c for c in configs.split(",") if c],
+    cfg = BenchConfig(shortcuts=shortcut or [], configs=[c for c in configs.split(",") if c.strip()],
                       predictors=[p for p in predictors.split(",") if p], samples=samples, seed=seed,
-                      batch_size=batch_size, repeats=repeats, out=out, force=force,
-                      base_args=base_args(checkpoint, vqgan, heads, precision))  # fmt: skip
+                      batch_size=batch_size, repeats=repeats, out=out, force=force)  # fmt: skip
+    base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device))
     if quiet or as_json:
-        result = call(run_bench, cfg, device=device)
+        result = call(run_bench, cfg, base)
     else:
         with err_console.status("benchmarking") as status:
-            result = call(run_bench, cfg, device=device, progress=lambda what: status.update(f"benchmarking {what}"))
+            result = call(run_bench, cfg, base, progress=lambda what: status.update(f"benchmarking {what}"))
     if as_json:
         print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
         return
     console.print(results_table(result), markup=False, highlight=False)
-    console.print("wrote " + ", ".join(result["files"]))
+    console.print("wrote " + ", ".join(result["files"]), markup=False)

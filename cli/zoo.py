@@ -10,8 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.app import (
-    CheckpointOpt, DeviceOpt, JsonOpt, QuietOpt, SeedOpt,
-    app, base_args, call, console, err_console, parse_overrides, print_metrics,
+    CheckpointOpt, DeviceOpt, HeadsOpt, JsonOpt, PrecisionOpt, QuietOpt, SeedOpt,
+    app, base_spec, call, console, err_console, parse_overrides, print_metrics,
 )  # fmt: skip
 
 
@@ -23,33 +23,51 @@ def train(
     arch_option: Annotated[Optional[list[str]], typer.Option("--arch-option", "-a", help="Arch hyper-parameter, key=value (repeatable), e.g. -a bottleneck=2 -a blocks=1.")] = None,
     steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 2000,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per step and process.")] = 128,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then cosine decay).")] = 1e-3,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then --lr-schedule).")] = 1e-3,
+    warmup: Annotated[int, typer.Option("--warmup", help="Linear warm-up steps (published: 0).")] = 100,
+    lr_schedule: Annotated[str, typer.Option("--lr-schedule", help="cosine (to 10% of the peak), or step: x0.1 from --lr-decay-step on (published).")] = "cosine",
+    lr_decay_step: Annotated[int, typer.Option("--lr-decay-step", help="Step of the x0.1 decay with --lr-schedule step (published: 1000).")] = 1000,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = 0.01,
+    grad_clip: Annotated[float, typer.Option("--grad-clip", help="Gradient norm clip; 0: none (published: none).")] = 1.0,
     ema: Annotated[float, typer.Option("--ema", help="EMA decay of the exported weights.")] = 0.999,
     loss: Annotated[str, typer.Option("--loss", help="mse, or mse+kl (adds KL between the base head's distributions).")] = "mse",
+    mse_weight: Annotated[float, typer.Option("--mse-weight", help="Weight of the feature MSE.")] = 1.0,
+    kl_weight: Annotated[float, typer.Option("--kl-weight", help="Weight of the KL term (--loss mse+kl).")] = 0.1,
+    kl_temperature: Annotated[float, typer.Option("--kl-temperature", help="T of the KL term: softmax(logits / T), loss scaled by T^2.")] = 1.0,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Held-out fraction of samples.")] = 0.05,
     workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 0,
     save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every this many steps.")] = 500,
     stop_at: Annotated[Optional[int], typer.Option("--stop-at", help="Stop after this step, leaving a checkpoint for --resume.")] = None,
     seed: SeedOpt = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Base model (default: the one the dataset names).")] = None,
+    checkpoint: CheckpointOpt = None,
+    heads: HeadsOpt = None,
+    precision: PrecisionOpt = "fp32",
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train a shortcut on a trajectory dataset and export it as a zoo folder."""
+    """Train a shortcut on a trajectory dataset and export it as a zoo folder.
+
+    The base must be the one the dataset was dumped from (same fingerprint): real checkpoints take
+    the same --model / --checkpoint / --heads as dump-trajectories."""
     from shortcut_zoo.train import TrainConfig, train as run
 
     cfg = TrainConfig(data=data, arch=arch, out=out or f"zoo/{arch}", arch_config=call(parse_overrides, arch_option or []),
-                      steps=steps, batch_size=batch_size, lr=lr, ema=ema, loss=loss, val_fraction=val_fraction,
+                      steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, lr_schedule=lr_schedule,
+                      lr_decay_step=lr_decay_step, weight_decay=weight_decay, grad_clip=grad_clip, ema=ema, loss=loss,
+                      mse_weight=mse_weight, kl_weight=kl_weight, kl_temperature=kl_temperature, val_fraction=val_fraction,
                       workers=workers, save_every=save_every, stop_at=stop_at, seed=seed)  # fmt: skip
+    spec = base_spec(model, checkpoint, heads=heads, precision=precision, device=device)
     if not (quiet or as_json):
         columns = [TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
         with Progress(*columns, console=err_console, transient=True) as bar:
             task = bar.add_task("train", total=min(steps, stop_at or steps), info="")
             report = lambda step, l, rate: bar.update(task, completed=step, info=f"loss {l:.4f}  {rate:,.0f} pairs/s")  # noqa: E731
-            result = call(run, cfg, device=device, resume=resume, progress=report)
+            result = call(run, cfg, spec, resume=resume, progress=report)
     else:
-        result = call(run, cfg, device=device, resume=resume)
+        result = call(run, cfg, spec, resume=resume)
     result.pop("losses", None)
     if "stopped_at" in result:
         console.print(f"stopped at step {result['stopped_at']}; resume with --resume (checkpoint {result['checkpoint']})")
@@ -102,10 +120,11 @@ def zoo_show(path: Annotated[str, typer.Argument(help="Zoo folder.")]) -> None:
 @zoo_app.command("import")
 def zoo_import(
     published: Annotated[str, typer.Option("--published", help="Published MIGM-Shortcut state dict (torch file, read weights-only).")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Zoo folder to write (new or empty; its parent must exist).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Zoo folder to write (new or empty).")],
     checkpoint: CheckpointOpt = None,
     model: Annotated[str, typer.Option("--base", "--model", help="Base the shortcut belongs to.")] = "maskgit",
-    heads: Annotated[int, typer.Option("--heads", help="Attention heads of the base and of the shortcut (published: 16).")] = 16,
+    heads: HeadsOpt = None,
+    shortcut_heads: Annotated[int, typer.Option("--shortcut-heads", help="Attention heads of the shortcut (released file: 16).")] = 16,
     bottleneck: Annotated[Optional[int], typer.Option("--bottleneck", help="Expected D / hidden (checked against the file).")] = None,
     blocks: Annotated[Optional[int], typer.Option("--blocks", help="Expected blocks (checked against the file).")] = None,
     steps: Annotated[int, typer.Option("--steps", help="N the shortcut is meant for (cost accounting, card).")] = 32,
@@ -113,13 +132,16 @@ def zoo_import(
 ) -> None:
     """Wrap a published shortcut into a zoo folder bound to its base's fingerprint."""
     from shortcut_zoo.export import import_published
+    from trajectories.base import load_base
 
-    config = call(import_published, published, out, model=model, base_args=base_args(checkpoint, None, heads, "fp32"),
-                  heads=heads, bottleneck=bottleneck, blocks=blocks, steps=steps)  # fmt: skip
+    base = call(load_base, base_spec(model, checkpoint, heads=heads, device="cpu"))
+    config = call(import_published, published, out, base,
+                  shortcut_heads=shortcut_heads, bottleneck=bottleneck, blocks=blocks, steps=steps)  # fmt: skip
     if as_json:
         print(json.dumps(config, indent=2))
         return
     a = config["arch_config"]
     console.print(f"wrote {out} (tiny-transformer, bottleneck {a['bottleneck']}, {a['blocks']} block(s), "
+                  f"{a['heads']} heads, mask-ratio conditioning {'on' if a['time'] else 'off'}, "
                   f"{config['cost']['parameters']:,} parameters, {config['cost']['relative_cost']:.3f}x a base forward, "
                   f"base {config['base']['name']} {config['base']['fingerprint'][:12]})")  # fmt: skip

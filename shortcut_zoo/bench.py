@@ -11,6 +11,7 @@ the same run. Writes results.json, results.md and pareto.png.
 from __future__ import annotations
 
 import json
+import platform
 import re
 import statistics
 import time
@@ -24,12 +25,14 @@ from shortcut_zoo.export import load_shortcut
 from shortcut_zoo.predictors import check_predictor_name, make_predictor
 from trajectories.errors import MigmError
 from trajectories.rollout import autocast, rollout, sample_seeds
-from trajectories.sample import SCORERS, cpu_name, load_base, sample_many, sampler_config
+from trajectories.base import SCORERS
+from trajectories.checks import check_int, check_seed, writable_dir
+from trajectories.generate import sample_many
+from trajectories.rollout import SamplerConfig
 
 
 @dataclass
 class BenchConfig:
-    model: str = "maskgit-digits"
     shortcuts: list[str] = field(default_factory=list)
     configs: list[str] = field(default_factory=lambda: ["N8", "N12", "N16", "N32", "N32B12", "N32B8", "N16B6"])
     predictors: list[str] = field(default_factory=lambda: ["shortcut", "cache", "taylor"])
@@ -39,7 +42,6 @@ class BenchConfig:
     repeats: int = 5
     out: str = "bench"
     force: bool = False
-    base_args: dict = field(default_factory=dict)  # checkpoint / vqgan / heads / precision for real bases
 
 
 def parse_config(spec: str) -> tuple[int, int | None]:
@@ -94,20 +96,34 @@ def call_fns(base, shortcuts: dict[str, torch.nn.Module], batch: int, N: int) ->
     return {key: under_autocast(fn) for key, fn in fns.items()}
 
 
-def run_bench(cfg: BenchConfig, device: str = "auto", progress: Callable[[str], None] | None = None) -> dict:
+def cpu_name() -> str:
+    """The CPU model, for benchmark tables."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_bench(cfg: BenchConfig, base, progress: Callable[[str], None] | None = None) -> dict:
+    """Bench the loaded `base`: every config of `cfg` with vanilla sampling and each predictor."""
     configs = [parse_config(c) for c in cfg.configs]
+    if not configs:
+        raise MigmError("--configs names no config; give e.g. N16,N32B12")
     if cfg.samples < 2:
         raise MigmError(f"samples must be at least 2, got {cfg.samples}")
+    check_int("--repeats", cfg.repeats)
+    check_int("--batch-size", cfg.batch_size)
+    check_seed(cfg.seed)
     for name in cfg.predictors:
         check_predictor_name(name)
     if "shortcut" in cfg.predictors and not cfg.shortcuts and any(b for _, b in configs):
         raise MigmError("the shortcut predictor needs --shortcut zoo/NAME (or leave it out of --predictors)")
-    out = Path(cfg.out)
-    if not out.parent.is_dir():
-        raise MigmError(f"output directory {str(out.parent)!r} does not exist")
-    base = load_base(cfg.model, device, cfg.base_args)
+    out = writable_dir(cfg.out, "--out")
     for N, B in configs:
-        sampler_config(base, N, B)  # validates 1 <= B <= N <= L before any work
+        SamplerConfig.for_base(base, N, B)  # validates 1 <= B <= N <= L before any work
     shortcuts = {Path(p).name: load_shortcut(p, base, force=cfg.force) for p in cfg.shortcuts}
     # Without a scorer for this base (real ImageNet models: no classifier ships), quality is token agreement only.
     scorer = SCORERS.get(base.name)
@@ -123,7 +139,7 @@ def run_bench(cfg: BenchConfig, device: str = "auto", progress: Callable[[str], 
 
     steps_needed = sorted({N for N, _ in configs})
     for N in steps_needed:  # vanilla at every N: the reference for speed-up and agreement
-        config = sampler_config(base, N)
+        config = SamplerConfig.for_base(base, N)
         if progress:
             progress(f"vanilla N{N}")
         s = sample_many(base, labels, config, cfg.seed, cfg.batch_size)
@@ -139,7 +155,7 @@ def run_bench(cfg: BenchConfig, device: str = "auto", progress: Callable[[str], 
     for N, B in configs:
         if B is None or B == N:
             continue
-        config = sampler_config(base, N, B)
+        config = SamplerConfig.for_base(base, N, B)
         methods = [(f"shortcut:{name}", make_predictor("shortcut", model)) for name, model in shortcuts.items()
                    if "shortcut" in cfg.predictors] + [(p, make_predictor(p)) for p in cfg.predictors if p != "shortcut"]  # fmt: skip
         for method, predictor in methods:
@@ -181,7 +197,6 @@ def run_bench(cfg: BenchConfig, device: str = "auto", progress: Callable[[str], 
              "torch": torch.__version__, "model": base.name, "samples": cfg.samples, "batch": cfg.batch_size}  # fmt: skip
     result = {"where": where, "costs": {**costs, "t_sampling_per_step": sampling},
               "config": asdict(cfg), "rows": rows}  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "results.md").write_text(results_table(result) + "\n")
     pareto_plot(rows, out / "pareto.png", f"{base.name}, {cfg.samples} samples, {where['device']} ({where['threads']} threads)",

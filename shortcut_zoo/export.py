@@ -16,14 +16,22 @@ from safetensors.torch import load_file, save_file
 
 from shortcut_zoo.archs import ARCHS, build
 from trajectories import __version__
-from trajectories.base.maskgit import load_state_dict_strict
+from trajectories.base.checkpoints import load_state_dict_strict
+from trajectories.checks import writable_dir
 from trajectories.errors import MigmError
 from trajectories.store.codecs import codec_from_dict
 from trajectories.store.schema import dataset_fingerprint, write_json_atomic
 
-ZOO_FORMAT = 1
+# 2: `tiny-transformer` computes the published MIGM-Shortcut forward (query-only attention norm, adaLN
+# `scale, shift` without SiLU, eps 1e-12, published time-MLP width); 1 had its own variant of it.
+ZOO_FORMAT = 2
+# The zoo format from which an arch's saved weights fit the forward computed now. An older folder of
+# that arch holds weights trained for another forward: loading it asks for a retrain.
+FORWARD_SINCE = {"tiny-transformer": 2}
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+CARD = "README.md"
+ZOO_FILES = (WEIGHTS, CONFIG, CARD)  # a zoo folder is these files; `push` uploads exactly them
 PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
 
@@ -47,49 +55,67 @@ def export_shortcut(out: str | Path, model: torch.nn.Module, arch: str, base, ma
 
 
 def write_zoo_folder(out: Path, model: torch.nn.Module, config: dict) -> dict:
-    """Weights (safetensors), model card, then `config.json` last."""
+    """Weights (safetensors), model card, then `config.json` last. A write error (disk full,
+    read-only) is one line naming the folder."""
     from cards import render_model_card
 
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS))
-    (out / "README.md").write_text(render_model_card(config, str(out)))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS))
+        (out / CARD).write_text(render_model_card(config, str(out)))
+    except OSError as e:
+        raise MigmError(f"cannot write zoo folder {out}: {e.strerror or e}") from None
     write_json_atomic(out / CONFIG, config)
     return config
 
 
-def import_published(file: str | Path, out: str | Path, model: str = "maskgit", base_args: dict | None = None,
-                     heads: int = 16, bottleneck: int | None = None, blocks: int | None = None,
+def published_arch_config(state: dict[str, torch.Tensor], what: str) -> dict:
+    """tiny-transformer config fields read off a published MIGM-Shortcut state dict's keys and shapes:
+    width and bottleneck (no `proj_in`: bottleneck 1, identity projections), blocks, MLP ratio, and
+    mask-ratio conditioning (`time_embedder` / `adaLN_modulation` present) with its time-MLP dims."""
+    need = ("last_layer.1.weight", "blocks.0.cross_attn.fn.mha.in_proj_weight", "blocks.0.cross_attn_ff.fn.net.0.weight")
+    missing = [k for k in need if k not in state]
+    if missing:
+        raise MigmError(f"{what}: not a MIGM-Shortcut state dict (missing {', '.join(missing)})")
+    H = state["last_layer.1.weight"].shape[0]
+    D = state["proj_in.weight"].shape[1] if "proj_in.weight" in state else H
+    if D % H:
+        raise MigmError(f"{what}: width {D} is not a multiple of the hidden width {H}")
+    config = {"dim": D, "bottleneck": D // H, "blocks": len({k.split(".")[1] for k in state if k.startswith("blocks.")}),
+              "mlp_ratio": state["blocks.0.cross_attn_ff.fn.net.0.weight"].shape[0] // H,
+              "time": "time_embedder.mlp.0.weight" in state}  # fmt: skip
+    if config["time"]:
+        config["time_hidden"], config["time_freq"] = state["time_embedder.mlp.0.weight"].shape
+    return config
+
+
+def import_published(file: str | Path, out: str | Path, base,
+                     shortcut_heads: int = 16, bottleneck: int | None = None, blocks: int | None = None,
                      steps: int = 32) -> dict:  # fmt: skip
     """Wrap a published MIGM-Shortcut state dict (a torch pickle, read weights-only) into a zoo folder
-    bound to the base `model` (loaded from `base_args`): tiny-transformer arch, dims read off the
-    tensor shapes (`bottleneck` / `blocks`, when given, are checked against them), safetensors weights."""
+    bound to the loaded `base`: tiny-transformer arch, bottleneck, blocks and
+    time conditioning read off the keys and shapes (`bottleneck` / `blocks`, when given, are checked
+    against them), `shortcut_heads` heads (not in the file; 16 as released), safetensors weights."""
     from shortcut_zoo.evaluate import relative_cost
     from trajectories.base.checkpoints import load_state_dict
-    from trajectories.sample import load_base, sampler_config
+    from trajectories.rollout import SamplerConfig
     from trajectories.store.schema import sha256_path
 
     file, out = Path(file), Path(out)
-    if not out.parent.is_dir():
-        raise MigmError(f"output directory {str(out.parent)!r} does not exist")
+    writable_dir(out.parent, "folder")
     if out.exists() and any(out.iterdir()):
         raise MigmError(f"{out} is not empty; choose a new zoo folder")
     state = load_state_dict(file, "state_dict", "shortcut state dict")
-    base = load_base(model, "cpu", base_args)
-    if "proj_in.weight" not in state or "time_embedder.mlp.0.weight" not in state:
-        raise MigmError(f"{file}: not a MIGM-Shortcut state dict (no proj_in.weight / time_embedder.mlp.0.weight)")
-    H, D = state["proj_in.weight"].shape
-    found = {"bottleneck": D // H, "blocks": len({k.split(".")[1] for k in state if k.startswith("blocks.")})}
+    found = published_arch_config(state, str(file))
     for name, given in (("bottleneck", bottleneck), ("blocks", blocks)):
         if given is not None and given != found[name]:
             raise MigmError(f"{file} has {name} {found[name]}, not the --{name} {given} asked for")
-    if D != base.D or D % H:
-        raise MigmError(f"{file} has width {D} (hidden {H}); the base has D = {base.D}")
-    if heads < 1 or H % heads:
-        raise MigmError(f"--heads must divide the shortcut's hidden width {H}, got {heads}")
-    arch_config = {"dim": D, "bottleneck": found["bottleneck"], "blocks": found["blocks"], "heads": heads,
-                   "time_hidden": state["time_embedder.mlp.0.weight"].shape[0],
-                   "time_freq": state["time_embedder.mlp.0.weight"].shape[1]}  # fmt: skip
-    shortcut = build("tiny-transformer", **arch_config)
+    H = found["dim"] // found["bottleneck"]
+    if shortcut_heads < 1 or H % shortcut_heads:
+        raise MigmError(f"--shortcut-heads must divide the shortcut's hidden width {H}, got {shortcut_heads}")
+    if found["dim"] != base.D:
+        raise MigmError(f"{file} has width {found['dim']}; the base has D = {base.D}")
+    shortcut = build("tiny-transformer", **found, heads=shortcut_heads)
     load_state_dict_strict(shortcut, state, str(file))
     shortcut = shortcut.to(base.device).eval()
     config = {
@@ -98,7 +124,7 @@ def import_published(file: str | Path, out: str | Path, model: str = "maskgit", 
         "arch_config": asdict(shortcut.cfg),
         "base": {"name": base.name, "fingerprint": base.fingerprint},
         "origin": {"published": file.name, "sha256": sha256_path(file)},
-        "sampler": sampler_config(base, steps).to_dict(),
+        "sampler": SamplerConfig.for_base(base, steps).to_dict(),
         "metrics": {"overall": {}},
         "cost": relative_cost(shortcut, base, steps),
         "version": __version__,
@@ -116,8 +142,12 @@ def read_zoo_config(path: str | Path) -> dict:
         config = json.loads((path / CONFIG).read_text())
     except json.JSONDecodeError as e:
         raise MigmError(f"{path / CONFIG} is not valid JSON ({e.msg})") from None
-    if config.get("zoo_format") != ZOO_FORMAT:
-        raise MigmError(f"{path / CONFIG}: zoo format {config.get('zoo_format')!r} is not supported (this migm reads {ZOO_FORMAT})")
+    fmt = config.get("zoo_format", 0)  # none: written before zoo formats were numbered
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt > ZOO_FORMAT:
+        raise MigmError(f"{path / CONFIG}: zoo format {fmt!r} is not supported (this migm reads up to {ZOO_FORMAT})")
+    if fmt < FORWARD_SINCE.get(config.get("arch"), 1):
+        raise MigmError(f"{path}: zoo format {fmt} holds weights trained for the old {config.get('arch')} forward "
+                        f"(this migm computes the published one); retrain it with migm train, or re-import the published file")  # fmt: skip
     for key, kind in (("arch", str), ("arch_config", dict), ("base", dict)):
         if not isinstance(config.get(key), kind):
             raise MigmError(f"{path / CONFIG}: field {key!r} is missing or not a {kind.__name__}")
@@ -153,6 +183,23 @@ def load_shortcut(path: str | Path, base, force: bool = False) -> torch.nn.Modul
     return model.to(base.device).eval().requires_grad_(False)
 
 
+def read_model_card(path: str | Path) -> str:
+    """The model card of zoo folder `path`, as Markdown without its Hub metadata header."""
+    path = Path(path)
+    read_zoo_config(path)
+    card = path / CARD
+    if not card.is_file():
+        raise MigmError(f"{path} has no {CARD} (model card); `migm zoo list {path}` shows its figures")
+    try:
+        text = card.read_text(errors="replace")
+    except OSError as e:
+        raise MigmError(f"cannot read {card}: {e.strerror or e}") from None
+    if text.startswith("---\n"):  # YAML front matter: metadata for the Hub, not for reading
+        end = text.find("\n---\n", 4)
+        text = text[end + 5 :] if end >= 0 else text
+    return text.lstrip("\n")
+
+
 def list_zoo(root: str | Path) -> list[dict]:
     """One summary row per zoo folder under `root` (the folder itself may be one)."""
     root = Path(root)
@@ -162,21 +209,23 @@ def list_zoo(root: str | Path) -> list[dict]:
     for config_path in sorted([root / CONFIG] if (root / CONFIG).exists() else root.glob(f"*/{CONFIG}")):
         c = read_zoo_config(config_path.parent)
         m, cost = c.get("metrics", {}).get("overall", {}), c.get("cost", {})
+        # a figure the folder does not have (an imported shortcut, too few held-out samples) is None: "n/a"
         rows.append({"path": str(config_path.parent), "arch": c["arch"], "base": c["base"]["name"],
-                     "parameters": cost.get("parameters", 0), "relative_cost": cost.get("relative_cost", float("nan")),
-                     "cos": m.get("cos", float("nan")), "mse_ratio_to_cache": m.get("mse_ratio_to_cache", float("nan")),
-                     "agree": m.get("agree", float("nan"))})  # fmt: skip
+                     "parameters": cost.get("parameters"), "relative_cost": cost.get("relative_cost"),
+                     "cos": m.get("cos"), "mse_ratio_to_cache": m.get("mse_ratio_to_cache"),
+                     "agree": m.get("agree")})  # fmt: skip
     return rows
 
 
-def push(path: str | Path, repo_id: str, private: bool = False, dry_run: bool = False) -> dict:
-    """Upload a dataset folder (as a Hub dataset) or a zoo folder (as a Hub model, without its checkpoint)."""
-    from trajectories.store.hub import push_dataset, upload_folder
+def push(path: str | Path, repo_id: str, private: bool = True, dry_run: bool = False) -> dict:
+    """Upload a dataset folder (as a Hub dataset) or a zoo folder (as a Hub model: exactly its
+    weights, config and card, never its checkpoint or anything else), private unless asked."""
+    from trajectories.checks import check_repo_id
+    from trajectories.store.hub import push_dataset, upload_files
 
     path = Path(path)
-    if (path / CONFIG).exists():
+    check_repo_id(repo_id)
+    if (path / CONFIG).exists() or (path / CONFIG).is_symlink():
         read_zoo_config(path)
-        if not (path / WEIGHTS).exists():
-            raise MigmError(f"{path} has no {WEIGHTS}")
-        return upload_folder(path, repo_id, "model", private, dry_run, ignore=("checkpoint/*",))
+        return upload_files(path, list(ZOO_FILES), repo_id, "model", private, dry_run)
     return push_dataset(path, repo_id, private, dry_run)

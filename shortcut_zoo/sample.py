@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from shortcut_zoo.export import load_shortcut
 from shortcut_zoo.predictors import check_predictor_name, make_predictor
 from trajectories.errors import MigmError
-from trajectories.sample import generate
+from trajectories.generate import generate
+from trajectories.rollout import Predictor, SamplerConfig
 
 
-def predictor_factory(predictor: str | None, shortcut: str | None, force: bool = False):
-    """What builds the predictor once the base is loaded: a zoo shortcut or a named peer (or None)."""
+def make_sampling_predictor(base, predictor: str | None, shortcut: str | None, force: bool = False) -> Predictor | None:
+    """The predictor for the shortcut steps: a zoo shortcut or a named peer (None: vanilla)."""
     if predictor is None and shortcut is None:
         return None
     name = predictor or "shortcut"
@@ -21,15 +23,16 @@ def predictor_factory(predictor: str | None, shortcut: str | None, force: bool =
         raise MigmError(f"--shortcut goes with --predictor shortcut, not {name!r}")
     check_predictor_name(name)
     if name == "shortcut":
-        return lambda base: make_predictor("shortcut", load_shortcut(shortcut, base, force=force))
-    return lambda base: make_predictor(name)
+        return make_predictor("shortcut", load_shortcut(shortcut, base, force=force))
+    return make_predictor(name)
 
 
-def sample(model: str, classes: list[int], per_class: int, steps: int, seed: int, out: str | Path,
-           budget: int | None = None, shortcut: str | None = None, predictor: str | None = None,
-           force: bool = False, **kwargs) -> dict:  # fmt: skip
+def sample(
+    base, classes: list[int], per_class: int, config: SamplerConfig, seed: int, out: str | Path,
+    shortcut: str | None = None, predictor: str | None = None, force: bool = False, batch_size: int = 250,
+    progress: Callable[[int], None] | None = None,
+) -> dict:  # fmt: skip
     """Sample a PNG grid; B of the N steps run the base, the rest the predictor."""
-    factory = predictor_factory(predictor, shortcut, force)
-    result = generate(model, classes, per_class, steps, seed, out, budget=budget, predictor_for=factory, **kwargs)
-    full = result["sampler"]["budget"] if factory is not None and budget is not None else steps
-    return {**result, "predictor": (predictor or "shortcut") if factory else "vanilla", "full_steps": full}
+    runner = make_sampling_predictor(base, predictor, shortcut, force)
+    result = generate(base, classes, per_class, config, seed, out, batch_size=batch_size, predictor=runner, progress=progress)
+    return {**result, "predictor": (predictor or "shortcut") if runner is not None else "vanilla"}

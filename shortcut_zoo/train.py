@@ -4,15 +4,15 @@ The loop, in a fixed order: learning rate from `get_lr(step)` → batch → loss
 masked after the step (MSE on features, optional KL between the base head's distributions) →
 finite check → backward, clip, step → EMA → log → checkpoint. One process by default; under
 torchrun or `accelerate launch` each rank streams its own blocks of rows and DDP averages gradients.
-A checkpoint (accelerate `save_state` + the data position) resumes bit-for-bit on one process.
+A checkpoint (`shortcut_zoo.checkpoint`: safetensors + JSON, never a pickle, renamed into place
+whole) resumes bit-for-bit on one process.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from shortcut_zoo.archs import build
+from shortcut_zoo.checkpoint import CHECKPOINT, check_out_folder, load_checkpoint, save_checkpoint
 from shortcut_zoo.evaluate import masked_positions, predict, relative_cost, validate
-from trajectories.base import get_base
+from trajectories.base import BaseSpec, load_base
+from trajectories.checks import check_int, check_seed, writable_dir
 from trajectories.errors import MigmError
 from trajectories.pairs import PairStream, pair_loader
 from trajectories.store.dataset import open_dataset
-
-CHECKPOINT = "checkpoint"
 
 
 @dataclass
@@ -41,9 +41,13 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup: int = 100
+    lr_schedule: str = "cosine"  # cosine: to 10% of the peak at the end | step: x0.1 from lr_decay_step on (published)
+    lr_decay_step: int = 1000  # the published `--step_decay` milestone
     ema: float = 0.999
     loss: str = "mse"  # mse | mse+kl
-    kl_weight: float = 0.1
+    mse_weight: float = 1.0
+    kl_weight: float = 0.1  # with loss mse+kl
+    kl_temperature: float = 1.0  # T: KL between softmax(logits / T), scaled by T² (as published)
     val_fraction: float = 0.05
     seed: int = 0
     workers: int = 0
@@ -53,9 +57,12 @@ class TrainConfig:
 
 
 def get_lr(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
+    """Linear warm-up, then cosine decay to 10% of the peak, or (`step`) the peak until
+    `lr_decay_step` and a tenth of it from there on (the published MultiStepLR, gamma 0.1)."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.lr_schedule == "step":
+        return cfg.lr * (0.1 if step >= cfg.lr_decay_step else 1.0)
     t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
@@ -74,7 +81,8 @@ def split_rows(manifest: dict, val_fraction: float, seed: int) -> tuple[np.ndarr
 
 
 class EMA:
-    """Exponential moving average of a model's floating-point state; checkpointed by accelerate."""
+    """Exponential moving average of a model's floating-point state; its shadow is checkpointed as
+    safetensors by `shortcut_zoo.checkpoint` (never registered with accelerate, which pickles it)."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
@@ -91,29 +99,31 @@ class EMA:
             else:
                 self.shadow[k].copy_(v)
 
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.decay, self.updates = state["decay"], state["updates"]
-        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
-
 
 def shortcut_loss(pred: torch.Tensor, batch: dict, base, cfg: TrainConfig) -> torch.Tensor:
+    """On the positions still masked after the step: mse_weight · MSE of the features, plus with
+    `mse+kl` kl_weight · T² · KL(target ‖ prediction) of the base head's softmax(logits / T), per
+    position (the published `loss_fn`; T² keeps the gradient scale independent of T)."""
     keep = masked_positions(batch, pred.shape[1])
-    loss = ((pred - batch["target"]) ** 2).mean(-1)[keep].mean()
+    loss = cfg.mse_weight * ((pred - batch["target"]) ** 2).mean(-1)[keep].mean()
     if cfg.loss == "mse+kl":
-        L = batch["still_masked"].shape[1]
-        log_p = F.log_softmax(base.head(pred).float(), -1)
-        log_q = F.log_softmax(base.head(batch["target"]).float(), -1)
+        L, T = batch["still_masked"].shape[1], cfg.kl_temperature
+        log_p = F.log_softmax(base.head(pred).float() / T, -1)
+        log_q = F.log_softmax(base.head(batch["target"]).float() / T, -1)
         kl = F.kl_div(log_p, log_q, log_target=True, reduction="none").sum(-1)
-        loss = loss + cfg.kl_weight * kl[keep[:, :L]].mean()
+        loss = loss + cfg.kl_weight * T * T * kl[keep[:, :L]].mean()
     return loss
 
 
 def check_config(cfg: TrainConfig) -> None:
     if cfg.loss not in ("mse", "mse+kl"):
         raise MigmError(f"loss must be mse or mse+kl, got {cfg.loss!r}")
+    check_int("--workers", cfg.workers, low=0, high=256)
+    check_int("--save-every", cfg.save_every)
+    check_int("--stop-at", cfg.stop_at)
+    check_seed(cfg.seed)
+    if "dim" in cfg.arch_config:
+        raise MigmError("arch option dim is the base's feature width D, taken from the dataset's base; it cannot be set")
     for name in ("steps", "batch_size"):
         if getattr(cfg, name) < 1:
             raise MigmError(f"{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
@@ -121,53 +131,58 @@ def check_config(cfg: TrainConfig) -> None:
         raise MigmError(f"lr must be in (0, 1), got {cfg.lr}")
     if not 0 <= cfg.ema < 1:
         raise MigmError(f"ema must be in [0, 1), got {cfg.ema}")
+    if cfg.lr_schedule not in ("cosine", "step"):
+        raise MigmError(f"lr-schedule must be cosine or step, got {cfg.lr_schedule!r}")
+    for name in ("warmup", "lr_decay_step", "mse_weight", "kl_weight", "grad_clip"):
+        if getattr(cfg, name) < 0:
+            raise MigmError(f"{name.replace('_', '-')} must be at least 0, got {getattr(cfg, name)}")
+    if not cfg.kl_temperature > 0:
+        raise MigmError(f"kl-temperature must be positive, got {cfg.kl_temperature}")
+    if cfg.mse_weight == 0 and (cfg.loss == "mse" or cfg.kl_weight == 0):
+        raise MigmError("the loss is zero: give --mse-weight, or --loss mse+kl with a --kl-weight above 0")
 
 
-def train(cfg: TrainConfig, device: str = "auto", resume: bool = False,
+def train(cfg: TrainConfig, spec: BaseSpec | None = None, resume: bool = False,
           progress: Callable[[int, float, float], None] | None = None) -> dict:  # fmt: skip
     """Train, validate and export a shortcut to `cfg.out`; returns the exported config."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from shortcut_zoo.export import export_shortcut
+    from shortcut_zoo.export import ZOO_FILES, export_shortcut
 
     check_config(cfg)
     ds = open_dataset(cfg.data)
     manifest = ds.manifest
     out = Path(cfg.out)
-    if not out.parent.is_dir():
-        raise MigmError(f"output directory {str(out.parent)!r} does not exist")
+    check_out_folder(out, resume, own=ZOO_FILES)
     ckpt = out / CHECKPOINT
-    if resume and not (ckpt / "train_state.json").exists():
-        raise MigmError(f"nothing to resume: {ckpt} has no checkpoint")
-    if not resume and ((out / "config.json").exists() or ckpt.exists()):
-        raise MigmError(f"{out} already holds a shortcut; pass --resume to continue it, or choose another --out")
 
-    accelerator = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
+    spec = spec or BaseSpec()
+    if spec.name is None:  # the base the dataset names; real checkpoints still need their files
+        spec = replace(spec, name=manifest["base"]["name"])
+    accelerator = Accelerator(cpu=spec.device == "cpu" or not torch.cuda.is_available())
     set_seed(cfg.seed)  # the same initial weights on every rank
-    base = get_base(manifest["base"]["name"], device=str(accelerator.device))
+    base = load_base(replace(spec, device=str(accelerator.device)))
     if base.fingerprint != manifest["base"]["fingerprint"]:
-        raise MigmError(f"dataset {cfg.data} was dumped from another {base.name} (fingerprint differs)")
+        raise MigmError(f"dataset {cfg.data} was dumped from {manifest['base']['name']} with fingerprint "
+                        f"{manifest['base']['fingerprint'][:12]}, but the base given has fingerprint "
+                        f"{base.fingerprint[:12]} ({base.name}); pass the same --model / --checkpoint as the dump")  # fmt: skip
     model = build(cfg.arch, dim=base.D, **cfg.arch_config)
+    # What a checkpoint must match to be continued by this run.
+    provenance = {"dataset": manifest.fingerprint(), "arch": cfg.arch, "arch_config": asdict(model.cfg)}
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, opt = accelerator.prepare(model, opt)
     ema = EMA(accelerator.unwrap_model(model), cfg.ema)
-    accelerator.register_for_checkpointing(ema)
 
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "losses": []}
     if resume:
-        accelerator.load_state(str(ckpt))
-        state = json.loads((ckpt / "train_state.json").read_text())
+        state = load_checkpoint(out, accelerator, model, opt, ema, provenance)
     train_rows, val_rows = split_rows(manifest, cfg.val_fraction, cfg.seed)
     stream = PairStream(cfg.data, batch_size=cfg.batch_size, rows=train_rows, seed=cfg.seed,
                         rank=accelerator.process_index, world=accelerator.num_processes)  # fmt: skip
     if stream.num_pairs() == 0:
         raise MigmError(f"rank {accelerator.process_index} has no training rows; use a larger dataset")
-
-    def save_checkpoint() -> None:
-        accelerator.save_state(str(ckpt))
-        if accelerator.is_main_process:
-            (ckpt / "train_state.json").write_text(json.dumps(state))
+    writable_dir(out, "--out folder")  # before any work, so a bad path never wastes a run
 
     stop = min(cfg.steps, cfg.stop_at or cfg.steps)
     pairs, t0 = 0, time.perf_counter()
@@ -184,7 +199,8 @@ def train(cfg: TrainConfig, device: str = "auto", resume: bool = False,
             if not torch.isfinite(loss):
                 raise MigmError(f"loss became {loss.item()} at step {state['step']}; lower --lr or check the dataset")
             accelerator.backward(loss)
-            accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if cfg.grad_clip > 0:  # 0: no clipping (the published trainer clips none)
+                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
             ema.update(accelerator.unwrap_model(model))
@@ -195,7 +211,7 @@ def train(cfg: TrainConfig, device: str = "auto", resume: bool = False,
             if progress is not None and accelerator.is_main_process:
                 progress(state["step"], loss.item(), pairs / (time.perf_counter() - t0))
             if state["step"] % cfg.save_every == 0 or state["step"] == stop:
-                save_checkpoint()
+                save_checkpoint(out, accelerator, model, opt, ema, state, provenance)
             if state["step"] >= stop:
                 break
         else:

@@ -2,36 +2,11 @@
 
 import pytest
 import torch
+from conftest import published_layout
 
-from trajectories.base.maskgit import MaskGITConfig, MaskTransformer, load_state_dict_strict
+from trajectories.base.checkpoints import load_state_dict_strict
+from trajectories.base.maskgit import MaskGITConfig, MaskTransformer
 from trajectories.errors import MigmError
-
-
-def published_layout(D: int, depth: int, mlp: int, vocab: int, L: int) -> dict[str, tuple]:
-    """Key names and shapes of the published checkpoint's `model_state_dict`, at any size."""
-    keys = {
-        "pos_emb": (1, L + 1, D),
-        "bias": (L + 1, vocab),
-        "tok_emb.weight": (vocab, D),
-        "first_layer.0.weight": (D,), "first_layer.0.bias": (D,),
-        "first_layer.2.weight": (D, D), "first_layer.2.bias": (D,),
-        "first_layer.4.weight": (D,), "first_layer.4.bias": (D,),
-        "first_layer.6.weight": (D, D), "first_layer.6.bias": (D,),
-        "last_layer.0.weight": (D,), "last_layer.0.bias": (D,),
-        "last_layer.2.weight": (D, D), "last_layer.2.bias": (D,),
-        "last_layer.4.weight": (D,), "last_layer.4.bias": (D,),
-    }  # fmt: skip
-    for i in range(depth):
-        p = f"transformer.layers.{i}"
-        keys |= {
-            f"{p}.0.norm.weight": (D,), f"{p}.0.norm.bias": (D,),
-            f"{p}.0.fn.mha.in_proj_weight": (3 * D, D), f"{p}.0.fn.mha.in_proj_bias": (3 * D,),
-            f"{p}.0.fn.mha.out_proj.weight": (D, D), f"{p}.0.fn.mha.out_proj.bias": (D,),
-            f"{p}.1.norm.weight": (D,), f"{p}.1.norm.bias": (D,),
-            f"{p}.1.fn.net.0.weight": (mlp, D), f"{p}.1.fn.net.0.bias": (mlp,),
-            f"{p}.1.fn.net.3.weight": (D, mlp), f"{p}.1.fn.net.3.bias": (D,),
-        }  # fmt: skip
-    return keys
 
 
 def test_published_vocab_layout_matches_the_256px_checkpoint():

@@ -11,9 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from trajectories.base import BaseSpec, load_base
 from trajectories.dump import DumpConfig, dump_trajectories
 from trajectories.store.dataset import open_dataset
 from trajectories.store.verify import verify_dataset
+
+DIGITS = load_base(BaseSpec("maskgit-digits", device="cpu"))
 
 BIN = Path(sys.executable).parent
 ARGS = ["--num-samples", "192", "--steps", "12", "--shard-size", "16", "--batch-size", "8", "--seed", "3", "--quiet"]
@@ -22,7 +25,7 @@ ARGS = ["--num-samples", "192", "--steps", "12", "--shard-size", "16", "--batch-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "ds"
-    dump_trajectories(DumpConfig(num_samples=192, steps=12, shard_size=16, batch_size=8, seed=3, out=str(out)), device="cpu")
+    dump_trajectories(DumpConfig(num_samples=192, steps=12, shard_size=16, batch_size=8, seed=3, out=str(out)), DIGITS)
     return open_dataset(out)
 
 
@@ -75,12 +78,12 @@ def test_two_cpu_ranks_write_disjoint_shards_and_one_manifest(tmp_path, referenc
 def test_a_different_config_is_refused_without_overwrite(tmp_path):
     out = tmp_path / "ds"
     small = dict(num_samples=4, steps=4, shard_size=2, out=str(out))
-    dump_trajectories(DumpConfig(**small), device="cpu")
+    dump_trajectories(DumpConfig(**small), DIGITS)
     before = sorted(p.name for p in out.rglob("*"))
     from trajectories.errors import MigmError
 
     with pytest.raises(MigmError, match="another config; pass --overwrite"):
-        dump_trajectories(DumpConfig(**{**small, "seed": 1}), device="cpu")
+        dump_trajectories(DumpConfig(**{**small, "seed": 1}), DIGITS)
     assert sorted(p.name for p in out.rglob("*")) == before
-    dump_trajectories(DumpConfig(**{**small, "seed": 1}), device="cpu", overwrite=True)
+    dump_trajectories(DumpConfig(**{**small, "seed": 1}), DIGITS, overwrite=True)
     assert open_dataset(out).manifest["seed"] == 1

@@ -1,98 +1,41 @@
 """Published MaskGIT checkpoints, taming VQGAN folders and published shortcuts, built here at tiny
 sizes in the published layouts (key names carried by these tests), loaded from local paths."""
 
-import argparse
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import (
+    CLASSES,
+    DEPTH,
+    GRID,
+    HEADS,
+    MLP,
+    D,
+    V,
+    maskgit_state,
+    published_shortcut_layout,
+    randn_state,
+    vqgan_layout,
+    write_maskgit,
+    write_vqgan,
+)
 from PIL import Image
 from typer.testing import CliRunner
 
 from cli.main import app
 from shortcut_zoo.archs import build
 from shortcut_zoo.export import load_shortcut
-from test_checkpoint_layout import published_layout
-from test_zoo import published_shortcut_layout
-from trajectories.base import get_base
-from trajectories.base.maskgit import load_state_dict_strict
+from trajectories.base import BaseSpec, load_base
+from trajectories.base.checkpoints import load_state_dict_strict
 from trajectories.base.vqgan import VQGANConfig, VQGANDecoder
 from trajectories.errors import MigmError
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-
-# tiny MaskGIT: 6x6 tokens, codebook 16, 10 classes, hidden 32, depth 2, mlp 64, 4 heads
-GRID, V, CLASSES, D, DEPTH, MLP, HEADS = 6, 16, 10, 32, 2, 64, 4
-
-MODEL_YAML = """model:
-  base_learning_rate: 4.5e-06
-  target: taming.models.vqgan.VQModel
-  params:
-    embed_dim: 8
-    n_embed: 16
-    ddconfig:
-      double_z: false
-      z_channels: 16
-      resolution: 16
-      in_channels: 3
-      out_ch: 3
-      ch: 32
-      ch_mult:
-      - 1
-      - 2
-      num_res_blocks: 1
-      attn_resolutions:
-      - 8
-      dropout: 0.0
-    lossconfig:
-      target: taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator
-      params:
-        disc_conditional: false
-        disc_in_channels: 3
-        disc_start: 250001
-        disc_weight: 0.8
-        codebook_weight: 1.0
-"""
-
-
-def vqgan_layout(ch: int, ch_mult: list[int], blocks: int, attn_levels: set[int], z: int, embed_dim: int, n_embed: int) -> dict:
-    """Key names and shapes of the taming VQGAN's decoding path (`decoder.*`, codebook, post_quant_conv)."""
-
-    def resnet(p, c_in, c_out):
-        keys = {f"{p}.norm1.weight": (c_in,), f"{p}.norm1.bias": (c_in,), f"{p}.conv1.weight": (c_out, c_in, 3, 3),
-                f"{p}.conv1.bias": (c_out,), f"{p}.norm2.weight": (c_out,), f"{p}.norm2.bias": (c_out,),
-                f"{p}.conv2.weight": (c_out, c_out, 3, 3), f"{p}.conv2.bias": (c_out,)}  # fmt: skip
-        if c_in != c_out:
-            keys |= {f"{p}.nin_shortcut.weight": (c_out, c_in, 1, 1), f"{p}.nin_shortcut.bias": (c_out,)}
-        return keys
-
-    def attn(p, c):
-        keys = {f"{p}.norm.weight": (c,), f"{p}.norm.bias": (c,)}
-        for name in ("q", "k", "v", "proj_out"):
-            keys |= {f"{p}.{name}.weight": (c, c, 1, 1), f"{p}.{name}.bias": (c,)}
-        return keys
-
-    c = ch * ch_mult[-1]
-    keys = {"quantize.embedding.weight": (n_embed, embed_dim), "post_quant_conv.weight": (z, embed_dim, 1, 1),
-            "post_quant_conv.bias": (z,), "decoder.conv_in.weight": (c, z, 3, 3), "decoder.conv_in.bias": (c,)}  # fmt: skip
-    keys |= resnet("decoder.mid.block_1", c, c) | attn("decoder.mid.attn_1", c) | resnet("decoder.mid.block_2", c, c)
-    for level in reversed(range(len(ch_mult))):
-        c_out = ch * ch_mult[level]
-        for j in range(blocks + 1):
-            keys |= resnet(f"decoder.up.{level}.block.{j}", c, c_out)
-            c = c_out
-            if level in attn_levels:
-                keys |= attn(f"decoder.up.{level}.attn.{j}", c)
-        if level:
-            keys |= {f"decoder.up.{level}.upsample.conv.weight": (c, c, 3, 3), f"decoder.up.{level}.upsample.conv.bias": (c,)}
-    return keys | {"decoder.norm_out.weight": (c,), "decoder.norm_out.bias": (c,), "decoder.conv_out.weight": (3, c, 3, 3),
-                   "decoder.conv_out.bias": (3,)}  # fmt: skip
-
 
 def test_published_vqgan_f16_decoder_layout():
     """At the published f16 config the decoder has exactly the published keys (197 tensors, 42,777,731 elements)."""
@@ -103,57 +46,6 @@ def test_published_vqgan_f16_decoder_layout():
     assert own["decoder.up.1.block.0.nin_shortcut.weight"] == (128, 256, 1, 1) and "decoder.up.4.attn.2.q.weight" in own
 
 
-def _randn(layout: dict, seed: int, scale: float = 0.3) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    return {k: scale * torch.randn(shape, generator=g) for k, shape in layout.items()}
-
-
-def _lightning_callback_class():
-    """A class pickled under PyTorch Lightning's module name, as taming's last.ckpt carries one."""
-    module = types.ModuleType("pytorch_lightning.callbacks.model_checkpoint")
-
-    class ModelCheckpoint:
-        pass
-
-    ModelCheckpoint.__module__ = module.__name__
-    ModelCheckpoint.__qualname__ = "ModelCheckpoint"
-    module.ModelCheckpoint = ModelCheckpoint
-    return module, ModelCheckpoint
-
-
-def maskgit_state() -> dict:
-    return _randn(published_layout(D=D, depth=DEPTH, mlp=MLP, vocab=V + 1 + CLASSES + 1, L=GRID * GRID), seed=0)
-
-
-def write_maskgit(path: Path, state: dict | None = None) -> Path:
-    state = maskgit_state() if state is None else state
-    torch.save({"iter": 1000, "global_epoch": 3, "model_state_dict": state,
-                "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0]}]},
-                "args": argparse.Namespace(img_size=GRID * 16, bsize=256)}, path)  # fmt: skip
-    return path
-
-
-def write_vqgan(folder: Path, drop: str | None = None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "model.yaml").write_text(MODEL_YAML)
-    state = _randn(vqgan_layout(32, [1, 2], 1, {1}, z=16, embed_dim=8, n_embed=16), seed=1, scale=0.2)
-    state |= {"encoder.conv_in.weight": torch.randn(32, 3, 3, 3), "quant_conv.weight": torch.randn(8, 8, 1, 1),
-              "loss.discriminator.main.0.weight": torch.randn(4, 3, 4, 4), "loss.logvar": torch.zeros(())}  # fmt: skip
-    if drop:
-        state.pop(drop)
-    module, callback = _lightning_callback_class()
-    names = ["pytorch_lightning", "pytorch_lightning.callbacks", module.__name__]
-    for name in names:  # only while saving: loading never imports them
-        sys.modules[name] = module if name == module.__name__ else types.ModuleType(name)
-    try:
-        torch.save({"epoch": 5, "global_step": 100, "pytorch-lightning_version": "1.0.8", "state_dict": state,
-                    "callbacks": {callback: {"best_model_score": None}}, "optimizer_states": []}, folder / "last.ckpt")  # fmt: skip
-    finally:
-        for name in names:
-            del sys.modules[name]
-    return folder
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("published")
@@ -161,22 +53,22 @@ def files(tmp_path_factory):
 
 
 def test_checkpoint_loads_strictly_with_inferred_dims(files):
-    base = get_base("maskgit", checkpoint=str(files["checkpoint"]), vqgan=str(files["vqgan"]), heads=HEADS)
+    base = load_base(BaseSpec("maskgit", checkpoint=str(files["checkpoint"]), vqgan=str(files["vqgan"]), heads=HEADS))
     c = base.cfg
     assert (c.grid, c.codebook_size, c.num_classes, c.hidden_dim, c.depth, c.mlp_dim, c.heads) == (GRID, V, CLASSES, D, DEPTH, MLP, HEADS)
     state = maskgit_state()
     assert all(torch.equal(v, state[k]) for k, v in base.net.state_dict().items())
     # the codebook size is inferred the same without the VQGAN (a power of two), so is the fingerprint
-    alone = get_base("maskgit", checkpoint=str(files["checkpoint"]), heads=HEADS)
+    alone = load_base(BaseSpec("maskgit", checkpoint=str(files["checkpoint"]), heads=HEADS))
     assert alone.cfg == c and alone.fingerprint == base.fingerprint and len(base.fingerprint) == 64
     # a DDP-saved bare state dict loads too
     bare = files["root"] / "bare.pt"
     torch.save({"module." + k: v for k, v in state.items()}, bare)
-    assert get_base("maskgit", checkpoint=str(bare), heads=HEADS).fingerprint == base.fingerprint
+    assert load_base(BaseSpec("maskgit", checkpoint=str(bare), heads=HEADS)).fingerprint == base.fingerprint
 
 
 def test_vqgan_decodes_to_rgb_in_unit_range(files):
-    base = get_base("maskgit", checkpoint=str(files["checkpoint"]), vqgan=str(files["vqgan"]), heads=HEADS)
+    base = load_base(BaseSpec("maskgit", checkpoint=str(files["checkpoint"]), vqgan=str(files["vqgan"]), heads=HEADS))
     images = base.decode(torch.randint(0, V, (3, GRID * GRID)))
     assert images.shape == (3, 3, GRID * 2, GRID * 2) and images.dtype == torch.float32  # f = 2 at this ch_mult
     assert images.min() >= 0 and images.max() <= 1 and images.std() > 0
@@ -190,7 +82,7 @@ def test_renamed_or_missing_maskgit_key_is_named(files, tmp_path, change, name):
         state[name + "_renamed"] = value
     path = write_maskgit(tmp_path / "bad.pth", state)
     with pytest.raises(MigmError, match=name.replace(".", r"\.")) as e:
-        get_base("maskgit", checkpoint=str(path), heads=HEADS)
+        load_base(BaseSpec("maskgit", checkpoint=str(path), heads=HEADS))
     assert "missing keys" in str(e.value) and (change == "drop" or name + "_renamed" in str(e.value))
 
 
@@ -232,7 +124,7 @@ def test_nothing_is_unpickled_beyond_weights_only(tmp_path):
     src.write_text("x")
     path = tmp_path / "sneaky.pth"
     torch.save({"model_state_dict": maskgit_state(), "hook": _Runs(str(src), str(dst))}, path)
-    base = get_base("maskgit", checkpoint=str(path), heads=HEADS)  # the weights load; the hook stays inert
+    base = load_base(BaseSpec("maskgit", checkpoint=str(path), heads=HEADS))  # the weights load; the hook stays inert
     assert base.L == GRID * GRID and not dst.exists()
 
     class _System:
@@ -243,7 +135,7 @@ def test_nothing_is_unpickled_beyond_weights_only(tmp_path):
 
     torch.save({"model_state_dict": maskgit_state(), "hook": _System()}, path)
     with pytest.raises(MigmError, match="refused by the weights-only loader"):
-        get_base("maskgit", checkpoint=str(path), heads=HEADS)
+        load_base(BaseSpec("maskgit", checkpoint=str(path), heads=HEADS))
     assert not dst.exists()
 
 
@@ -270,7 +162,7 @@ def test_device_cuda_without_cuda_is_a_short_error(files, tmp_path):
 
 
 def published_shortcut_state() -> dict:
-    return _randn(published_shortcut_layout(D=D, H=D // 2, blocks=1, time_hidden=30), seed=2, scale=0.1)
+    return randn_state(published_shortcut_layout(D=D, H=D // 2, blocks=1, time_hidden=30), seed=2, scale=0.1)
 
 
 def test_imported_published_shortcut_matches_direct_load_and_samples(files, tmp_path):
@@ -280,10 +172,11 @@ def test_imported_published_shortcut_matches_direct_load_and_samples(files, tmp_
     out = tmp_path / "zoo" / "published"
     out.parent.mkdir()
     r = runner.invoke(app, ["zoo", "import", "--published", str(path), "--base", "maskgit", "--checkpoint",
-                            str(files["checkpoint"]), "--heads", "4", "--bottleneck", "2", "--blocks", "1", "--out", str(out)])  # fmt: skip
+                            str(files["checkpoint"]), "--heads", "4", "--shortcut-heads", "4", "--bottleneck", "2", "--blocks", "1",
+                            "--out", str(out)])  # fmt: skip
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
-    base = get_base("maskgit", checkpoint=str(files["checkpoint"]), heads=HEADS)
+    base = load_base(BaseSpec("maskgit", checkpoint=str(files["checkpoint"]), heads=HEADS))
     imported = load_shortcut(out, base)
     direct = build("tiny-transformer", dim=D, bottleneck=2, blocks=1, heads=HEADS, time_hidden=30).eval()
     load_state_dict_strict(direct, state, "published shortcut")

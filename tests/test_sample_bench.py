@@ -10,9 +10,13 @@ from cli.main import app
 from shortcut_zoo.export import load_shortcut
 from shortcut_zoo.predictors import TaylorPredictor, make_predictor
 from shortcut_zoo.train import TrainConfig, train
-from trajectories.base import get_base
+from trajectories.base import BaseSpec, load_base
 from trajectories.dump import DumpConfig, dump_trajectories
-from trajectories.sample import sample_many, sampler_config
+from trajectories.generate import sample_many
+from trajectories.rollout import SamplerConfig
+
+DIGITS = load_base(BaseSpec("maskgit-digits", device="cpu"))
+CPU = BaseSpec(device="cpu")  # train: the base the dataset names, on the CPU
 
 runner = CliRunner()
 
@@ -20,25 +24,25 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
     root = tmp_path_factory.mktemp("sb")
-    dump_trajectories(DumpConfig(num_samples=16, steps=6, shard_size=8, out=str(root / "ds")), device="cpu")
-    train(TrainConfig(data=str(root / "ds"), out=str(root / "tt"), steps=10, batch_size=16, val_fraction=0.25, warmup=2), device="cpu")
+    dump_trajectories(DumpConfig(num_samples=16, steps=6, shard_size=8, out=str(root / "ds")), DIGITS)
+    train(TrainConfig(data=str(root / "ds"), out=str(root / "tt"), steps=10, batch_size=16, val_fraction=0.25, warmup=2), CPU)
     return root / "tt"
 
 
 def tokens(base, steps, budget=None, predictor=None, seed=0, n=12):
     labels = torch.arange(n) % 10
-    return sample_many(base, labels, sampler_config(base, steps, budget), seed, predictor=predictor).tokens
+    return sample_many(base, labels, SamplerConfig.for_base(base, steps, budget), seed, predictor=predictor).tokens
 
 
 def test_budget_equal_to_steps_is_exactly_vanilla(zoo):
-    base = get_base("maskgit-digits")
+    base = load_base(BaseSpec("maskgit-digits"))
     shortcut = make_predictor("shortcut", load_shortcut(zoo, base))
     for steps in (4, 8):
         assert torch.equal(tokens(base, steps, steps, shortcut), tokens(base, steps))
 
 
 def test_shortcut_steps_change_the_samples_but_keep_them_valid(zoo):
-    base = get_base("maskgit-digits")
+    base = load_base(BaseSpec("maskgit-digits"))
     for name in ("cache", "taylor", "taylor2"):
         t = tokens(base, 8, 3, make_predictor(name))
         assert t.shape == (12, 64) and (t < 17).all()

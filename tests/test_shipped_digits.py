@@ -2,9 +2,10 @@
 
 import torch
 
-from trajectories.base import get_base
+from trajectories.base import BaseSpec, load_base
 from trajectories.base.digits import load_classifier, load_digits_split
-from trajectories.sample import score
+from trajectories.generate import score
+from trajectories.rollout import SamplerConfig
 
 
 def test_classifier_is_accurate_on_held_out_digits():
@@ -15,13 +16,14 @@ def test_classifier_is_accurate_on_held_out_digits():
 
 
 def test_base_samples_are_the_requested_class():
-    metrics = score("maskgit-digits", samples=1000, steps=16, seed=0, device="cpu")
+    base = load_base(BaseSpec("maskgit-digits", device="cpu"))
+    metrics = score(base, 1000, SamplerConfig.for_base(base, 16), seed=0)
     assert metrics["accuracy"] >= 0.90, metrics
 
 
 def test_base_dims_and_fingerprint():
-    base = get_base("maskgit-digits")
+    base = load_base(BaseSpec("maskgit-digits"))
     assert (base.L, base.C, base.V, base.mask_id, base.num_classes) == (64, 1, 17, 17, 10)
-    assert len(base.fingerprint) == 64 and base.fingerprint == get_base("maskgit-digits").fingerprint
+    assert len(base.fingerprint) == 64 and base.fingerprint == load_base(BaseSpec("maskgit-digits")).fingerprint
     images = base.decode(torch.randint(0, 17, (2, 64)))
     assert images.shape == (2, 3, 8, 8) and images.min() >= 0 and images.max() <= 1

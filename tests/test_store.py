@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from trajectories.base import get_base
+from trajectories.base import BaseSpec, load_base
 from trajectories.dump import DumpConfig, dump_trajectories
 from trajectories.errors import MigmError
 from trajectories.pairs import PairStream, all_pairs, pair_loader
@@ -15,6 +15,8 @@ from trajectories.schedule import mask_ratios
 from trajectories.store.codecs import parse_codec
 from trajectories.store.dataset import open_dataset
 from trajectories.store.verify import inspect_dataset, verify_dataset
+
+DIGITS = load_base(BaseSpec("maskgit-digits", device="cpu"))
 
 SMALL = dict(num_samples=10, steps=5, shard_size=4, batch_size=3, seed=7)
 
@@ -26,14 +28,14 @@ def dumps(tmp_path_factory):
     for fmt in ("zarr", "parquet"):
         for codec in ("lossless", "quant:bits=8"):
             path = root / f"{fmt}-{codec.split(':')[0]}"
-            dump_trajectories(DumpConfig(out=str(path), format=fmt, codec=codec, **SMALL), device="cpu")
+            dump_trajectories(DumpConfig(out=str(path), format=fmt, codec=codec, **SMALL), DIGITS)
             out[fmt, codec] = path
     return out
 
 
 def reference(n=10, steps=5, seed=7):
     """What the rollout produces for the dump's samples, computed directly."""
-    base = get_base("maskgit-digits")
+    base = load_base(BaseSpec("maskgit-digits"))
     config = SamplerConfig(steps=steps, **base.sampler_defaults)
     feats = []
     cond = torch.arange(n) % 10

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import published_shortcut_layout
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -15,10 +16,13 @@ from cli.main import app
 from shortcut_zoo.archs import ARCHS, build
 from shortcut_zoo.export import load_shortcut
 from shortcut_zoo.train import TrainConfig, train
-from trajectories.base import get_base
-from trajectories.base.maskgit import load_state_dict_strict
+from trajectories.base import BaseSpec, load_base
+from trajectories.base.checkpoints import load_state_dict_strict
 from trajectories.dump import DumpConfig, dump_trajectories
 from trajectories.errors import MigmError
+
+DIGITS = load_base(BaseSpec("maskgit-digits", device="cpu"))
+CPU = BaseSpec(device="cpu")  # train: the base the dataset names, on the CPU
 
 runner = CliRunner()
 BIN = Path(sys.executable).parent
@@ -28,7 +32,7 @@ TINY = dict(steps=12, batch_size=16, save_every=6, val_fraction=0.25, warmup=2)
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     out = tmp_path_factory.mktemp("zoo") / "ds"
-    dump_trajectories(DumpConfig(num_samples=16, steps=6, shard_size=8, out=str(out)), device="cpu")
+    dump_trajectories(DumpConfig(num_samples=16, steps=6, shard_size=8, out=str(out)), DIGITS)
     return out
 
 
@@ -55,27 +59,7 @@ def test_arch_contract_and_padding(arch):
     assert torch.allclose(model(feat, emb2, pos, valid, ratio)[0], out[0], atol=1e-5)
 
 
-def published_shortcut_layout(D: int, H: int, blocks: int, time_hidden: int) -> dict[str, tuple]:
-    """Key names and shapes of the published MIGM-Shortcut state dict, at any size."""
-    keys = {
-        "proj_in.weight": (H, D), "proj_in.bias": (H,), "proj_out.weight": (D, H), "proj_out.bias": (D,),
-        "new_token_proj_in.weight": (H, D), "new_token_proj_in.bias": (H,),
-        "last_layer.0.weight": (H,), "last_layer.0.bias": (H,), "last_layer.1.weight": (H, H),
-        "last_layer.1.bias": (H,), "last_layer.3.weight": (H,), "last_layer.3.bias": (H,),
-        "time_embedder.mlp.0.weight": (time_hidden, 256), "time_embedder.mlp.0.bias": (time_hidden,),
-        "time_embedder.mlp.2.weight": (H, time_hidden), "time_embedder.mlp.2.bias": (H,),
-        "adaLN_modulation.weight": (2 * H, H), "adaLN_modulation.bias": (2 * H,),
-    }  # fmt: skip
-    for i in range(blocks):
-        for attn in ("cross_attn", "self_attn"):
-            p = f"blocks.{i}.{attn}"
-            keys |= {f"{p}.norm.weight": (H,), f"{p}.norm.bias": (H,),
-                     f"{p}.fn.mha.in_proj_weight": (3 * H, H), f"{p}.fn.mha.in_proj_bias": (3 * H,),
-                     f"{p}.fn.mha.out_proj.weight": (H, H), f"{p}.fn.mha.out_proj.bias": (H,),
-                     f"{p}_ff.norm.weight": (H,), f"{p}_ff.norm.bias": (H,),
-                     f"{p}_ff.fn.net.0.weight": (4 * H, H), f"{p}_ff.fn.net.0.bias": (4 * H,),
-                     f"{p}_ff.fn.net.3.weight": (H, 4 * H), f"{p}_ff.fn.net.3.bias": (H,)}  # fmt: skip
-    return keys
+
 
 
 def test_published_shortcut_layout_loads_strictly_and_runs():
@@ -90,10 +74,10 @@ def test_published_shortcut_layout_loads_strictly_and_runs():
 
 def test_train_export_load_gives_the_same_outputs(data, tmp_path):
     out = tmp_path / "tt"
-    result = train(TrainConfig(data=str(data), out=str(out), arch_config={"heads": 2}, **TINY), device="cpu")
+    result = train(TrainConfig(data=str(data), out=str(out), arch_config={"heads": 2}, **TINY), CPU)
     assert {"model.safetensors", "config.json", "README.md"} <= {p.name for p in out.iterdir()}
     assert result["metrics"]["overall"]["positions"] > 0 and result["cost"]["relative_cost"] > 0
-    base = get_base("maskgit-digits")
+    base = load_base(BaseSpec("maskgit-digits"))
     loaded = load_shortcut(out, base)
     direct = build("tiny-transformer", **result["arch_config"]).eval()
     direct.load_state_dict(load_file(str(out / "model.safetensors")))
@@ -105,10 +89,10 @@ def test_train_export_load_gives_the_same_outputs(data, tmp_path):
 
 
 def test_resume_is_bit_for_bit(data, tmp_path):
-    straight = train(TrainConfig(data=str(data), out=str(tmp_path / "a"), **TINY), device="cpu")
-    part = train(TrainConfig(data=str(data), out=str(tmp_path / "b"), stop_at=6, **TINY), device="cpu")
+    straight = train(TrainConfig(data=str(data), out=str(tmp_path / "a"), **TINY), CPU)
+    part = train(TrainConfig(data=str(data), out=str(tmp_path / "b"), stop_at=6, **TINY), CPU)
     assert part["stopped_at"] == 6 and not (tmp_path / "b" / "model.safetensors").exists()
-    resumed = train(TrainConfig(data=str(data), out=str(tmp_path / "b"), **TINY), device="cpu", resume=True)
+    resumed = train(TrainConfig(data=str(data), out=str(tmp_path / "b"), **TINY), CPU, resume=True)
     assert resumed["losses"] == straight["losses"]
     a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -126,15 +110,14 @@ def test_two_cpu_ranks_train_and_their_checkpoint_loads_in_one_process(data, tmp
     losses = json.loads((out / "checkpoint" / "train_state.json").read_text())["losses"]
     assert sum(losses[-6:]) < sum(losses[:6])
     # the 2-rank checkpoint resumes in one process
-    more = train(TrainConfig(data=str(data), out=str(out), steps=30, batch_size=8, lr=3e-3, val_fraction=0.25),
-                 device="cpu", resume=True)  # fmt: skip
+    more = train(TrainConfig(data=str(data), out=str(out), steps=30, batch_size=8, lr=3e-3, val_fraction=0.25), CPU, resume=True)  # fmt: skip
     assert len(more["losses"]) == 30 and more["training"]["processes"] == 1
 
 
 @pytest.fixture(scope="module")
 def zoo_folder(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("zf") / "mlp"
-    train(TrainConfig(data=str(data), arch="mlp", out=str(out), **TINY), device="cpu")
+    train(TrainConfig(data=str(data), arch="mlp", out=str(out), **TINY), CPU)
     return out
 
 
@@ -162,14 +145,14 @@ def test_a_bad_zoo_folder_is_refused(zoo_folder, tmp_path, tamper, message):
     bad = copy_of(zoo_folder, tmp_path)
     tamper(bad)
     with pytest.raises(MigmError, match=message):
-        load_shortcut(bad, get_base("maskgit-digits"))
+        load_shortcut(bad, load_base(BaseSpec("maskgit-digits")))
 
 
 def test_force_loads_another_bases_shortcut(zoo_folder, tmp_path):
     other = copy_of(zoo_folder, tmp_path)
     c = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**c, "base": {**c["base"], "fingerprint": "0" * 64}}))
-    assert load_shortcut(other, get_base("maskgit-digits"), force=True) is not None
+    assert load_shortcut(other, load_base(BaseSpec("maskgit-digits")), force=True) is not None
 
 
 def test_zoo_cli(zoo_folder, tmp_path):

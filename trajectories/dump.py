@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from trajectories.base import get_base
 from trajectories.errors import MigmError
 from trajectories import __version__
 from trajectories.rollout import SamplerConfig, rollout, sample_seeds
-from trajectories.sample import parse_classes, resolve_device, sampler_config
 from trajectories.store.codecs import codec_from_dict, parse_codec
 from trajectories.store.parquet_writer import ParquetShardWriter
 from trajectories.store.zarr_writer import ZarrShardWriter
@@ -37,7 +35,6 @@ WRITERS = {"zarr": ZarrShardWriter, "parquet": ParquetShardWriter}
 
 @dataclass
 class DumpConfig:
-    model: str = "maskgit-digits"
     num_samples: int = 2048
     steps: int = 16
     out: str = "data/digits-n16"
@@ -46,11 +43,10 @@ class DumpConfig:
     shard_size: int = 256  # samples per shard; a shard has one row per sample and CFG branch
     batch_size: int = 64
     seed: int = 0
-    classes: str | None = None  # default: every class of the base
+    classes: list[int] | None = None  # default: every class of the base
     guidance: float | None = None
     r_temp: float | None = None
     sm_temp: float | None = None
-    base_args: dict = field(default_factory=dict)  # checkpoint / vqgan / heads / precision for real bases
 
 
 def plan(cfg: DumpConfig, base) -> dict:
@@ -61,8 +57,8 @@ def plan(cfg: DumpConfig, base) -> dict:
         if getattr(cfg, name) < 1:
             raise MigmError(f"{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     codec = parse_codec(cfg.codec)
-    sampler = sampler_config(base, cfg.steps, guidance=cfg.guidance, r_temp=cfg.r_temp, sm_temp=cfg.sm_temp)
-    classes = parse_classes(cfg.classes) if cfg.classes else list(range(base.num_classes))
+    sampler = SamplerConfig.for_base(base, cfg.steps, guidance=cfg.guidance, r_temp=cfg.r_temp, sm_temp=cfg.sm_temp)
+    classes = sorted(set(cfg.classes)) if cfg.classes else list(range(base.num_classes))
     bad = [c for c in classes if not 0 <= c < base.num_classes]
     if bad:
         raise MigmError(f"classes must be in 0-{base.num_classes - 1}, got {bad}")
@@ -164,14 +160,13 @@ def dump_shard(base, intended: dict, k: int, out: Path, batch_size: int, progres
     writer.commit()
 
 
-def dump_trajectories(cfg: DumpConfig, device: str = "auto", overwrite: bool = False,
+def dump_trajectories(cfg: DumpConfig, base, overwrite: bool = False,
                       progress: Callable[[int], None] | None = None) -> dict:  # fmt: skip
-    """Dump `cfg.num_samples` trajectories to `cfg.out`; returns the manifest."""
+    """Dump `cfg.num_samples` trajectories of the loaded `base` to `cfg.out`; returns the manifest.
+    Under torchrun each rank loads its base on its own device (`resolve_device` reads LOCAL_RANK)."""
     from accelerate import PartialState
 
-    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
-    device = resolve_device(device) if state.num_processes == 1 else str(state.device)
-    base = get_base(cfg.model, device=device, **cfg.base_args)
+    state = PartialState(cpu=base.device.type == "cpu")
     intended = plan(cfg, base)
     out = Path(cfg.out)
     done = None

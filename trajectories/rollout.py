@@ -14,6 +14,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
+from trajectories.checks import check_finite, check_int
 from trajectories.errors import MigmError
 from trajectories.schedule import full_steps, token_schedule
 
@@ -26,8 +27,34 @@ class SamplerConfig:
     r_temp: float = 7.0  # Gumbel noise on confidence, annealed to 0
     sm_temp: float = 1.0  # softmax temperature multiplier on logits
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Finite, in-range values, checked wherever a config is made (options, manifests, zoo
+        configs), so NaN or a negative temperature never reaches the loop or a file."""
+        check_int("steps", self.steps, low=1)
+        if self.budget is not None and (isinstance(self.budget, bool) or not isinstance(self.budget, int)
+                                        or not 1 <= self.budget <= self.steps):  # fmt: skip
+            raise MigmError(f"budget must satisfy 1 <= budget <= steps ({self.steps}), got {self.budget!r}")
+        check_finite("guidance", self.guidance, low=0)
+        check_finite("r-temp", self.r_temp, low=0)
+        check_finite("sm-temp", self.sm_temp)
+        if self.sm_temp <= 0:  # a multiplier on the logits: 0 or below ignores or inverts the model
+            raise MigmError(f"sm-temp must be above 0, got {self.sm_temp}")
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def for_base(cls, base, steps: int, budget: int | None = None, **overrides: float | None) -> "SamplerConfig":
+        """The base's own sampler defaults, overridden by what the user set (None: not set); steps and
+        budget checked against the base's L."""
+        token_schedule(base.L, steps)
+        if budget is not None:
+            full_steps(steps, budget)
+        values = {**base.sampler_defaults, **{k: v for k, v in overrides.items() if v is not None}}
+        return cls(steps=steps, budget=budget, **values)
 
 
 class Predictor(Protocol):
@@ -123,8 +150,8 @@ def rollout(
     B_full = config.budget if config.budget is not None else N
     counts = token_schedule(L, N)
     full = full_steps(N, B_full)
-    if predictor is None:  # no predictor: vanilla sampling, every step is full whatever the budget
-        full = list(range(N))
+    if predictor is None and B_full < N:
+        raise MigmError(f"a budget of {B_full} full steps below N = {N} needs a predictor (--shortcut or --predictor)")
     if len(seeds) != len(cond):
         raise MigmError(f"got {len(seeds)} seeds for {len(cond)} samples")
 

@@ -8,9 +8,13 @@ A base has `name`, `fingerprint`, `L`, `C`, `D`, `V`, `mask_id`, `num_classes`, 
 from __future__ import annotations
 
 import inspect
+import os
+from dataclasses import dataclass
 from typing import Callable
 
-from trajectories.base.digits import load_maskgit_digits
+import torch
+
+from trajectories.base.digits import load_maskgit_digits, score_digits
 from trajectories.base.maskgit import load_maskgit
 from trajectories.errors import MigmError
 
@@ -28,23 +32,67 @@ BASES: dict[str, tuple[Callable, str]] = {
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
+# base name -> scorer(tokens [n, L], labels [n]) -> metrics; bases without one report token agreement only
+SCORERS: dict[str, Callable] = {"maskgit-digits": score_digits}
 
-def get_base(name: str, device: str = "cpu", precision: str = "fp32", **paths):
-    """Load a base model by name; `paths` are the local files or folders a real checkpoint needs
-    (None values are ignored). `precision` bf16/fp16 runs the transformer under autocast."""
-    if name not in BASES:
-        raise MigmError(f"unknown model {name!r}; known models: {', '.join(sorted(BASES))}")
-    if precision not in PRECISIONS:
-        raise MigmError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "fp16" and str(device) != "cuda":
-        raise MigmError("--precision fp16 needs --device cuda (on CPU use bf16 or fp32)")
-    loader = BASES[name][0]
-    paths = {k: v for k, v in paths.items() if v is not None}
+
+@dataclass(frozen=True)
+class BaseSpec:
+    """A base as named on the command line: parsed once at the command boundary, loaded once by
+    `load_base`, and the loaded base is passed down (library code never rebuilds a base by name)."""
+
+    name: str | None = None  # None: the base a dataset or zoo model names (train), else an error
+    checkpoint: str | None = None  # local files of real checkpoints (None: not given)
+    vqgan: str | None = None
+    heads: int | None = None
+    pixels: str | None = None  # MaskGIT image mapping: minmax (published) or clamp
+    precision: str = "fp32"
+    device: str = "auto"
+
+    def paths(self) -> dict:
+        """The loader's keyword arguments the user set."""
+        given = {"checkpoint": self.checkpoint, "vqgan": self.vqgan, "heads": self.heads, "pixels": self.pixels}
+        return {k: v for k, v in given.items() if v is not None}
+
+
+def resolve_device(device: str) -> str:
+    """auto, cpu, cuda or cuda:K -> a device torch can use, or a one-line error."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and "LOCAL_RANK" in os.environ:  # under torchrun / accelerate: this rank's GPU
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise MigmError(f"device must be auto, cpu, cuda or cuda:K, got {device!r}")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise MigmError(f"--device {device} asked for, but no CUDA GPU is visible")
+        index = int(device[5:] or 0)
+        if index >= torch.cuda.device_count():
+            raise MigmError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return device
+
+
+def load_base(spec: BaseSpec):
+    """Load the base a spec names, on its device and precision (bf16 / fp16 run the transformer
+    under autocast); unknown names, options the base does not take and bad values are user errors."""
+    if spec.name is None:
+        raise MigmError(f"--model is needed; known models: {', '.join(sorted(BASES))}")
+    if spec.name not in BASES:
+        raise MigmError(f"unknown model {spec.name!r}; known models: {', '.join(sorted(BASES))}")
+    if spec.precision not in PRECISIONS:
+        raise MigmError(f"precision must be one of {', '.join(PRECISIONS)}, got {spec.precision!r}")
+    if spec.heads is not None and spec.heads < 1:
+        raise MigmError(f"--heads must be at least 1, got {spec.heads}")
+    device = resolve_device(spec.device)
+    if spec.precision == "fp16" and not device.startswith("cuda"):
+        raise MigmError("--precision fp16 needs a CUDA device (on CPU use bf16 or fp32)")
+    loader = BASES[spec.name][0]
+    paths = spec.paths()
     unknown = sorted(set(paths) - set(inspect.signature(loader).parameters))
     if unknown:
         options = ", ".join("--" + k.replace("_", "-") for k in unknown)
-        raise MigmError(f"{options} not used by --model {name} (it ships its own weights)" if name == "maskgit-digits"
-                        else f"{options} not used by --model {name}")  # fmt: skip
+        why = " (it ships its own weights)" if spec.name == "maskgit-digits" else ""
+        raise MigmError(f"{options} not used by --model {spec.name}{why}")
     base = loader(**paths).to(device)
-    base.precision = precision
+    base.precision = spec.precision
     return base

@@ -8,11 +8,14 @@ tensor loads exactly. Modules torch blocks (os, sys, …) stay refused.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
 import re
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 from trajectories.errors import MigmError
 
@@ -81,3 +84,31 @@ def strip_prefixes(state: dict, prefixes: tuple[str, ...] = ("module.", "_orig_m
                 key = key[len(p) :]
         out[key] = value
     return out
+
+
+def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Strict load whose error names the missing, unexpected or mis-shaped keys."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
+    problems = []
+    if missing:
+        problems.append("missing keys: " + ", ".join(missing[:8]) + (" …" if len(missing) > 8 else ""))
+    if extra:
+        problems.append("unexpected keys: " + ", ".join(extra[:8]) + (" …" if len(extra) > 8 else ""))
+    if shapes:
+        problems.append("wrong shapes: " + ", ".join(shapes[:8]))
+    if problems:
+        raise MigmError(f"{what}: " + "; ".join(problems))
+    module.load_state_dict(state, strict=True)
+
+
+def fingerprint(config: dict, state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the config (sorted JSON) and every tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
-from trajectories.base.maskgit import MaskGIT, MaskGITConfig, MaskTransformer, load_state_dict_strict
+from trajectories.base.checkpoints import load_state_dict_strict
+from trajectories.base.maskgit import MaskGIT, MaskGITConfig, MaskTransformer
 from trajectories.errors import MigmError
 
 WEIGHTS = Path(__file__).parent / "weights"

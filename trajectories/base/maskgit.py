@@ -7,14 +7,14 @@ Sequence: L image tokens, then 1 class token. The feature is the output of `last
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from trajectories.base.checkpoints import fingerprint, load_state_dict_strict
 
 
 @dataclass
@@ -126,36 +126,6 @@ class MaskTransformer(nn.Module):
         return feature[:, :L] @ self.tok_emb.weight[:V].T + self.bias[:L, :V]
 
 
-def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """Strict load whose error names the missing, unexpected or mis-shaped keys."""
-    from trajectories.errors import MigmError
-
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
-    problems = []
-    if missing:
-        problems.append("missing keys: " + ", ".join(missing[:8]) + (" …" if len(missing) > 8 else ""))
-    if extra:
-        problems.append("unexpected keys: " + ", ".join(extra[:8]) + (" …" if len(extra) > 8 else ""))
-    if shapes:
-        problems.append("wrong shapes: " + ", ".join(shapes[:8]))
-    if problems:
-        raise MigmError(f"{what}: " + "; ".join(problems))
-    module.load_state_dict(state, strict=True)
-
-
-def fingerprint(config: dict, state: dict[str, torch.Tensor]) -> str:
-    """sha256 over the config (sorted JSON) and every tensor's name, dtype, shape and bytes."""
-    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 class MaskGIT:
     """A class-conditional MaskGIT as a `BaseModel` (see DESIGN.md, Contracts)."""
 
@@ -261,14 +231,19 @@ def read_maskgit_state(path: str) -> dict[str, torch.Tensor]:
     return load_state_dict(path, "model_state_dict", "MaskGIT checkpoint")
 
 
-def load_maskgit(checkpoint: str | None = None, vqgan: str | None = None, heads: int | None = None) -> MaskGIT:
+def load_maskgit(checkpoint: str | None = None, vqgan: str | None = None, heads: int | None = None,
+                 pixels: str | None = None) -> MaskGIT:  # fmt: skip
     """A published MaskGIT ImageNet checkpoint, with the taming VQGAN folder for decoding (optional
-    for commands that never decode, such as dump-trajectories)."""
-    from trajectories.base.vqgan import load_vqgan
+    for commands that never decode, such as dump-trajectories). `pixels` maps decoded images to
+    [0, 1]: `minmax` (default, per image, as the published sampler and FID evaluation) or `clamp`."""
+    from trajectories.base.vqgan import PIXELS, load_vqgan
     from trajectories.errors import MigmError
 
     if checkpoint is None:
         raise MigmError("--model maskgit needs --checkpoint FILE (a published MaskGIT checkpoint)")
+    pixels = pixels or "minmax"
+    if pixels not in PIXELS:
+        raise MigmError(f"--pixels must be one of {', '.join(PIXELS)}, got {pixels!r}")
     state = read_maskgit_state(checkpoint)
     vq = load_vqgan(vqgan) if vqgan else None
     cfg = infer_config(state, heads=heads or 16, codebook_size=vq.cfg.n_embed if vq else None)
@@ -278,6 +253,6 @@ def load_maskgit(checkpoint: str | None = None, vqgan: str | None = None, heads:
     def decode(tokens: torch.Tensor) -> torch.Tensor:
         if vq is None:
             raise MigmError("decoding images needs the VQGAN: add --vqgan DIR (model.yaml + last.ckpt)")
-        return vq.to(tokens.device)(tokens)
+        return vq.to(tokens.device)(tokens, pixels)
 
     return MaskGIT("maskgit", cfg, net, decode, extra_config={"family": "halton-maskgit-v1"})

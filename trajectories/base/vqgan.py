@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trajectories.base.checkpoints import load_state_dict
+from trajectories.base.checkpoints import load_state_dict, load_state_dict_strict
 from trajectories.errors import MigmError
 
 
@@ -139,8 +139,25 @@ class Quantize(nn.Module):
         self.embedding = nn.Embedding(n_embed, embed_dim)
 
 
+PIXELS = ("minmax", "clamp")
+
+
+def to_pixels(x: torch.Tensor, pixels: str = "minmax") -> torch.Tensor:
+    """Decoder output (about [-1, 1]) -> images [B, 3, H, W] in [0, 1].
+
+    `minmax` (default): each image by its own min and max, as the published MaskGIT-Shortcut sampler
+    and its FID evaluation do (`viz` in `infer.py`, `remap_image_torch` in `Metrics/sample_and_eval.py`),
+    so that FID here compares with the paper's. `clamp`: clamp to [-1, 1], then (x + 1) / 2."""
+    if pixels not in PIXELS:
+        raise MigmError(f"pixels must be one of {', '.join(PIXELS)}, got {pixels!r}")
+    if pixels == "clamp":
+        return (x.clamp(-1, 1) + 1) / 2
+    lo, hi = x.amin(dim=(1, 2, 3), keepdim=True), x.amax(dim=(1, 2, 3), keepdim=True)
+    return (x - lo) / (hi - lo).clamp_min(1e-12)  # a flat image (max = min) maps to 0, not NaN
+
+
 class VQGANDecoder(nn.Module):
-    """Token grid [B, h·w] (row-major, square) -> images [B, 3, 16h, 16w] in [0, 1]."""
+    """Token grid [B, h·w] (row-major, square) -> images [B, 3, 16h, 16w] in [0, 1] (see `to_pixels`)."""
 
     def __init__(self, cfg: VQGANConfig):
         super().__init__()
@@ -150,7 +167,7 @@ class VQGANDecoder(nn.Module):
         self.decoder = Decoder(cfg)
 
     @torch.no_grad()
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, pixels: str = "minmax") -> torch.Tensor:
         B, L = tokens.shape
         side = int(round(L**0.5))
         if side * side != L:
@@ -158,7 +175,7 @@ class VQGANDecoder(nn.Module):
         z = self.quantize.embedding(tokens.long()).view(B, side, side, -1).permute(0, 3, 1, 2)
         with torch.autocast(z.device.type, enabled=False):  # decode in fp32 whatever the sampling precision
             x = self.decoder(self.post_quant_conv(z.float()))
-        return ((x.clamp(-1, 1) + 1) / 2).float()
+        return to_pixels(x.float(), pixels)
 
 
 DECODER_PREFIXES = ("quantize.embedding.", "post_quant_conv.", "decoder.")
@@ -166,8 +183,6 @@ DECODER_PREFIXES = ("quantize.embedding.", "post_quant_conv.", "decoder.")
 
 def load_vqgan(folder: str | Path) -> VQGANDecoder:
     """A taming VQGAN folder (`model.yaml` + `last.ckpt`) -> its decoder, loaded strictly."""
-    from trajectories.base.maskgit import load_state_dict_strict
-
     folder = Path(folder)
     yaml_path, ckpt_path = folder / "model.yaml", folder / "last.ckpt"
     for p in (yaml_path, ckpt_path):

@@ -1,6 +1,6 @@
 """Train the shipped maskgit-digits base and its digit classifier (seeded, reproducible).
 
-    python -m trajectories.base.train_digits --out trajectories/base/weights
+    python -m trajectories.train_digits --out trajectories/base/weights
 
 Classifier first (seconds), then the MaskGIT (masked-token cross-entropy, MaskGIT's cosine masking
 schedule, label dropout for CFG, 1-pixel shifts). While training it logs the conditioning gap:
