@@ -72,14 +72,16 @@ def test_published_shortcut_layout_loads_strictly_and_runs():
     assert out.shape == (3, 65, 64) and torch.isfinite(out).all()
 
 
-def test_train_export_load_gives_the_same_outputs(data, tmp_path):
-    out = tmp_path / "tt"
-    result = train(TrainConfig(data=str(data), out=str(out), arch_config={"heads": 2}, **TINY), CPU)
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_train_export_load_gives_the_same_outputs(arch, data, tmp_path):
+    out = tmp_path / arch
+    options = {"heads": 2} if arch == "tiny-transformer" else {}
+    result = train(TrainConfig(data=str(data), arch=arch, out=str(out), arch_config=options, **TINY), CPU)
     assert {"model.safetensors", "config.json", "README.md"} <= {p.name for p in out.iterdir()}
     assert result["metrics"]["overall"]["positions"] > 0 and result["cost"]["relative_cost"] > 0
     base = load_base(BaseSpec("maskgit-digits"))
     loaded = load_shortcut(out, base)
-    direct = build("tiny-transformer", **result["arch_config"]).eval()
+    direct = build(arch, **result["arch_config"]).eval()
     direct.load_state_dict(load_file(str(out / "model.safetensors")))
     args = inputs()
     with torch.no_grad():
