@@ -21,8 +21,21 @@ def register(name: str, config_cls: type) -> Callable[[type], type]:
     return wrap
 
 
+# Size bounds, checked before anything is allocated: generous for a shortcut (the published ones have
+# one or two blocks and widths up to 4096), far below what would exhaust memory or hang the build.
+MAX_LAYERS = 256  # fields that repeat a layer: blocks, depth
+LAYER_FIELDS = ("blocks", "depth")
+MAX_SIZE = 65536  # any other integer field: widths, ratios, frequencies, heads
+MAX_PARAMETERS = 2 * 10**9
+
+
 def build(name: str, **config):
-    """An arch by name with its config fields; unknown names and fields are user errors."""
+    """An arch by name with its config fields; unknown names and fields are user errors, and so are
+    integers out of bounds (at least 1, or 0 where 0 is the field's "choose for me" default; at most
+    MAX_LAYERS / MAX_SIZE) and more than MAX_PARAMETERS parameters (counted on the meta device), all
+    refused before any weight is allocated."""
+    import torch
+
     from trajectories.errors import MigmError
 
     if name not in ARCHS:
@@ -40,9 +53,21 @@ def build(name: str, **config):
         kind = kinds.get(str(f.type))
         if value is not None and kind and (isinstance(value, bool) or not isinstance(value, kind)):
             raise MigmError(f"bad config for arch {name!r}: {f.name} must be {f.type}, got {value!r}")
+        if value is not None and kind is int:
+            low, high = 0 if f.default == 0 else 1, MAX_LAYERS if f.name in LAYER_FIELDS else MAX_SIZE
+            if not low <= value <= high:
+                raise MigmError(f"bad config for arch {name!r}: {f.name} must be in {low}..{high}, got {value}")
     try:
-        return cls(config_cls(**config))
-    except (TypeError, ValueError, RuntimeError, AssertionError) as e:
+        cfg = config_cls(**config)
+        if getattr(cfg, "hidden", 1) < 1:
+            raise ValueError(f"the hidden width dim // bottleneck is {cfg.hidden}; use a smaller bottleneck")
+        with torch.device("meta"):  # count the parameters without allocating them
+            parameters = sum(p.numel() for p in cls(cfg).parameters())
+        if parameters > MAX_PARAMETERS:
+            raise MigmError(f"bad config for arch {name!r}: {parameters:,} parameters, more than the "
+                            f"{MAX_PARAMETERS:,} a shortcut may have; use fewer blocks or a larger bottleneck")  # fmt: skip
+        return cls(cfg)
+    except (TypeError, ValueError, RuntimeError, AssertionError, ZeroDivisionError) as e:
         raise MigmError(f"bad config for arch {name!r}: {e}") from None
 
 
