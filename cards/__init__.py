@@ -21,54 +21,53 @@ FIELD_MEANING = {
 }
 
 
-def render_dataset_card(manifest: dict) -> str:
-    from trajectories.store.codecs import codec_from_dict
-    from trajectories.store.parquet_writer import hf_features
-    from trajectories.store.schema import Dims, field_specs
-
-    dims, codec = Dims(**manifest["dims"]), codec_from_dict(manifest["codec"])
-    specs = field_specs(dims, codec)
+def render_dataset_card(card: dict) -> str:
+    """The dataset card from plain fields (built by the store: `trajectories/store/card.py`): name,
+    fingerprint, created_by, num_samples, rows, branches, classes, sampler, seed, format, shards,
+    codec, bytes, raw_bytes_per_row, fields [(name, dtype, shape)], hub_features (Parquet) and dims."""
     meta: dict = {"license": "other", "tags": ["migm", "masked-image-generation", "feature-trajectories"],
-                  "pretty_name": f"{manifest['base']['name']} trajectories"}  # fmt: skip
+                  "pretty_name": f"{card['name']} trajectories"}  # fmt: skip
     parquet_use = ""
-    if manifest["format"] == "parquet":
+    if card["hub_features"] is not None:
         meta["configs"] = [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
-        meta["dataset_info"] = {"features": hf_features(dims, codec)._to_yaml_list()}
+        meta["dataset_info"] = {"features": card["hub_features"]}
         parquet_use = (
             '\nWith 🤗 datasets (float16 kept as `Array3D` when formatted with `dtype=None`):\n\n```python\n'
             'from datasets import load_dataset\nds = load_dataset("PATH_OR_REPO", split="train")\n'
             'ds = ds.with_format("numpy", dtype=None)\n```\n'
         )
-    size = sum(s.get("bytes", 0) for s in manifest["shards"])
-    rows = manifest.get("rows") or 1
-    raw = dims.N * dims.T * dims.D * 2
+    rows = card["rows"] or 1
     schema_rows = "\n".join(
-        f"| `{name}` | {dtype.name} | {list(shape) if shape else 'scalar'} | {FIELD_MEANING[name]} |"
-        for name, (shape, dtype) in specs.items()
+        f"| `{name}` | {dtype} | {shape if shape else 'scalar'} | {FIELD_MEANING[name]} |" for name, dtype, shape in card["fields"]
     )
-    s = manifest["sampler"]
+    d = card["dims"]
     return (TEMPLATES / "dataset.md").read_text().format(
         yaml=yaml.safe_dump(meta, sort_keys=False).rstrip(),
-        title=f"{manifest['base']['name']}-n{dims.N}",
-        base_name=manifest["base"]["name"],
-        fingerprint=manifest["base"]["fingerprint"],
-        created_by=manifest.get("created_by", "migm"),
-        num_samples=manifest["num_samples"],
-        rows=manifest.get("rows", 0),
-        branches=manifest["branches"],
-        classes=", ".join(map(str, manifest["classes"])),
-        sampler=f"N={s['steps']}, w={s['guidance']}, r_temp={s['r_temp']}, sm_temp={s['sm_temp']}",
-        seed=manifest["seed"],
-        format=manifest["format"],
-        shards=len(manifest["shards"]),
-        codec=codec.spec,
-        size_mb=size / 1e6,
-        bytes_per_row=size // rows,
-        ratio=size / rows / raw,
+        title=f"{card['name']}-n{d['N']}",
+        base_name=card["name"],
+        fingerprint=card["fingerprint"],
+        created_by=card["created_by"],
+        num_samples=card["num_samples"],
+        rows=card["rows"],
+        branches=card["branches"],
+        classes=", ".join(map(str, card["classes"])),
+        sampler=card["sampler"],
+        seed=card["seed"],
+        format=card["format"],
+        shards=card["shards"],
+        codec=card["codec"],
+        size_mb=card["bytes"] / 1e6,
+        bytes_per_row=card["bytes"] // rows,
+        ratio=card["bytes"] / rows / card["raw_bytes_per_row"],
         schema_rows=schema_rows,
         parquet_use=parquet_use,
-        N=dims.N, L=dims.L, C=dims.C, D=dims.D, V=dims.V,
+        **d,
     )  # fmt: skip
+
+
+def figure(value: float | None, spec: str) -> str:
+    """A measured figure for a card or table; None (not measured: e.g. too few held-out samples) is n/a."""
+    return "n/a" if value is None else format(value, spec)
 
 
 def render_model_card(config: dict, path: str) -> str:
@@ -90,8 +89,9 @@ def render_model_card(config: dict, path: str) -> str:
         shortcut_mflops=cost["shortcut_flops"] / 1e6, base_mflops=cost["base_flops"] / 1e6,
         steps=t["steps"], batch_size=t["batch_size"], lr=t["lr"], ema=t["ema"], loss=t["loss"],
         processes=t["processes"], minutes=t["seconds"] / 60,
-        cos=m["cos"], mse=m["mse"], ratio=m["mse_ratio_to_cache"], agree=m["agree"],
-        cache_cos=m["cache_cos"], cache_mse=m["cache_mse"], cache_agree=m["cache_agree"],
+        cos=figure(m["cos"], ".4f"), mse=figure(m["mse"], ".4g"), ratio=figure(m["mse_ratio_to_cache"], ".3f"),
+        agree=figure(m["agree"], ".4f"), cache_cos=figure(m["cache_cos"], ".4f"),
+        cache_mse=figure(m["cache_mse"], ".4g"), cache_agree=figure(m["cache_agree"], ".4f"),
         step_header=" | ".join(str(r["step"]) for r in per_step), step_rule="---|" * len(per_step),
         step_cos=" | ".join(f"{r['cos']:.4f}" for r in per_step),
         step_cache=" | ".join(f"{r['cache_cos']:.4f}" for r in per_step),

@@ -13,8 +13,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from trajectories.base import BaseSpec
+from trajectories.checks import inert
 from trajectories.errors import MigmError
 
 app = typer.Typer(
@@ -110,13 +112,19 @@ def print_metrics(title: str, result: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    table = Table(title=title, show_header=False)
+    table = Table(title=plain(title), show_header=False)
     flat = {}
     for key, value in result.items():
         flat.update({f"{key}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {key: value})
-    for key, value in flat.items():
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    for key, value in flat.items():  # None: a figure not measured (e.g. too few held-out samples)
+        shown = "n/a" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+        table.add_row(plain(key), plain(shown))
     console.print(table)
+
+
+def plain(text: str) -> Text:
+    """User-supplied text (paths, names) for rich: never read as markup, control characters inert."""
+    return Text(inert(str(text)))
 
 
 def parse_overrides(items: list[str]) -> dict:

@@ -10,8 +10,9 @@ from rich.table import Table
 
 from cli.app import (
     CheckpointOpt, DeviceOpt, GuidanceOpt, HeadsOpt, JsonOpt, ModelOpt, PrecisionOpt, QuietOpt, RTempOpt, SeedOpt,
-    SmTempOpt, StepsOpt, app, base_spec, call, console, parse_classes, print_metrics, progress_bar,
+    SmTempOpt, StepsOpt, app, base_spec, call, console, parse_classes, plain, print_metrics, progress_bar,
 )  # fmt: skip
+from trajectories.checks import check_writable_dir, inert
 
 
 @app.command("dump-trajectories")
@@ -44,18 +45,18 @@ def dump_trajectories(
     cfg = DumpConfig(num_samples=num_samples, steps=steps, out=out, format=format, codec=codec, shard_size=shard_size,
                      batch_size=batch_size, seed=seed, classes=call(parse_classes, classes) if classes else None,
                      guidance=guidance, r_temp=r_temp, sm_temp=sm_temp)  # fmt: skip
+    call(check_writable_dir, out, "--out")  # before loading the base: a bad --out never wastes a load
     base = call(load_base, base_spec(model, checkpoint, heads=heads, precision=precision, device=device))
     with progress_bar(num_samples, "dumping samples", quiet or as_json) as bar:
         manifest = call(run, cfg, base, overwrite=overwrite, progress=bar)
-    size = sum(s["bytes"] for s in manifest["shards"])
-    summary = {"out": out, "rows": manifest["rows"], "shards": len(manifest["shards"]), "format": manifest["format"],
-               "codec": manifest["codec"]["name"], "megabytes": size / 1e6}  # fmt: skip
+    summary = {"out": out, "rows": manifest.rows, "shards": len(manifest.shards), "format": manifest.format,
+               "codec": manifest.codec.name, "megabytes": manifest.bytes / 1e6}  # fmt: skip
     print_metrics("dataset", summary, as_json)
 
 
 @app.command()
 def verify(dataset: Annotated[str, typer.Argument(help="Dataset folder.")], as_json: JsonOpt = False) -> None:
-    """Check a dataset's schema, shapes and shard checksums; exit 2 if any shard is bad."""
+    """Check a dataset's manifest, shard checksums and every row; exit 2 if any shard is bad."""
     from trajectories.store.verify import verify_dataset
 
     report = call(verify_dataset, dataset)
@@ -63,11 +64,11 @@ def verify(dataset: Annotated[str, typer.Argument(help="Dataset folder.")], as_j
         print(json.dumps(report, indent=2))
     else:
         table = Table("shard", "rows", "status")
-        for s in report["shards"]:
-            table.add_row(s["name"], str(s["rows"]), "ok" if s["ok"] else f"BAD: {s['problem']}")
+        for s in report["shards"]:  # names and problems come from files: shown as plain text
+            table.add_row(plain(s["name"]), str(s["rows"]), plain("ok" if s["ok"] else f"BAD: {s['problem']}"))
         console.print(table)
     if not report["ok"]:
-        bad = [s["name"] for s in report["shards"] if not s["ok"]]
+        bad = [inert(repr(s["name"])) for s in report["shards"] if not s["ok"]]
         typer.echo(f"error: {len(bad)} bad shard(s): {', '.join(bad)}", err=True)
         raise typer.Exit(2)
 
@@ -75,15 +76,17 @@ def verify(dataset: Annotated[str, typer.Argument(help="Dataset folder.")], as_j
 @app.command("inspect")
 def inspect_dataset(
     dataset: Annotated[str, typer.Argument(help="Dataset folder.")],
-    plot: Annotated[Optional[str], typer.Option("--plot", help="Smoothness curve PNG (default: DATASET/smoothness.png).")] = None,
+    plot: Annotated[Optional[str], typer.Option("--plot", help="Smoothness curve PNG to write (default: a temporary file; the dataset is never written).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Rows, dims, size vs raw float16, codec error, and the smoothness curve of the features."""
-    from pathlib import Path
+    import tempfile
 
     from trajectories.store.verify import inspect_dataset as run
 
-    info = call(run, dataset, plot=plot or str(Path(dataset) / "smoothness.png"))
+    if plot is None:  # inspect only reads the dataset (it may be read-only): the plot goes elsewhere
+        plot = tempfile.NamedTemporaryFile(prefix="migm-smoothness-", suffix=".png", delete=False).name
+    info = call(run, dataset, plot=plot)
     if as_json:
         print(json.dumps(info, indent=2))
         return
@@ -96,18 +99,24 @@ def inspect_dataset(
 def push(
     dataset: Annotated[str, typer.Argument(help="Dataset folder or zoo folder.")],
     repo_id: Annotated[str, typer.Option("--repo-id", help="Hub repo, user/name (a dataset repo for datasets, a model repo for shortcuts).")],
-    private: Annotated[bool, typer.Option("--private", help="Create the repo private.")] = False,
+    private: Annotated[bool, typer.Option("--private/--public", help="Create the repo private (default), or public.")] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be uploaded, upload nothing.")] = False,
 ) -> None:
-    """Upload a verified dataset folder, or a zoo folder, to the Hugging Face Hub."""
-    from shortcut_zoo.export import push as run
+    """Upload a verified dataset folder, or a zoo folder, to the Hugging Face Hub: exactly the files
+    its manifest or zoo config lists, nothing else, never through a link."""
+    from pathlib import Path
 
+    from shortcut_zoo.export import push as push_zoo
+    from trajectories.store.hub import push_dataset
+    from trajectories.store.schema import MANIFEST
+
+    run = push_dataset if (Path(dataset) / MANIFEST).exists() else push_zoo  # a dataset goes straight to the store
     result = call(run, dataset, repo_id, private=private, dry_run=dry_run)
     verb = "would upload" if dry_run else "uploaded"
     console.print(f"{verb} {len(result['files'])} files ({result['bytes'] / 1e6:.1f} MB) to {repo_id}"
                   + (f" ({'private' if private else 'public'})" if dry_run else f": {result.get('url')}"))  # fmt: skip
     if dry_run:
         for f in result["files"]:
-            console.print(f"  {f}", markup=False, highlight=False)
-        console.rule("dataset card (README.md)")
-        console.print(result["card"], markup=False, highlight=False)
+            console.print(f"  {inert(f)}", markup=False, highlight=False)
+        console.rule("card (README.md)")
+        console.print(inert(result["card"]), markup=False, highlight=False)

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from cli.app import (
     CheckpointOpt, DeviceOpt, HeadsOpt, JsonOpt, PrecisionOpt, QuietOpt, SeedOpt,
-    app, base_spec, call, console, err_console, parse_overrides, print_metrics,
+    app, base_spec, call, console, err_console, parse_overrides, plain, print_metrics,
 )  # fmt: skip
 
 
@@ -70,7 +70,8 @@ def train(
         result = call(run, cfg, spec, resume=resume)
     result.pop("losses", None)
     if "stopped_at" in result:
-        console.print(f"stopped at step {result['stopped_at']}; resume with --resume (checkpoint {result['checkpoint']})")
+        stopped = f"stopped at step {result['stopped_at']}; resume with --resume (checkpoint {result['checkpoint']})"
+        console.print(plain(stopped))
         return
     if as_json:
         print(json.dumps(result, indent=2))
@@ -83,7 +84,7 @@ def train(
         "token agreement": m["agree"], "cache token agreement": m["cache_agree"],
         "pairs/s": result["training"]["pairs_per_second"], "minutes": result["training"]["seconds"] / 60,
     }, False)  # fmt: skip
-    console.print(f"wrote {cfg.out}/model.safetensors, config.json, README.md")
+    console.print(plain(f"wrote {cfg.out}/model.safetensors, config.json, README.md"))
 
 
 zoo_app = typer.Typer(help="Shortcut zoo folders: list, show, import.", no_args_is_help=True)
@@ -93,6 +94,7 @@ app.add_typer(zoo_app, name="zoo")
 @zoo_app.command("list")
 def zoo_list(root: Annotated[str, typer.Argument(help="Folder holding zoo folders.")] = "zoo", as_json: JsonOpt = False) -> None:
     """List the shortcuts under a folder with their base and validation figures."""
+    from cards import figure
     from shortcut_zoo.export import list_zoo
 
     rows = call(list_zoo, root)
@@ -101,20 +103,21 @@ def zoo_list(root: Annotated[str, typer.Argument(help="Folder holding zoo folder
         return
     table = Table("path", "arch", "base", "params", "cost", "val cosine", "MSE / cache", "agreement")
     for r in rows:
-        table.add_row(r["path"], r["arch"], r["base"], f"{r['parameters']:,}", f"{r['relative_cost']:.3f}",
-                      f"{r['cos']:.4f}", f"{r['mse_ratio_to_cache']:.3f}", f"{r['agree']:.4f}")  # fmt: skip
+        table.add_row(plain(r["path"]), plain(r["arch"]), plain(r["base"]), figure(r["parameters"], ","),
+                      figure(r["relative_cost"], ".3f"), figure(r["cos"], ".4f"),
+                      figure(r["mse_ratio_to_cache"], ".3f"), figure(r["agree"], ".4f"))  # fmt: skip
     console.print(table)
 
 
 @zoo_app.command("show")
 def zoo_show(path: Annotated[str, typer.Argument(help="Zoo folder.")]) -> None:
-    """Print a shortcut's model card."""
-    from pathlib import Path
+    """Print a shortcut's model card, rendered (tables drawn); its control characters are shown inert."""
+    from rich.markdown import Markdown
 
-    from shortcut_zoo.export import read_zoo_config
+    from shortcut_zoo.export import read_model_card
+    from trajectories.checks import inert
 
-    call(read_zoo_config, path)
-    console.print((Path(path) / "README.md").read_text(), markup=False, highlight=False)
+    console.print(Markdown(inert(call(read_model_card, path))))
 
 
 @zoo_app.command("import")

@@ -50,9 +50,11 @@ def validate(model: torch.nn.Module, base, batches: Iterable[dict[str, torch.Ten
         if n:
             per_step.append({"step": s, "positions": int(n), **{k: acc[s, j].item() / n for j, k in enumerate(keys) if j}})
     total = acc.sum(0)
-    overall = {k: total[j].item() / max(1.0, total[0].item()) for j, k in enumerate(keys) if j}
-    overall["mse_ratio_to_cache"] = overall["mse"] / max(overall["cache_mse"], 1e-12)
-    overall["positions"] = int(total[0].item())
+    n = total[0].item()
+    # No held-out position (too few samples): no figures (None, shown "n/a"), not a 0.0 that reads as one.
+    overall = {k: total[j].item() / n if n else None for j, k in enumerate(keys) if j}
+    overall["mse_ratio_to_cache"] = overall["mse"] / max(overall["cache_mse"], 1e-12) if n else None
+    overall["positions"] = int(n)
     return {"overall": overall, "per_step": per_step}
 
 

@@ -19,8 +19,8 @@ from trajectories import __version__
 from trajectories.base.checkpoints import load_state_dict_strict
 from trajectories.checks import writable_dir
 from trajectories.errors import MigmError
-from trajectories.store.codecs import codec_from_dict
-from trajectories.store.schema import dataset_fingerprint, write_json_atomic
+from trajectories.store.manifest import Manifest
+from trajectories.store.schema import write_json_atomic
 
 # 2: `tiny-transformer` computes the published MIGM-Shortcut forward (query-only attention norm, adaLN
 # `scale, shift` without SiLU, eps 1e-12, published time-MLP width); 1 had its own variant of it.
@@ -35,7 +35,7 @@ ZOO_FILES = (WEIGHTS, CONFIG, CARD)  # a zoo folder is these files; `push` uploa
 PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
 
-def export_shortcut(out: str | Path, model: torch.nn.Module, arch: str, base, manifest: dict, metrics: dict,
+def export_shortcut(out: str | Path, model: torch.nn.Module, arch: str, base, manifest: Manifest, metrics: dict,
                     cost: dict, training: dict) -> dict:  # fmt: skip
     """Write a zoo folder for a trained shortcut; returns its config."""
     config = {
@@ -43,9 +43,9 @@ def export_shortcut(out: str | Path, model: torch.nn.Module, arch: str, base, ma
         "arch": arch,
         "arch_config": asdict(model.cfg),
         "base": {"name": base.name, "fingerprint": base.fingerprint},
-        "dataset": {"fingerprint": dataset_fingerprint(manifest), "num_samples": manifest["num_samples"],
-                    "codec": codec_from_dict(manifest["codec"]).spec, "dims": manifest["dims"]},  # fmt: skip
-        "sampler": manifest["sampler"],
+        "dataset": {"fingerprint": manifest.fingerprint(), "num_samples": manifest.num_samples,
+                    "codec": manifest.codec.spec, "dims": asdict(manifest.dims)},  # fmt: skip
+        "sampler": manifest.sampler.to_dict(),
         "metrics": metrics,
         "cost": cost,
         "training": training,

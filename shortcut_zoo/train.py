@@ -28,6 +28,7 @@ from trajectories.checks import check_int, check_seed, writable_dir
 from trajectories.errors import MigmError
 from trajectories.pairs import PairStream, pair_loader
 from trajectories.store.dataset import open_dataset
+from trajectories.store.manifest import Manifest
 
 
 @dataclass
@@ -67,9 +68,9 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
-def split_rows(manifest: dict, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_rows(manifest: Manifest, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Held-out samples (both CFG branches of each) by a seeded draw; rows are sample-major."""
-    n, branches = manifest["num_samples"], manifest["branches"]
+    n, branches = manifest.num_samples, manifest.branches
     n_val = int(round(n * val_fraction))
     if not 0 <= n_val < n:
         raise MigmError(f"val-fraction {val_fraction} leaves no training samples out of {n}")
@@ -159,13 +160,13 @@ def train(cfg: TrainConfig, spec: BaseSpec | None = None, resume: bool = False,
 
     spec = spec or BaseSpec()
     if spec.name is None:  # the base the dataset names; real checkpoints still need their files
-        spec = replace(spec, name=manifest["base"]["name"])
+        spec = replace(spec, name=manifest.base.name)
     accelerator = Accelerator(cpu=spec.device == "cpu" or not torch.cuda.is_available())
     set_seed(cfg.seed)  # the same initial weights on every rank
     base = load_base(replace(spec, device=str(accelerator.device)))
-    if base.fingerprint != manifest["base"]["fingerprint"]:
-        raise MigmError(f"dataset {cfg.data} was dumped from {manifest['base']['name']} with fingerprint "
-                        f"{manifest['base']['fingerprint'][:12]}, but the base given has fingerprint "
+    if base.fingerprint != manifest.base.fingerprint:
+        raise MigmError(f"dataset {cfg.data} was dumped from {manifest.base.name} with fingerprint "
+                        f"{manifest.base.fingerprint[:12]}, but the base given has fingerprint "
                         f"{base.fingerprint[:12]} ({base.name}); pass the same --model / --checkpoint as the dump")  # fmt: skip
     model = build(cfg.arch, dim=base.D, **cfg.arch_config)
     # What a checkpoint must match to be continued by this run.
@@ -228,8 +229,8 @@ def train(cfg: TrainConfig, spec: BaseSpec | None = None, resume: bool = False,
         final = build(cfg.arch, dim=base.D, **cfg.arch_config).to(accelerator.device)
         final.load_state_dict(ema.shadow)
         val = PairStream(cfg.data, batch_size=256, rows=val_rows, shuffle=False)
-        metrics = validate(final, base, pair_loader(val), manifest["dims"]["N"] - 1, accelerator.device)
-        cost = relative_cost(final, base, manifest["dims"]["N"])
+        metrics = validate(final, base, pair_loader(val), manifest.dims.N - 1, accelerator.device)
+        cost = relative_cost(final, base, manifest.dims.N)
         training = {**asdict(cfg), "processes": accelerator.num_processes, "seconds": seconds,
                     "pairs_per_second": pairs / seconds, "final_loss": state["losses"][-1]}  # fmt: skip
         result = export_shortcut(out, final, cfg.arch, base, manifest, metrics, cost, training)

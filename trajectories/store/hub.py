@@ -2,53 +2,47 @@
 
 from __future__ import annotations
 
-from fnmatch import fnmatch
 from pathlib import Path
 
+from trajectories.checks import check_repo_id, inert
 from trajectories.errors import MigmError
+from trajectories.store.manifest import read_manifest, shard_path
+from trajectories.store.schema import MANIFEST
 from trajectories.store.verify import verify_dataset
 
 
-def upload_folder(root: str | Path, repo_id: str, repo_type: str, private: bool = False, dry_run: bool = False,
-                  ignore: tuple[str, ...] = (), token: str | None = None) -> dict:  # fmt: skip
-    """`create_repo` + `upload_folder`. With `dry_run`, only report what would go up."""
+def dataset_files(root: str | Path) -> list[str]:
+    """Exactly what a dataset push uploads: `dataset.json`, `README.md` and the files of every shard
+    the manifest lists (a Zarr shard is a folder: its files), all plain files inside the folder."""
     root = Path(root)
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise MigmError(f"repo id must look like 'user/name', got {repo_id!r}")
-    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-    files = [f for f in files if not any(fnmatch(f, pattern) for pattern in ignore)]
-    card = (root / "README.md").read_text() if (root / "README.md").exists() else ""
-    result = {"repo_id": repo_id, "repo_type": repo_type, "private": private, "files": files,
-              "bytes": sum((root / f).stat().st_size for f in files), "card": card}  # fmt: skip
-    if dry_run:
-        return {**result, "dry_run": True}
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    try:
-        url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-        commit = api.upload_folder(folder_path=str(root), repo_id=repo_id, repo_type=repo_type,
-                                   ignore_patterns=list(ignore) or None, commit_message="Upload with migm")  # fmt: skip
-    except Exception as e:  # network, auth and permission errors all end the same way for the user
-        raise MigmError(f"upload to {repo_id} failed: {type(e).__name__}: {e}") from None
-    return {**result, "dry_run": False, "url": str(url), "commit": getattr(commit, "oid", None)}
+    manifest = read_manifest(root)
+    files = [MANIFEST, "README.md"]
+    for shard in manifest.shards:
+        path = shard_path(root, shard.name)
+        if path.is_dir():
+            links = [p for p in path.rglob("*") if p.is_symlink()]
+            if links:
+                raise MigmError(f"shard {shard.name!r} holds a link ({inert(str(links[0].relative_to(root)))!r}); push uploads plain files only")
+            files += sorted(p.relative_to(root).as_posix() for p in path.rglob("*") if p.is_file())
+        else:
+            files.append(shard.name)
+    return files
 
 
-def push_dataset(root: str | Path, repo_id: str, private: bool = False, dry_run: bool = False, token: str | None = None) -> dict:
-    """Verify every shard, then upload the dataset folder as a Hub dataset repo."""
+def push_dataset(root: str | Path, repo_id: str, private: bool = True, dry_run: bool = False, token: str | None = None) -> dict:
+    """Verify every shard (every row), then upload exactly the dataset's files as a Hub dataset repo."""
+    check_repo_id(repo_id)
     report = verify_dataset(root)
     if not report["ok"]:
         bad = [s["name"] for s in report["shards"] if not s["ok"]]
-        raise MigmError(f"refusing to push a dataset with bad shards: {', '.join(bad)} (see `migm verify {root}`)")
-    return upload_folder(root, repo_id, "dataset", private, dry_run, ignore=(".migm-*",), token=token)
+        raise MigmError(f"refusing to push a dataset with bad shards: {', '.join(map(repr, bad))} (see `migm verify {root}`)")
+    return upload_files(root, dataset_files(root), repo_id, "dataset", private, dry_run, token=token)
 
 
 def upload_files(root: str | Path, files: list[str], repo_id: str, repo_type: str, private: bool = True,
                  dry_run: bool = False, token: str | None = None) -> dict:  # fmt: skip
     """Upload exactly `files` (plain names inside `root`, no links) in one commit, to a repo created
     private unless asked otherwise. With `dry_run`, only report what would go up."""
-    from trajectories.checks import check_repo_id
-
     root = Path(root)
     check_repo_id(repo_id)
     for name in files:
@@ -56,7 +50,8 @@ def upload_files(root: str | Path, files: list[str], repo_id: str, repo_type: st
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise MigmError(f"{name!r} is not a plain name inside {root}")
         if path.is_symlink() or not path.is_file():
-            raise MigmError(f"{path} is {'a link' if path.is_symlink() else 'missing or not a file'}; push uploads plain files only")
+            what = "a link" if path.is_symlink() else "missing or not a file"
+            raise MigmError(f"{path} is {what}; push uploads plain files only")
     card = (root / "README.md").read_text() if "README.md" in files else ""
     result = {"repo_id": repo_id, "repo_type": repo_type, "private": private, "files": list(files),
               "bytes": sum((root / f).stat().st_size for f in files), "card": card}  # fmt: skip
