@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,37 +26,37 @@ import torch
 
 from shortcut_zoo.bench import cpu_name
 from trajectories.base import BaseSpec, load_base
-from trajectories.dump import WRITERS, DumpConfig, dump_trajectories, finish
+from trajectories.dump import WRITERS, DumpConfig, dump_trajectories, finish, record_checksum
 from trajectories.pairs import PairStream, pair_loader
 from trajectories.store.codecs import parse_codec
 from trajectories.store.dataset import open_dataset
-from trajectories.store.schema import Dims, shard_name
+from trajectories.store.manifest import SUBDIR, Manifest
+from trajectories.store.schema import sha256_path
 
 DIGITS = load_base(BaseSpec("maskgit-digits", device="cpu"))
 
 CODECS = ["lossless", "quant:bits=8", "quant:bits=6", "quant:bits=5"]
 
 
-def rewrite(rows: dict, manifest: dict, out: Path, fmt: str, codec_spec: str) -> tuple[float, dict]:
+def rewrite(rows: dict, manifest: Manifest, out: Path, fmt: str, codec_spec: str) -> tuple[float, Manifest]:
     """Write `rows` as a dataset with another backend / codec; returns seconds spent writing."""
     codec = parse_codec(codec_spec)
-    intended = {k: v for k, v in manifest.items() if k not in ("shards", "rows", "created_by", "processes")}
-    intended |= {"format": fmt, "codec": codec.to_dict()}
-    dims, per_shard = Dims(**manifest["dims"]), manifest["shard_size"] * manifest["branches"]
-    total = len(manifest["shards"])
-    (out / "shards").mkdir(parents=True)
-    (out / "data").mkdir()
+    plan = replace(manifest.plan(), format=fmt, codec=codec)
+    per_shard = plan.shard_size * plan.branches
+    (out / SUBDIR[fmt]).mkdir(parents=True)
     t0 = time.perf_counter()
-    for k in range(total):
+    for k in range(plan.num_shards):
         lo, hi = k * per_shard, min((k + 1) * per_shard, len(rows["tokens"]))
-        writer = WRITERS[fmt](out / shard_name(fmt, k, total), hi - lo, dims, codec)
+        writer = WRITERS[fmt](out / plan.shard_name(k), hi - lo, plan.dims, codec)
         for start in range(lo, hi, 128):  # batches of 64 samples, as a dump writes them
             stop = min(start + 128, hi)
             fields = {k2: v[start:stop] for k2, v in rows.items() if k2 != "features"}
             writer.write(start - lo, {**codec.encode(rows["features"][start:stop]), **fields})
         writer.commit()
     seconds = time.perf_counter() - t0
-    return seconds, finish(out, intended, total, processes=1)
+    for k in range(plan.num_shards):
+        record_checksum(out / plan.shard_name(k), sha256_path(out / plan.shard_name(k)))
+    return seconds, finish(out, plan, processes=1)
 
 
 def read_rate(root: Path, workers: int, batch: int) -> tuple[float, int]:
@@ -123,7 +124,7 @@ def main() -> None:
         src = tmp / "source"
         manifest = dump_trajectories(DumpConfig(num_samples=args.samples, steps=args.steps, out=str(src), shard_size=128), DIGITS)
         dump_seconds = time.perf_counter() - t0
-        rows = open_dataset(src).rows(0, manifest["rows"])
+        rows = open_dataset(src).rows(0, manifest.rows)
         raw = rows["features"].nbytes
         ref = rows["features"].astype(np.float32)
         consume = train_rate(src, args.batch)
@@ -131,13 +132,13 @@ def main() -> None:
             for spec in CODECS:
                 out = tmp / f"{fmt}-{spec.replace(':', '-').replace('=', '')}"
                 seconds, m = rewrite(rows, manifest, out, fmt, spec)
-                size = sum(s["bytes"] for s in m["shards"])
-                got = open_dataset(out).rows(0, m["rows"])["features"].astype(np.float32)
+                size = m.bytes
+                got = open_dataset(out).rows(0, m.rows)["features"].astype(np.float32)
                 cos = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1) + 1e-12)
                 rate, n = read_rate(out, args.workers, args.batch)
                 results.append({
                     "backend": fmt, "codec": spec,
-                    "bytes_per_trajectory": size / m["rows"], "ratio_to_raw_f16": size / raw,
+                    "bytes_per_trajectory": size / m.rows, "ratio_to_raw_f16": size / raw,
                     "write_MBps": raw / 1e6 / seconds, "read_pairs_per_s": rate,
                     "read_over_train": rate / consume,
                     "max_abs_error": float(np.abs(got - ref).max()), "mean_cosine": float(cos.mean()),

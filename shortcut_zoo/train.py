@@ -149,13 +149,13 @@ def train(cfg: TrainConfig, spec: BaseSpec | None = None, resume: bool = False,
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from shortcut_zoo.export import ZOO_FILES, export_shortcut
+    from shortcut_zoo.export import CONFIG, export_shortcut
 
     check_config(cfg)
     ds = open_dataset(cfg.data)
     manifest = ds.manifest
     out = Path(cfg.out)
-    check_out_folder(out, resume, own=ZOO_FILES)
+    check_out_folder(out, resume, marker=CONFIG)
     ckpt = out / CHECKPOINT
 
     spec = spec or BaseSpec()

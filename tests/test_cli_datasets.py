@@ -1,6 +1,7 @@
 """CLI wiring of the dataset commands: dump-trajectories, verify, inspect, push --dry-run."""
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -28,7 +29,10 @@ def test_verify_and_inspect(dataset):
     info = runner.invoke(app, ["inspect", str(dataset), "--json"])
     assert info.exit_code == 0
     info = json.loads(info.stdout)
-    assert info["rows"] == 12 and info["codec"] == "quant:bits=6" and (dataset / "smoothness.png").exists()
+    assert info["rows"] == 12 and info["codec"] == "quant:bits=6"
+    # the plot goes to a temporary file by default: inspect never writes into the dataset
+    assert Path(info["plot"]).stat().st_size > 1000 and not (dataset / "smoothness.png").exists()
+    Path(info["plot"]).unlink()
 
 
 def test_push_dry_run_shows_files_and_card(dataset):

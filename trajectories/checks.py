@@ -100,3 +100,35 @@ def check_repo_id(repo_id: str) -> str:
         raise MigmError(f"repo id {inert(repr(repo_id))} is not one the Hub accepts: 'user/name', at most 96 "
                         "characters of letters, digits, '-', '_' and '.', no '--' or '..'") from None  # fmt: skip
     return repo_id
+
+
+def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:
+    """A folder that can be written, checked before any work and without creating anything: an
+    existing writable folder, or a missing one whose nearest existing parent is a writable folder."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise MigmError(f"{what} {str(path)!r} is a file, not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise MigmError(f"{what} {str(path)!r} is not writable")
+        return path
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise MigmError(f"cannot create {what} {str(path)!r}: {str(parent)!r} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MigmError(f"cannot create {what} {str(path)!r}: {str(parent)!r} is not writable")
+    return path
+
+
+def check_removable_dir(path: str | Path, what: str = "output folder") -> None:
+    """A folder whose files `--overwrite` may remove: never a link (its target is not ours), the
+    filesystem root, the home folder, or the current folder or one of its parents."""
+    path = Path(path)
+    if path.is_symlink():
+        raise MigmError(f"{what} {str(path)!r} is a link; --overwrite does not remove files through links")
+    real, cwd = path.resolve(), Path.cwd().resolve()
+    if real == Path(real.anchor) or real == Path.home().resolve() or real == cwd or real in cwd.parents:
+        raise MigmError(f"--overwrite refuses to clear {str(path)!r} (the root, home or current folder); choose a dataset folder")
+

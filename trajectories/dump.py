@@ -10,7 +10,7 @@ writes the shards k ≡ r (mod world) and rank 0 writes the manifest after a bar
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +19,21 @@ from typing import Callable
 import numpy as np
 import torch
 
-from trajectories.errors import MigmError
 from trajectories import __version__
+from trajectories.checks import check_int, check_removable_dir, check_seed, check_writable_dir
+from trajectories.errors import MigmError
 from trajectories.rollout import SamplerConfig, rollout, sample_seeds
-from trajectories.store.codecs import codec_from_dict, parse_codec
-from trajectories.store.parquet_writer import ParquetShardWriter
-from trajectories.store.zarr_writer import ZarrShardWriter
-from trajectories.store.schema import (
-    FORMATS, MANIFEST, SCHEMA_VERSION, Dims, path_size, shard_name, sha256_path, write_json_atomic,
+from trajectories.store.codecs import parse_codec
+from trajectories.store.manifest import (
+    SUBDIR, BaseInfo, Manifest, Plan, Shard, read_manifest, read_plan, write_manifest,
 )  # fmt: skip
+from trajectories.store.parquet_writer import ParquetShardWriter
+from trajectories.store.schema import FORMATS, MANIFEST, SCHEMA_VERSION, Dims, path_size, sha256_path, write_json_atomic
+from trajectories.store.zarr_writer import ZarrShardWriter
 
 PENDING = ".migm-dump.json"  # the intended config, written first: what a rerun resumes against
+CHECKSUM = ".sha256"  # beside each committed shard of an unfinished dump: its checksum, for the rerun
+OWN_FILES = (MANIFEST, "README.md", PENDING)  # what this tool writes in a dataset folder besides shards
 WRITERS = {"zarr": ZarrShardWriter, "parquet": ParquetShardWriter}
 
 
@@ -49,65 +53,186 @@ class DumpConfig:
     sm_temp: float | None = None
 
 
-def plan(cfg: DumpConfig, base) -> dict:
+def plan(cfg: DumpConfig, base) -> Plan:
     """Everything that defines the dataset's content: equal plans give equal datasets."""
     if cfg.format not in FORMATS:
         raise MigmError(f"format must be one of {', '.join(FORMATS)}, got {cfg.format!r}")
     for name in ("num_samples", "shard_size", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise MigmError(f"{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+        check_int(name.replace("_", "-"), getattr(cfg, name), low=1)
+    check_seed(cfg.seed)
     codec = parse_codec(cfg.codec)
     sampler = SamplerConfig.for_base(base, cfg.steps, guidance=cfg.guidance, r_temp=cfg.r_temp, sm_temp=cfg.sm_temp)
     classes = sorted(set(cfg.classes)) if cfg.classes else list(range(base.num_classes))
     bad = [c for c in classes if not 0 <= c < base.num_classes]
     if bad:
         raise MigmError(f"classes must be in 0-{base.num_classes - 1}, got {bad}")
-    dims = Dims(N=cfg.steps, L=base.L, C=base.C, D=base.D, V=base.V)
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "format": cfg.format,
-        "base": {"name": base.name, "fingerprint": base.fingerprint, "precision": base.precision},
-        "sampler": sampler.to_dict(),
-        "dims": dims.__dict__,
-        "codec": codec.to_dict(),
-        "num_samples": cfg.num_samples,
-        "shard_size": cfg.shard_size,
-        "seed": cfg.seed,
-        "classes": classes,
-        "branches": 2 if sampler.guidance > 0 else 1,
-    }
+    return Plan(
+        schema_version=SCHEMA_VERSION,
+        format=cfg.format,
+        base=BaseInfo(name=base.name, fingerprint=base.fingerprint, precision=base.precision),
+        sampler=sampler,
+        dims=Dims(N=cfg.steps, L=base.L, C=base.C, D=base.D, V=base.V),
+        codec=codec,
+        num_samples=cfg.num_samples,
+        shard_size=cfg.shard_size,
+        seed=cfg.seed,
+        classes=classes,
+        branches=2 if sampler.guidance > 0 else 1,
+    )
 
 
-def prepare_output(out: Path, intended: dict, overwrite: bool) -> dict | None:
-    """Check an existing output against the plan. Returns the finished manifest if already done."""
-    if not out.parent.is_dir():
-        raise MigmError(f"output directory {str(out.parent)!r} does not exist")
-    if out.exists() and any(out.iterdir()):
-        previous = None
-        for name in (MANIFEST, PENDING):
-            if (out / name).exists():
-                previous = json.loads((out / name).read_text())
-                break
-        same = previous is not None and {k: previous.get(k) for k in intended} == intended
-        if not same and not overwrite:
-            what = "holds a dataset made with another config" if previous else "is not empty and is not a migm dataset"
-            raise MigmError(f"{out} {what}; pass --overwrite to replace it")
-        if not same:
-            shutil.rmtree(out)
-        elif (out / MANIFEST).exists():
-            return previous
-    for sub in ("shards", "data"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-        for tmp in (out / sub).glob("*.tmp-*"):  # left by a killed run
-            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
-    write_json_atomic(out / PENDING, intended)
+# ---- the output folder: what this tool wrote there, and nothing else, may be replaced -------------
+
+
+def is_ours(rel: str, plan: Plan | None) -> bool:
+    """Whether `rel` (a path inside the dataset folder) is one this tool writes for `plan`: the
+    manifest, card and state file, the format's shard folder, each shard (and everything inside a
+    Zarr shard), its recorded checksum and its temporary names."""
+    if rel in OWN_FILES or rel == MANIFEST + ".tmp":
+        return True
+    if plan is None:
+        return False
+    if rel == SUBDIR[plan.format]:
+        return True
+    for k in range(plan.num_shards):
+        name = plan.shard_name(k)
+        if rel == name or rel.startswith(name + "/") or rel == name + CHECKSUM or rel.startswith(name + ".tmp-"):
+            return True
+    return False
+
+
+def foreign_entries(out: Path, plan: Plan | None) -> list[str]:
+    """Entries of `out` this tool did not write for `plan` (links are not followed)."""
+    found = []
+    container = SUBDIR[plan.format] if plan is not None else None
+    for dirpath, dirnames, filenames in os.walk(out):
+        here = Path(dirpath).relative_to(out)
+        for name in sorted(dirnames) + sorted(filenames):
+            rel = (here / name).as_posix()
+            if not is_ours(rel, plan):
+                found.append(rel)
+            if name in dirnames and rel != container:
+                dirnames.remove(name)  # a shard's insides are ours; a foreign folder is named once
+    return found
+
+
+def remove_ours(out: Path, plan: Plan | None) -> None:
+    """Remove what `is_ours` says this tool wrote (a link is removed, never followed)."""
+    subs = [out / SUBDIR[plan.format]] if plan is not None else []
+    for folder in subs:
+        if folder.is_dir() and not folder.is_symlink():
+            for entry in folder.iterdir():
+                if is_ours(entry.relative_to(out).as_posix(), plan):
+                    remove_path(entry)
+    for name in (*OWN_FILES, MANIFEST + ".tmp"):
+        if (out / name).exists() or (out / name).is_symlink():
+            remove_path(out / name)
+    for folder in subs:
+        if folder.is_symlink() or (folder.is_dir() and not any(folder.iterdir())):
+            remove_path(folder)
+
+
+def remove_path(path: Path) -> None:
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path)
+
+
+def read_previous(out: Path) -> Plan | Manifest | None:
+    """The finished manifest, else the state of an unfinished dump, else None."""
+    if (out / MANIFEST).exists():
+        return read_manifest(out)
+    if (out / PENDING).exists():
+        return read_plan(out / PENDING)
     return None
 
 
-def shard_samples(k: int, plan: dict) -> range:
-    """The sample indices of shard k."""
-    S = plan["shard_size"]
-    return range(k * S, min((k + 1) * S, plan["num_samples"]))
+def prepare_output(out: Path, intended: Plan, overwrite: bool) -> Manifest | None:
+    """Check an existing output against the plan and get the folder ready: returns the finished
+    manifest if the same dataset is already there, else writes the state file and returns None.
+
+    Another dataset is replaced only with `overwrite`, and only what this tool wrote for it is
+    removed; a folder holding anything else is refused, listing what. An unfinished dump that has
+    not committed a shard yet holds nothing worth keeping, so a new config simply replaces it."""
+    check_writable_dir(out, "--out")
+    previous = read_previous(out) if out.is_dir() else None
+    if out.is_dir() and any(out.iterdir()):
+        same = previous is not None and previous.plan_dict() == intended.plan_dict()
+        if same and isinstance(previous, Manifest):
+            return previous
+        if not same:
+            committed = previous is not None and any((out / previous.shard_name(k)).exists() for k in range(previous.num_shards))
+            if not overwrite and (isinstance(previous, Manifest) or committed):
+                raise MigmError(f"{out} holds a dataset made with another config; pass --overwrite to replace it")
+            foreign = foreign_entries(out, previous)
+            if foreign:
+                shown = ", ".join(repr(f) for f in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+                what = "is not empty and is not a migm dataset" if previous is None else "holds files this tool did not write"
+                raise MigmError(f"{out} {what} ({shown}); move them away or choose another --out")
+            if previous is not None:
+                if overwrite:
+                    check_removable_dir(out, "--out")
+                remove_ours(out, previous)
+    try:
+        (out / SUBDIR[intended.format]).mkdir(parents=True, exist_ok=True)
+        for tmp in (out / SUBDIR[intended.format]).glob("*.tmp-*"):  # left by a killed run
+            remove_path(tmp)
+    except OSError as e:
+        raise MigmError(f"cannot write {e.filename or out}: {e.strerror or e}") from None
+    write_json_atomic(out / PENDING, intended.plan_dict())
+    return None
+
+
+def recheck_finished(out: Path, manifest: Manifest) -> Manifest | None:
+    """A rerun of a finished dump: every shard is re-hashed against the manifest. All whole: the
+    manifest is returned. Otherwise the dump goes back to unfinished, keeping the whole shards
+    (with their checksums recorded) so that the missing and damaged ones are rebuilt."""
+    good = {}
+    for k, shard in enumerate(manifest.shards):
+        path = out / shard.name
+        try:
+            if path.exists() and not path.is_symlink() and sha256_path(path) == shard.sha256:
+                good[k] = shard.sha256
+        except MigmError:  # a link inside the shard: rebuilt
+            pass
+    if len(good) == len(manifest.shards):
+        return manifest
+    write_json_atomic(out / PENDING, manifest.plan_dict())  # first: a kill from here on resumes
+    for k, sha in good.items():
+        record_checksum(out / manifest.shard_name(k), sha)
+    (out / MANIFEST).unlink()
+    for k in range(manifest.num_shards):
+        if k not in good:
+            remove_path(out / manifest.shard_name(k))
+    return None
+
+
+def record_checksum(path: Path, sha: str) -> None:
+    """The shard's sha256 beside it, written right after the shard is committed."""
+    (path.parent / (path.name + CHECKSUM)).write_text(sha + "\n")
+
+
+def recorded_checksum(path: Path) -> str | None:
+    record = path.parent / (path.name + CHECKSUM)
+    return record.read_text().strip() if record.is_file() and not record.is_symlink() else None
+
+
+def keep_shard(out: Path, plan: Plan, k: int) -> bool:
+    """Whether shard k of an unfinished dump is whole: it exists and its bytes hash to the checksum
+    recorded when it was committed. A shard that is not is removed, to be rebuilt."""
+    path = out / plan.shard_name(k)
+    if not path.exists() and not path.is_symlink():
+        return False
+    recorded = recorded_checksum(path)
+    try:
+        if recorded is not None and not path.is_symlink() and sha256_path(path) == recorded:
+            return True
+    except MigmError:
+        pass
+    remove_path(path)
+    (path.parent / (path.name + CHECKSUM)).unlink(missing_ok=True)
+    return False
 
 
 class StepRecorder:
@@ -124,23 +249,24 @@ class StepRecorder:
         self.features[:, step] = f.reshape(self.branches, self.samples, *f.shape[1:]).swapaxes(0, 1).reshape(f.shape)
 
 
-def dump_shard(base, intended: dict, k: int, out: Path, batch_size: int, progress: Callable[[int], None] | None) -> None:
-    n, S, seed = intended["num_samples"], intended["shard_size"], intended["seed"]
-    samples = shard_samples(k, intended)
+def dump_shard(base, plan: Plan, k: int, out: Path, batch_size: int, progress: Callable[[int], None] | None) -> None:
+    """Roll out shard k's samples and write it whole (temporary name, then renamed), then record its
+    checksum. A write error (disk full, permissions) leaves no partial shard and is one line."""
+    samples = plan.shard_samples(k)
     first, last = samples.start, samples.stop
-    branches, classes = intended["branches"], intended["classes"]
-    dims, codec, sampler = Dims(**intended["dims"]), codec_from_dict(intended["codec"]), SamplerConfig(**intended["sampler"])
-    path = out / shard_name(intended["format"], k, -(-n // S))
-    writer = WRITERS[intended["format"]](path, (last - first) * branches, dims, codec)
+    branches, classes, dims, codec = plan.branches, plan.classes, plan.dims, plan.codec
+    path = out / plan.shard_name(k)
+    writer = None
     try:
+        writer = WRITERS[plan.format](path, plan.shard_rows(k), dims, codec)
         for start in range(first, last, batch_size):
             stop = min(start + batch_size, last)
             ids = np.arange(start, stop)
-            seeds = sample_seeds(seed, start, stop - start)
+            seeds = sample_seeds(plan.seed, start, stop - start)
             cond = torch.tensor([classes[i % len(classes)] for i in ids])
             b = stop - start
             rec = StepRecorder(b, branches, dims)
-            result = rollout(base, cond, seeds, sampler, recorder=rec)
+            result = rollout(base, cond, seeds, plan.sampler, recorder=rec)
             rep = lambda a: np.repeat(np.asarray(a), branches, axis=0)  # noqa: E731
             fields = {
                 **codec.encode(rec.features),
@@ -154,61 +280,93 @@ def dump_shard(base, intended: dict, k: int, out: Path, batch_size: int, progres
             writer.write((start - first) * branches, fields)
             if progress is not None:
                 progress(b)
-    except BaseException:
-        writer.abort()
+        writer.commit()
+        record_checksum(path, sha256_path(path))
+    except BaseException as e:
+        if writer is not None:
+            try:
+                writer.abort()
+            except OSError:
+                pass
+        if isinstance(e, OSError):
+            raise MigmError(f"cannot write shard {e.filename or path}: {e.strerror or e}; a rerun continues from the shards already written") from None
         raise
-    writer.commit()
 
 
 def dump_trajectories(cfg: DumpConfig, base, overwrite: bool = False,
-                      progress: Callable[[int], None] | None = None) -> dict:  # fmt: skip
+                      progress: Callable[[int], None] | None = None) -> Manifest:  # fmt: skip
     """Dump `cfg.num_samples` trajectories of the loaded `base` to `cfg.out`; returns the manifest.
     Under torchrun each rank loads its base on its own device (`resolve_device` reads LOCAL_RANK)."""
     from accelerate import PartialState
 
     state = PartialState(cpu=base.device.type == "cpu")
-    intended = plan(cfg, base)
     out = Path(cfg.out)
+    check_writable_dir(out, "--out")
+    intended = plan(cfg, base)
     done = None
     if state.is_main_process:
         done = prepare_output(out, intended, overwrite)
+        if done is not None:
+            done = recheck_finished(out, done)
     state.wait_for_everyone()
     if done is None and not state.is_main_process and (out / MANIFEST).exists():
-        done = json.loads((out / MANIFEST).read_text())
+        done = read_manifest(out)
     if done is not None:
         return done
 
-    total = -(-cfg.num_samples // cfg.shard_size)
-    for k in range(state.process_index, total, state.num_processes):
-        if (out / shard_name(cfg.format, k, total)).exists():  # whole: only complete shards get this name
-            if progress is not None:
-                progress(len(shard_samples(k, intended)))
-            continue
-        dump_shard(base, intended, k, out, cfg.batch_size, progress)
+    try:
+        for k in range(state.process_index, intended.num_shards, state.num_processes):
+            if keep_shard(out, intended, k):
+                if progress is not None:
+                    progress(len(intended.shard_samples(k)))
+                continue
+            dump_shard(base, intended, k, out, cfg.batch_size, progress)
+    except BaseException:
+        if state.num_processes == 1:
+            abandon_if_empty(out, intended)
+        raise
     state.wait_for_everyone()
 
     manifest = None
     if state.is_main_process:
-        manifest = finish(out, intended, total, processes=state.num_processes)
+        manifest = finish(out, intended, processes=state.num_processes)
     state.wait_for_everyone()
-    return manifest or json.loads((out / MANIFEST).read_text())
+    return manifest or read_manifest(out)
 
 
-def finish(out: Path, intended: dict, total: int, processes: int) -> dict:
-    """Checksum every shard, render the card, then commit `dataset.json` (written last)."""
-    from cards import render_dataset_card
+def abandon_if_empty(out: Path, plan: Plan) -> None:
+    """A dump that failed before committing any shard leaves nothing behind, not even its state
+    file, so the next run (with any config) starts cleanly."""
+    if any((out / plan.shard_name(k)).exists() for k in range(plan.num_shards)):
+        return
+    try:
+        remove_ours(out, plan)
+        if not any(out.iterdir()):
+            out.rmdir()
+    except OSError:
+        pass
+
+
+def finish(out: Path, plan: Plan, processes: int) -> Manifest:
+    """Collect every shard's recorded checksum, render the card, then commit `dataset.json` (last)."""
+    from trajectories.store.card import dataset_card
 
     shards = []
-    for k in range(total):
-        name = shard_name(intended["format"], k, total)
-        rows = len(shard_samples(k, intended)) * intended["branches"]
-        shards.append({"name": name, "rows": rows, "sha256": sha256_path(out / name), "bytes": path_size(out / name)})
-    manifest = {**intended, "shards": shards, "rows": sum(s["rows"] for s in shards), "created_by": f"migm {__version__}",
-                "processes": processes}  # fmt: skip
-    (out / "README.md").write_text(render_dataset_card(manifest))
-    write_json_atomic(out / MANIFEST, manifest)
+    for k in range(plan.num_shards):
+        path = out / plan.shard_name(k)
+        sha = recorded_checksum(path)
+        if sha is None:
+            raise MigmError(f"shard {plan.shard_name(k)!r} has no recorded checksum; rerun the dump to rebuild it")
+        shards.append(Shard(name=plan.shard_name(k), rows=plan.shard_rows(k), sha256=sha, bytes=path_size(path)))
+    manifest = Manifest(**vars(plan), shards=shards, rows=sum(s.rows for s in shards),
+                        created_by=f"migm {__version__}", processes=processes)  # fmt: skip
+    try:
+        (out / "README.md").write_text(dataset_card(manifest))
+    except OSError as e:
+        raise MigmError(f"cannot write {out / 'README.md'}: {e.strerror or e}") from None
+    write_manifest(out, manifest)
     (out / PENDING).unlink(missing_ok=True)
-    for sub in ("shards", "data"):
-        if (out / sub).is_dir() and not any((out / sub).iterdir()):
-            (out / sub).rmdir()
+    for k in range(plan.num_shards):
+        path = out / plan.shard_name(k)
+        (path.parent / (path.name + CHECKSUM)).unlink(missing_ok=True)
     return manifest

@@ -77,6 +77,3 @@ def parse_codec(spec: str) -> Codec:
         bits = int(value)
     return Codec("quant", bits)
 
-
-def codec_from_dict(d: dict) -> Codec:
-    return Codec(d["name"], d.get("bits", 8))

@@ -1,4 +1,7 @@
-"""Random access to a trajectory dataset by row, for both backends: `open_dataset(DIR)`."""
+"""Random access to a trajectory dataset by row, for both backends: `open_dataset(DIR)`.
+
+A shard is checked before its first use: its structure when opened (fields, shapes, every chunk
+present) and its sha256 against the manifest (hashed once per open dataset, not per read)."""
 
 from __future__ import annotations
 
@@ -7,40 +10,59 @@ from pathlib import Path
 import numpy as np
 
 from trajectories.errors import MigmError
+from trajectories.store.manifest import Manifest, read_manifest, shard_path
 from trajectories.store.parquet_reader import ParquetShardReader
-from trajectories.store.schema import field_specs, manifest_codec, manifest_dims, read_manifest, sha256_path
+from trajectories.store.schema import field_specs, sha256_path
 from trajectories.store.zarr_reader import ZarrShardReader
+
+READERS = {"zarr": ZarrShardReader, "parquet": ParquetShardReader}
 
 
 class TrajectoryDataset:
     """Rows in manifest order; `features` decoded to float16 [N, L+C, D] whatever the codec."""
 
-    def __init__(self, root: str | Path, manifest: dict):
+    def __init__(self, root: str | Path, manifest: Manifest):
         self.root = Path(root)
         self.manifest = manifest
-        self.dims = manifest_dims(manifest)
-        self.codec = manifest_codec(manifest)
+        self.dims = manifest.dims
+        self.codec = manifest.codec
         self.specs = field_specs(self.dims, self.codec)
-        self.shards = manifest["shards"]
-        self.starts = np.cumsum([0] + [s["rows"] for s in self.shards])
+        self.shards = manifest.shards
+        self.starts = np.cumsum([0] + [s.rows for s in self.shards])
+        self.verified: set[int] = set()  # shards whose checksum matched; copied into worker processes
         self._readers: dict[int, object] = {}  # opened lazily, so each worker process opens its own
+
+    def __getstate__(self) -> dict:  # open file handles stay in the process that opened them
+        return {**self.__dict__, "_readers": {}}
 
     def __len__(self) -> int:
         return int(self.starts[-1])
 
+    def path(self, k: int) -> Path:
+        return shard_path(self.root, self.shards[k].name)
+
+    def open_shard(self, k: int):
+        """A reader of shard k after its structure checks (no checksum)."""
+        shard = self.shards[k]
+        path = self.path(k)
+        if not path.exists():
+            raise MigmError(f"shard {shard.name!r} is missing")
+        return READERS[self.manifest.format](path, self.specs, shard.rows, name=shard.name)
+
     def reader(self, k: int):
         if k not in self._readers:
-            path = self.root / self.shards[k]["name"]
-            if not path.exists():
-                raise MigmError(f"shard {self.shards[k]['name']} is missing")
-            fields = tuple(self.specs)
-            if self.manifest["format"] == "zarr":
-                self._readers[k] = ZarrShardReader(path, fields)
-            else:
-                self._readers[k] = ParquetShardReader(path, fields, self.specs)
-            if len(self._readers[k]) != self.shards[k]["rows"]:
-                raise MigmError(f"shard {self.shards[k]['name']} has {len(self._readers[k])} rows, the manifest says {self.shards[k]['rows']}")
+            reader = self.open_shard(k)
+            self.check(k)
+            self._readers[k] = reader
         return self._readers[k]
+
+    def check(self, k: int) -> None:
+        """Raise if shard k's bytes do not match the manifest (hashed once)."""
+        if k not in self.verified:
+            problem = self.checksum_problem(k)
+            if problem:
+                raise MigmError(f"shard {self.shards[k].name!r} is damaged ({problem}); `migm verify {self.root}` lists every bad shard, rerunning the dump rebuilds them")
+            self.verified.add(k)
 
     def locate(self, i: int) -> tuple[int, int]:
         if not 0 <= i < len(self):
@@ -53,7 +75,7 @@ class TrajectoryDataset:
         parts = []
         while start < stop:
             k, local = self.locate(start)
-            n = min(stop - start, self.shards[k]["rows"] - local)
+            n = min(stop - start, self.shards[k].rows - local)
             parts.append(self.reader(k).read(local, local + n))
             start += n
         raw = {name: np.concatenate([p[name] for p in parts]) for name in self.specs}
@@ -66,21 +88,33 @@ class TrajectoryDataset:
 
     def checksum_problem(self, k: int) -> str | None:
         """Why shard k's bytes do not match the manifest ("missing", "checksum mismatch"), or None."""
-        path = self.root / self.shards[k]["name"]
+        path = self.path(k)
         if not path.exists():
             return "missing"
-        return None if sha256_path(path) == self.shards[k]["sha256"] else "checksum mismatch"
+        return None if sha256_path(path) == self.shards[k].sha256 else "checksum mismatch"
 
-    def verify(self) -> list[str]:
-        """Names of shards whose bytes do not match the manifest's sha256 (or that are missing)."""
-        return [s["name"] for k, s in enumerate(self.shards) if self.checksum_problem(k)]
+    def problems(self) -> list[str]:
+        """One line per bad shard (missing, damaged, checksum mismatch); each shard is checked once."""
+        found = []
+        for k in range(len(self.shards)):
+            try:
+                self.reader(k)
+            except MigmError as e:
+                found.append(str(e))
+        return found
+
+    def ensure_whole(self) -> None:
+        """Check every shard now (once, in this process: DataLoader worker copies inherit the result)."""
+        found = self.problems()
+        if found:
+            more = f" (and {len(found) - 1} more bad shard(s); `migm verify` lists them)" if len(found) > 1 else ""
+            raise MigmError(found[0] + more)
 
 
 def open_dataset(root: str | Path, verify: bool = False) -> TrajectoryDataset:
-    """Open a dataset folder; with `verify`, every shard's checksum is checked first."""
+    """Open a dataset folder. Each shard is checked (structure, then checksum) before its first
+    read; with `verify`, every shard is checked now."""
     ds = TrajectoryDataset(root, read_manifest(root))
     if verify:
-        bad = ds.verify()
-        if bad:
-            raise MigmError(f"{len(bad)} bad shard(s) in {root}: {', '.join(bad)}")
+        ds.ensure_whole()
     return ds

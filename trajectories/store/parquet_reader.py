@@ -1,47 +1,66 @@
-"""Read rows of one Parquet shard, one row group at a time (the last group read is cached)."""
+"""Read rows of one Parquet shard, one row group at a time (the last group read is cached).
+
+Every group read checks each field's per-row shape against the manifest (the list lengths at every
+nesting level), so a manifest whose dims disagree with the data is an error, not a reshaped mix."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from trajectories.errors import MigmError
 
 
 class ParquetShardReader:
-    def __init__(self, path: Path, fields: tuple[str, ...], shapes: dict[str, tuple[tuple[int, ...], np.dtype]]):
+    def __init__(self, path: Path, specs: dict[str, tuple[tuple[int, ...], np.dtype]], rows: int, name: str | None = None):
         self.path = Path(path)
+        self.name = name or self.path.name
         try:
             self.file = pq.ParquetFile(self.path, page_checksum_verification=True)
         except Exception as e:
-            raise MigmError(f"shard {self.path.name} cannot be opened ({type(e).__name__}: {e})") from None
-        self.fields = fields
-        self.shapes = shapes
+            raise MigmError(f"shard {self.name!r} cannot be opened ({type(e).__name__}: {e})") from None
+        self.fields = tuple(specs)
+        self.shapes = specs
+        missing = [f for f in self.fields if f not in self.file.schema_arrow.names]
+        if missing:
+            raise MigmError(f"shard {self.name!r} lacks field(s) {', '.join(missing)} the manifest's codec needs")
         meta = self.file.metadata
         self.group_rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         self.group_start = np.cumsum([0, *self.group_rows])
         self.rows = int(self.group_start[-1])
+        if self.rows != rows:
+            raise MigmError(f"shard {self.name!r} has {self.rows} rows, the manifest says {rows}")
         self._cache: tuple[int, dict[str, np.ndarray]] | None = None
+        if self.rows:
+            self._group(0)  # shapes checked on open; the group stays cached for the first read
 
     def __len__(self) -> int:
         return self.rows
+
+    def _column(self, field: str, col: pa.Array, n: int) -> np.ndarray:
+        shape, dtype = self.shapes[field]
+        for level, size in enumerate(shape):
+            lengths = pc.list_value_length(col)
+            if len(lengths) and (pc.min(lengths).as_py() != size or pc.max(lengths).as_py() != size):
+                raise MigmError(f"shard {self.name!r}: field {field} does not have the manifest's shape {list(shape)} "
+                                f"(axis {level}); dims or codec disagree with the data")  # fmt: skip
+            col = col.flatten()
+        if col.type != pa.from_numpy_dtype(dtype):
+            raise MigmError(f"shard {self.name!r}: field {field} holds {col.type}, the manifest says {dtype}")
+        return col.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(n, *shape)
 
     def _group(self, g: int) -> dict[str, np.ndarray]:
         if self._cache is None or self._cache[0] != g:
             try:
                 table = self.file.read_row_group(g, columns=list(self.fields))
+                columns = {f: table.column(f).combine_chunks() for f in self.fields}
             except Exception as e:
-                raise MigmError(f"shard {self.path.name} is damaged ({type(e).__name__}: {e})") from None
-            out = {}
-            for name in self.fields:
-                shape, dtype = self.shapes[name]
-                col = table.column(name).combine_chunks()
-                for _ in shape:
-                    col = col.flatten()
-                out[name] = col.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(len(table), *shape)
-            self._cache = (g, out)
+                raise MigmError(f"shard {self.name!r} is damaged ({type(e).__name__}: {e})") from None
+            self._cache = (g, {f: self._column(f, col, len(table)) for f, col in columns.items()})
         return self._cache[1]
 
     def read(self, start: int, stop: int) -> dict[str, np.ndarray]:

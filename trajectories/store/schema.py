@@ -1,4 +1,4 @@
-"""The trajectory dataset schema: fields, shard names, the manifest (`dataset.json`), checksums.
+"""The trajectory dataset schema: fields, shard names, checksums (the manifest is in `manifest.py`).
 
 One row is one trajectory (one sample, one CFG branch): `features` [N, L+C, D] (through the codec),
 `tokens` [L], `order` [L], `cond`, `branch` (0 conditional, 1 unconditional), `sample_id`, `seed`.
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from trajectories.errors import MigmError
-from trajectories.store.codecs import Codec, codec_from_dict
+from trajectories.store.codecs import Codec
 
 SCHEMA_VERSION = 1
 MANIFEST = "dataset.json"
@@ -63,6 +63,8 @@ def shard_name(fmt: str, index: int, total: int) -> str:
 def sha256_path(path: Path) -> str:
     """sha256 of a file, or of a folder's files (relative names and bytes, in sorted order)."""
     h = hashlib.sha256()
+    if path.is_symlink() or (path.is_dir() and any(p.is_symlink() for p in path.rglob("*"))):
+        raise MigmError(f"{str(path)!r} is or holds a link; a shard is plain files only")
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for f in files:
         if f != path:
@@ -79,44 +81,15 @@ def path_size(path: Path) -> int:
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
+    """Write to a temporary name, flush to disk, rename: a reader sees the old file or the new one.
+    A write error (disk full, read-only folder) is one line naming the file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def read_manifest(root: str | Path) -> dict:
-    """Read and check `dataset.json`; every problem is a short MigmError."""
-    root = Path(root)
-    if not root.is_dir():
-        raise MigmError(f"{str(root)!r} is not a dataset folder")
-    path = root / MANIFEST
-    if not path.exists():
-        raise MigmError(f"{str(root)!r} has no {MANIFEST}: not a trajectory dataset, or its dump has not finished")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise MigmError(f"{path} is not valid JSON ({e.msg})") from None
-    version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise MigmError(f"{path}: schema version {version!r} is not supported (this migm reads {SCHEMA_VERSION})")
-    for key in ("format", "dims", "codec", "shards"):
-        if key not in manifest:
-            raise MigmError(f"{path}: missing field {key!r}")
-    if manifest["format"] not in FORMATS:
-        raise MigmError(f"{path}: unknown format {manifest['format']!r}")
-    return manifest
-
-
-def dataset_fingerprint(manifest: dict) -> str:
-    """sha256 over what defines a dataset's content: the plan and every shard's checksum."""
-    keys = ("base", "sampler", "dims", "codec", "num_samples", "seed", "classes")
-    content = {k: manifest.get(k) for k in keys} | {"shards": [s["sha256"] for s in manifest["shards"]]}
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-
-
-def manifest_dims(manifest: dict) -> Dims:
-    return Dims(**manifest["dims"])
-
-
-def manifest_codec(manifest: dict) -> Codec:
-    return codec_from_dict(manifest["codec"])
+        with open(tmp, "w") as f:
+            f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise MigmError(f"cannot write {path}: {e.strerror or e}") from None

@@ -6,36 +6,54 @@ from pathlib import Path
 
 import numpy as np
 
+from trajectories.checks import output_file
 from trajectories.errors import MigmError
-from trajectories.store.dataset import open_dataset
+from trajectories.store.dataset import TrajectoryDataset, open_dataset
 from trajectories.store.schema import path_size
 
 
+def shard_problem(ds: TrajectoryDataset, k: int, block: int = 64) -> str | None:
+    """Why shard k is bad, or None: its checksum, then every row read back and decoded, with the
+    ids each row must carry (sample k·S + i // branches, branch i % branches)."""
+    try:
+        problem = ds.checksum_problem(k)
+        if problem is not None:
+            return problem
+        reader = ds.open_shard(k)
+        plan, rows = ds.manifest, ds.shards[k].rows
+        first = plan.shard_samples(k).start
+        for start in range(0, rows, block):
+            data = reader.read(start, min(start + block, rows))
+            i = np.arange(start, start + len(data["tokens"]))
+            for name, (shape, dtype) in ds.specs.items():
+                if data[name].shape[1:] != shape or data[name].dtype != dtype:
+                    return f"field {name} is {data[name].dtype}{list(data[name].shape[1:])}, expected {dtype}{list(shape)}"
+            ds.codec.decode({f: data[f] for f in ds.codec.stored_fields()})
+            if not (np.array_equal(data["sample_id"], first + i // plan.branches) and np.array_equal(data["branch"], i % plan.branches)):
+                return f"rows {start}-{start + len(i) - 1} do not hold the samples and branches the manifest places there"
+    except MigmError as e:
+        return str(e)
+    return None
+
+
 def verify_dataset(root: str | Path) -> dict:
-    """Schema, shapes and checksums of every shard. Returns a report; `ok` is False if any is bad."""
+    """Manifest, checksums, and every row of every shard. Returns a report; `ok` is False if any is bad."""
     ds = open_dataset(root)
     report = []
     for k, shard in enumerate(ds.shards):
-        problem = ds.checksum_problem(k)
-        if problem is None:
-            try:
-                reader = ds.reader(k)
-                first = reader.read(0, 1)
-                for name, (shape, dtype) in ds.specs.items():
-                    if first[name].shape[1:] != shape or first[name].dtype != dtype:
-                        problem = f"field {name} is {first[name].dtype}{list(first[name].shape[1:])}, expected {dtype}{list(shape)}"
-                        break
-            except MigmError as e:
-                problem = str(e)
-        report.append({"name": shard["name"], "rows": shard["rows"], "ok": problem is None, "problem": problem})
+        problem = shard_problem(ds, k)
+        report.append({"name": shard.name, "rows": shard.rows, "ok": problem is None, "problem": problem})
     return {"dataset": str(root), "ok": all(r["ok"] for r in report), "shards": report}
 
 
 def inspect_dataset(root: str | Path, plot: str | Path | None = None, sample_rows: int = 64) -> dict:
-    """Rows, dims, sizes, codec error bound and the smoothness curve (mean cos(f_s, f_{s+1}) per step)."""
+    """Rows, dims, sizes, codec error bound and the smoothness curve (mean cos(f_s, f_{s+1}) per step).
+    The plot is written only where `plot` says (its folder created); shards read are checked first."""
+    if plot is not None:
+        plot = output_file(plot, (".png",), "--plot")
     ds = open_dataset(root)
     manifest, dims = ds.manifest, ds.dims
-    size = sum(path_size(ds.root / s["name"]) for s in ds.shards)
+    size = sum(path_size(ds.path(k)) for k in range(len(ds.shards)))
     raw = dims.N * dims.T * dims.D * 2
     rows = np.linspace(0, len(ds) - 1, min(sample_rows, len(ds))).round().astype(int)
     feats = np.stack([ds[int(r)]["features"].astype(np.float32) for r in rows])  # [n, N, T, D]
@@ -44,11 +62,11 @@ def inspect_dataset(root: str | Path, plot: str | Path | None = None, sample_row
     smooth = cos.mean(axis=(0, 2)).tolist()
     info = {
         "dataset": str(root),
-        "format": manifest["format"],
+        "format": manifest.format,
         "codec": ds.codec.spec,
-        "base": manifest["base"]["name"],
+        "base": manifest.base.name,
         "rows": len(ds),
-        "samples": manifest["num_samples"],
+        "samples": manifest.num_samples,
         "steps": dims.N,
         "dims": {"L": dims.L, "C": dims.C, "D": dims.D, "V": dims.V},
         "bytes": size,
@@ -58,10 +76,10 @@ def inspect_dataset(root: str | Path, plot: str | Path | None = None, sample_row
     }
     if ds.codec.lossy:
         k = ds.locate(int(rows[0]))[0]
-        scale = ds.reader(k).read(0, min(8, ds.shards[k]["rows"]))["features_scale"].astype(np.float32)
+        scale = ds.reader(k).read(0, min(8, ds.shards[k].rows))["features_scale"].astype(np.float32)
         info["codec_max_abs_error_bound"] = float(scale.max() / 2)
     if plot is not None:
-        info["plot"] = str(save_smoothness_plot(smooth, Path(plot), f"{manifest['base']['name']}, N={dims.N}"))
+        info["plot"] = str(save_smoothness_plot(smooth, plot, f"{manifest.base.name}, N={dims.N}"))
     return info
 
 
@@ -78,6 +96,10 @@ def save_smoothness_plot(curve: list[float], path: Path, title: str) -> Path:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        fig.savefig(path)
+    except OSError as e:
+        raise MigmError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)
     return path

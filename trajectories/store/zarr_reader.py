@@ -1,4 +1,8 @@
-"""Read rows of one Zarr shard: features by whole per-row chunks, the small fields loaded once."""
+"""Read rows of one Zarr shard: features by whole per-row chunks, the small fields loaded once.
+
+Opening checks the shard against the manifest: every field present with the manifest's shape and
+dtype, and every chunk initialised (Zarr reads a missing chunk as its fill value, so a deleted chunk
+file would otherwise read as zeros)."""
 
 from __future__ import annotations
 
@@ -11,15 +15,28 @@ from trajectories.errors import MigmError
 
 
 class ZarrShardReader:
-    def __init__(self, path: Path, fields: tuple[str, ...]):
+    def __init__(self, path: Path, specs: dict[str, tuple[tuple[int, ...], np.dtype]], rows: int, name: str | None = None):
         self.path = Path(path)
+        self.name = name or self.path.name
         try:
             group = zarr.open_group(str(self.path), mode="r", zarr_format=3)
-            self.arrays = {name: group[name] for name in fields if name.startswith("features")}
-            self.small = {name: group[name][:] for name in fields if not name.startswith("features")}
+            arrays = {field: group[field] for field in specs}
         except Exception as e:  # zarr raises many kinds for a damaged store
-            raise MigmError(f"shard {self.path.name} cannot be opened ({type(e).__name__}: {e})") from None
-        self.rows = len(self.small["tokens"])
+            raise MigmError(f"shard {self.name!r} cannot be opened ({type(e).__name__}: {e})") from None
+        for field, (shape, dtype) in specs.items():
+            a = arrays[field]
+            if tuple(a.shape) != (rows, *shape) or a.dtype != dtype:
+                raise MigmError(f"shard {self.name!r}: field {field} is {a.dtype}{list(a.shape)}, the manifest says "
+                                f"{dtype}{[rows, *shape]} (dims, codec or rows disagree with the data)")  # fmt: skip
+            if a.nchunks_initialized < a.nchunks:  # with sharding, counted per stored shard object
+                raise MigmError(f"shard {self.name!r} is damaged: field {field} has missing chunks "
+                                f"({a.nchunks_initialized} of {a.nchunks} present)")  # fmt: skip
+        try:
+            self.arrays = {f: a for f, a in arrays.items() if f.startswith("features")}
+            self.small = {f: a[:] for f, a in arrays.items() if not f.startswith("features")}
+        except Exception as e:
+            raise MigmError(f"shard {self.name!r} is damaged ({type(e).__name__}: {e})") from None
+        self.rows = rows
 
     def __len__(self) -> int:
         return self.rows
@@ -29,4 +46,4 @@ class ZarrShardReader:
             big = {name: a[start:stop] for name, a in self.arrays.items()}
             return {**big, **{name: a[start:stop] for name, a in self.small.items()}}
         except Exception as e:
-            raise MigmError(f"shard {self.path.name} is damaged ({type(e).__name__}: {e})") from None
+            raise MigmError(f"shard {self.name!r} is damaged ({type(e).__name__}: {e})") from None

@@ -38,6 +38,8 @@ class ZarrShardWriter:
                 shards=(per_object, *shape) if per_row else None,
                 compressors=ZstdCodec(level=level, checksum=True),  # a flipped byte fails loudly
                 fill_value=0,
+                # every chunk is stored, zeros included, so readers can treat a missing chunk as damage
+                config={"write_empty_chunks": True},
             )
 
     def write(self, start: int, fields: dict[str, np.ndarray]) -> None:
