@@ -179,7 +179,7 @@ def train(cfg: TrainConfig, spec: BaseSpec | None = None, resume: bool = False,
     if resume:
         state = load_checkpoint(out, accelerator, model, opt, ema, provenance)
     train_rows, val_rows = split_rows(manifest, cfg.val_fraction, cfg.seed)
-    stream = PairStream(cfg.data, batch_size=cfg.batch_size, rows=train_rows, seed=cfg.seed,
+    stream = PairStream(ds, batch_size=cfg.batch_size, rows=train_rows, seed=cfg.seed,
                         rank=accelerator.process_index, world=accelerator.num_processes)  # fmt: skip
     if stream.num_pairs() == 0:
         raise MigmError(f"rank {accelerator.process_index} has no training rows; use a larger dataset")
@@ -228,7 +228,7 @@ def train(cfg: TrainConfig, spec: BaseSpec | None = None, resume: bool = False,
     if accelerator.is_main_process:
         final = build(cfg.arch, dim=base.D, **cfg.arch_config).to(accelerator.device)
         final.load_state_dict(ema.shadow)
-        val = PairStream(cfg.data, batch_size=256, rows=val_rows, shuffle=False)
+        val = PairStream(ds, batch_size=256, rows=val_rows, shuffle=False)
         metrics = validate(final, base, pair_loader(val), manifest.dims.N - 1, accelerator.device)
         cost = relative_cost(final, base, manifest.dims.N)
         training = {**asdict(cfg), "processes": accelerator.num_processes, "seconds": seconds,
