@@ -52,10 +52,10 @@ def find_checkpoint(out: Path) -> Path | None:
     return None
 
 
-def check_out_folder(out: Path, resume: bool, own: tuple[str, ...]) -> None:
+def check_out_folder(out: Path, resume: bool, marker: str) -> None:
     """`--out` is a folder to train into: with `resume`, one holding a checkpoint; otherwise missing,
-    empty, or holding only a failed first save. A folder with anything else is the user's, and is
-    refused untouched. `own` names the zoo files (a folder holding one is a shortcut already)."""
+    empty, or holding only a failed first save. A folder holding a checkpoint or the zoo config
+    `marker` is a shortcut already; one with anything else is the user's, refused untouched."""
     if out.exists() and not out.is_dir():
         raise MigmError(f"--out {str(out)!r} is a file, not a folder")
     if resume:
@@ -65,7 +65,7 @@ def check_out_folder(out: Path, resume: bool, own: tuple[str, ...]) -> None:
     if not out.exists():
         return
     names = {p.name for p in out.iterdir()}
-    if names & {CHECKPOINT, OLD, *own}:
+    if names & {CHECKPOINT, OLD, marker}:
         raise MigmError(f"{out} already holds a shortcut; pass --resume to continue it, or choose another --out")
     foreign = sorted(names - {PARTIAL})
     if foreign:
