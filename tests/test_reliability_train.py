@@ -334,7 +334,10 @@ def test_item10_resume_with_another_arch_is_one_line(data, stopped, tmp_path):
     one_line_error(code, stderr, "resume with --arch tiny-transformer")
 
 
-@pytest.mark.parametrize("arch_config, message", [({"bottleneck": 0}, "bottleneck"), ({"blocks": 10**9}, "blocks must")])
+ABSURD = [({"bottleneck": 0}, "bottleneck"), ({"blocks": 10**9}, "blocks must")]
+
+
+@pytest.mark.parametrize("arch_config, message", ABSURD)
 def test_item10_an_absurd_zoo_config_is_refused_before_building(straight, tmp_path, arch_config, message):
     folder = copy(straight[0], tmp_path)
     config = json.loads((folder / "config.json").read_text())
