@@ -185,7 +185,9 @@ def test_item4_readers_check_checksums_once_before_use(tmp_path, refs, monkeypat
     import trajectories.store.dataset as dataset_module
 
     ds = copy(refs["zarr"], tmp_path / "ds")
-    zarr.open_group(str(ds / "shards" / "shard-00002.zarr"), mode="r+")["features"][0, 0, 0, 0] = 7.0  # valid bytes, not the dumped ones
+    zarr.open_group(str(ds / "shards" / "shard-00002.zarr"), mode="r+")["features"][0, 0, 0, 0] = (
+        7.0  # valid bytes, not the dumped ones
+    )
     with pytest.raises(MigmError, match="shard-00002.zarr.*checksum mismatch"):
         open_dataset(ds).rows(0, 12)
     with pytest.raises(MigmError, match="shard-00002.zarr.*checksum mismatch"):
@@ -270,7 +272,9 @@ def test_item5_a_shard_that_links_out_of_the_folder_is_refused(tmp_path, refs):
 # ---- item 7: NaN / inf / negative sampler settings ------------------------------------------------
 
 
-@pytest.mark.parametrize("option, value", [("--guidance", "nan"), ("--r-temp", "inf"), ("--sm-temp", "-1"), ("--guidance", "-2")])
+@pytest.mark.parametrize(
+    "option, value", [("--guidance", "nan"), ("--r-temp", "inf"), ("--sm-temp", "-1"), ("--guidance", "-2")]
+)
 def test_item7_non_finite_or_negative_sampler_settings_are_refused(tmp_path, option, value):
     out = tmp_path / "ds"
     r = runner.invoke(app, ["dump-trajectories", *CLI_SMALL, "--out", str(out), option, value])
@@ -279,7 +283,13 @@ def test_item7_non_finite_or_negative_sampler_settings_are_refused(tmp_path, opt
 
 
 def test_item7_sampler_config_is_validated_wherever_it_is_made(tmp_path, refs):
-    for bad in (dict(guidance=float("nan")), dict(r_temp=float("inf")), dict(sm_temp=-1.0), dict(steps=0), dict(budget=0)):
+    for bad in (
+        dict(guidance=float("nan")),
+        dict(r_temp=float("inf")),
+        dict(sm_temp=-1.0),
+        dict(steps=0),
+        dict(budget=0),
+    ):
         with pytest.raises(MigmError):
             SamplerConfig(**bad)
     ds = copy(refs["zarr"], tmp_path / "ds")
@@ -336,7 +346,9 @@ def test_item9_zarr_push_lists_every_file_of_each_shard(tmp_path, refs):
     ds = copy(refs["zarr"], tmp_path / "ds")
     (ds / "shards" / "stray.txt").write_text("x")
     result = push_dataset(ds, "someone/digits", dry_run=True)
-    shard_files = sorted(str(p.relative_to(ds)) for p in (ds / "shards").rglob("*") if p.is_file() and ".zarr/" in str(p))
+    shard_files = sorted(
+        str(p.relative_to(ds)) for p in (ds / "shards").rglob("*") if p.is_file() and ".zarr/" in str(p)
+    )
     assert result["files"] == ["dataset.json", "README.md", *shard_files] and result["private"]
 
 
@@ -386,7 +398,9 @@ def test_item10_disk_full_while_writing_is_one_line_and_a_rerun_continues(tmp_pa
         monkeypatch.setattr(zarr_local, "_put", lambda path, *a, **kw: fail(path) or real(path, *a, **kw))
     else:
         real = pq.ParquetWriter.write_table
-        monkeypatch.setattr(pq.ParquetWriter, "write_table", lambda self, *a, **kw: fail(self.where) or real(self, *a, **kw))
+        monkeypatch.setattr(
+            pq.ParquetWriter, "write_table", lambda self, *a, **kw: fail(self.where) or real(self, *a, **kw)
+        )
     ds = tmp_path / "ds"
     r = runner.invoke(app, ["dump-trajectories", "--out", str(ds), "--format", fmt, "--quiet",
                             *[x for k, v in SMALL.items() for x in (f"--{k.replace('_', '-')}", str(v))]])  # fmt: skip

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -25,8 +25,15 @@ from trajectories.errors import MigmError
 from trajectories.rollout import SamplerConfig, rollout, sample_seeds
 from trajectories.store.codecs import parse_codec
 from trajectories.store.manifest import (
-    SUBDIR, BaseInfo, Manifest, Plan, Shard, read_manifest, read_plan, write_manifest,
-)  # fmt: skip
+    SUBDIR,
+    BaseInfo,
+    Manifest,
+    Plan,
+    Shard,
+    read_manifest,
+    read_plan,
+    write_manifest,
+)
 from trajectories.store.parquet_writer import ParquetShardWriter
 from trajectories.store.schema import FORMATS, MANIFEST, SCHEMA_VERSION, Dims, path_size, sha256_path, write_json_atomic
 from trajectories.store.zarr_writer import ZarrShardWriter
@@ -162,13 +169,21 @@ def prepare_output(out: Path, intended: Plan, overwrite: bool) -> Manifest | Non
         if same and isinstance(previous, Manifest):
             return previous
         if not same:
-            committed = previous is not None and any((out / previous.shard_name(k)).exists() for k in range(previous.num_shards))
+            committed = previous is not None and any(
+                (out / previous.shard_name(k)).exists() for k in range(previous.num_shards)
+            )
             if not overwrite and (isinstance(previous, Manifest) or committed):
                 raise MigmError(f"{out} holds a dataset made with another config; pass --overwrite to replace it")
             foreign = foreign_entries(out, previous)
             if foreign:
-                shown = ", ".join(repr(f) for f in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-                what = "is not empty and is not a migm dataset" if previous is None else "holds files this tool did not write"
+                shown = ", ".join(repr(f) for f in foreign[:5]) + (
+                    f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+                )
+                what = (
+                    "is not empty and is not a migm dataset"
+                    if previous is None
+                    else "holds files this tool did not write"
+                )
                 raise MigmError(f"{out} {what} ({shown}); move them away or choose another --out")
             if previous is not None:
                 if overwrite:
@@ -289,7 +304,9 @@ def dump_shard(base, plan: Plan, k: int, out: Path, batch_size: int, progress: C
             except OSError:
                 pass
         if isinstance(e, OSError):
-            raise MigmError(f"cannot write shard {e.filename or path}: {e.strerror or e}; a rerun continues from the shards already written") from None
+            raise MigmError(
+                f"cannot write shard {e.filename or path}: {e.strerror or e}; a rerun continues from the shards already written"
+            ) from None
         raise
 
 

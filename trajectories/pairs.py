@@ -8,8 +8,8 @@ numpy indexing. New tokens are padded to the batch's largest K with `new_valid`,
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch

@@ -76,4 +76,3 @@ def parse_codec(spec: str) -> Codec:
             raise MigmError(f"bad codec option {kv!r} in {spec!r}; use quant:bits=2..8")
         bits = int(value)
     return Codec("quant", bits)
-

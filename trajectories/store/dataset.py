@@ -61,7 +61,9 @@ class TrajectoryDataset:
         if k not in self.verified:
             problem = self.checksum_problem(k)
             if problem:
-                raise MigmError(f"shard {self.shards[k].name!r} is damaged ({problem}); `migm verify {self.root}` lists every bad shard, rerunning the dump rebuilds them")
+                raise MigmError(
+                    f"shard {self.shards[k].name!r} is damaged ({problem}); `migm verify {self.root}` lists every bad shard, rerunning the dump rebuilds them"
+                )
             self.verified.add(k)
 
     def locate(self, i: int) -> tuple[int, int]:

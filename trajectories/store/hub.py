@@ -22,20 +22,26 @@ def dataset_files(root: str | Path) -> list[str]:
         if path.is_dir():
             links = [p for p in path.rglob("*") if p.is_symlink()]
             if links:
-                raise MigmError(f"shard {shard.name!r} holds a link ({inert(str(links[0].relative_to(root)))!r}); push uploads plain files only")
+                raise MigmError(
+                    f"shard {shard.name!r} holds a link ({inert(str(links[0].relative_to(root)))!r}); push uploads plain files only"
+                )
             files += sorted(p.relative_to(root).as_posix() for p in path.rglob("*") if p.is_file())
         else:
             files.append(shard.name)
     return files
 
 
-def push_dataset(root: str | Path, repo_id: str, private: bool = True, dry_run: bool = False, token: str | None = None) -> dict:
+def push_dataset(
+    root: str | Path, repo_id: str, private: bool = True, dry_run: bool = False, token: str | None = None
+) -> dict:
     """Verify every shard (every row), then upload exactly the dataset's files as a Hub dataset repo."""
     check_repo_id(repo_id)
     report = verify_dataset(root)
     if not report["ok"]:
         bad = [s["name"] for s in report["shards"] if not s["ok"]]
-        raise MigmError(f"refusing to push a dataset with bad shards: {', '.join(map(repr, bad))} (see `migm verify {root}`)")
+        raise MigmError(
+            f"refusing to push a dataset with bad shards: {', '.join(map(repr, bad))} (see `migm verify {root}`)"
+        )
     return upload_files(root, dataset_files(root), repo_id, "dataset", private, dry_run, token=token)
 
 

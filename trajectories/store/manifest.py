@@ -208,7 +208,13 @@ def plain_shard_name(name: str, fmt: str) -> bool:
     no backslash or control character."""
     p = PurePosixPath(name)
     printable = name.isprintable() and "\\" not in name
-    return printable and not p.is_absolute() and len(p.parts) == 2 and p.parts[0] == SUBDIR[fmt] and p.parts[1] not in (".", "..")
+    return (
+        printable
+        and not p.is_absolute()
+        and len(p.parts) == 2
+        and p.parts[0] == SUBDIR[fmt]
+        and p.parts[1] not in (".", "..")
+    )
 
 
 def _shards(entries: list, plan: Plan) -> list[Shard]:
@@ -216,9 +222,11 @@ def _shards(entries: list, plan: Plan) -> list[Shard]:
         raise ValueError("lists no shards")
     shards = [Shard(**_keys(e, SHARD_KEYS, f"shards[{i}]")) for i, e in enumerate(entries)]
     seen = set()
-    for i, s in enumerate(shards):
+    for s in shards:
         if not plain_shard_name(s.name, plan.format):
-            raise ValueError(f"shard name {s.name!r} is not a plain name inside the dataset's {SUBDIR[plan.format]}/ folder")
+            raise ValueError(
+                f"shard name {s.name!r} is not a plain name inside the dataset's {SUBDIR[plan.format]}/ folder"
+            )
         if s.name in seen:
             raise ValueError(f"shard {s.name!r} is listed twice")
         seen.add(s.name)
@@ -227,12 +235,16 @@ def _shards(entries: list, plan: Plan) -> list[Shard]:
         if not SHA256.fullmatch(s.sha256):
             raise ValueError(f"shard {s.name!r}: sha256 must be 64 lowercase hex digits")
     if len(shards) != plan.num_shards:
-        raise ValueError(f"lists {len(shards)} shard(s); {plan.num_samples} samples in shards of {plan.shard_size} make {plan.num_shards}")
+        raise ValueError(
+            f"lists {len(shards)} shard(s); {plan.num_samples} samples in shards of {plan.shard_size} make {plan.num_shards}"
+        )
     for k, s in enumerate(shards):
         if s.name != plan.shard_name(k):
             raise ValueError(f"shard {k} is named {s.name!r}, expected {plan.shard_name(k)!r}")
         if s.rows != plan.shard_rows(k):
-            raise ValueError(f"shard {s.name!r} has {s.rows} rows; its {len(plan.shard_samples(k))} samples × {plan.branches} branch(es) make {plan.shard_rows(k)}")
+            raise ValueError(
+                f"shard {s.name!r} has {s.rows} rows; its {len(plan.shard_samples(k))} samples × {plan.branches} branch(es) make {plan.shard_rows(k)}"
+            )
     return shards
 
 
@@ -242,7 +254,9 @@ def manifest_from_dict(d, where: str | Path = MANIFEST) -> Manifest:
         plan = _plan(d, MANIFEST_KEYS)
         shards = _shards(d["shards"], plan)
         if d["rows"] != plan.num_samples * plan.branches:
-            raise ValueError(f"rows {d['rows']} differ from num_samples × branches = {plan.num_samples * plan.branches}")
+            raise ValueError(
+                f"rows {d['rows']} differ from num_samples × branches = {plan.num_samples * plan.branches}"
+            )
         if d["processes"] < 1:
             raise ValueError(f"processes must be at least 1, got {d['processes']}")
     except ValueError as e:
@@ -293,5 +307,7 @@ def shard_path(root: str | Path, name: str) -> Path:
     root = Path(root)
     path = root / name
     if path.is_symlink() or (path.exists() and not path.resolve().is_relative_to(root.resolve())):
-        raise MigmError(f"shard {name!r} is a link or lies outside {str(root)!r}; shards must be plain files or folders inside it")
+        raise MigmError(
+            f"shard {name!r} is a link or lies outside {str(root)!r}; shards must be plain files or folders inside it"
+        )
     return path

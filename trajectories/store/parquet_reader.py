@@ -16,7 +16,9 @@ from trajectories.errors import MigmError
 
 
 class ParquetShardReader:
-    def __init__(self, path: Path, specs: dict[str, tuple[tuple[int, ...], np.dtype]], rows: int, name: str | None = None):
+    def __init__(
+        self, path: Path, specs: dict[str, tuple[tuple[int, ...], np.dtype]], rows: int, name: str | None = None
+    ):
         self.path = Path(path)
         self.name = name or self.path.name
         try:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trajectories.checks import output_file
+from trajectories.checks import output_file, writable_dir
 from trajectories.errors import MigmError
 from trajectories.store.dataset import TrajectoryDataset, open_dataset
 from trajectories.store.schema import path_size
@@ -27,10 +27,17 @@ def shard_problem(ds: TrajectoryDataset, k: int, block: int = 64) -> str | None:
             i = np.arange(start, start + len(data["tokens"]))
             for name, (shape, dtype) in ds.specs.items():
                 if data[name].shape[1:] != shape or data[name].dtype != dtype:
-                    return f"field {name} is {data[name].dtype}{list(data[name].shape[1:])}, expected {dtype}{list(shape)}"
+                    return (
+                        f"field {name} is {data[name].dtype}{list(data[name].shape[1:])}, expected {dtype}{list(shape)}"
+                    )
             ds.codec.decode({f: data[f] for f in ds.codec.stored_fields()})
-            if not (np.array_equal(data["sample_id"], first + i // plan.branches) and np.array_equal(data["branch"], i % plan.branches)):
-                return f"rows {start}-{start + len(i) - 1} do not hold the samples and branches the manifest places there"
+            if not (
+                np.array_equal(data["sample_id"], first + i // plan.branches)
+                and np.array_equal(data["branch"], i % plan.branches)
+            ):
+                return (
+                    f"rows {start}-{start + len(i) - 1} do not hold the samples and branches the manifest places there"
+                )
     except MigmError as e:
         return str(e)
     return None
@@ -79,6 +86,7 @@ def inspect_dataset(root: str | Path, plot: str | Path | None = None, sample_row
         scale = ds.reader(k).read(0, min(8, ds.shards[k].rows))["features_scale"].astype(np.float32)
         info["codec_max_abs_error_bound"] = float(scale.max() / 2)
     if plot is not None:
+        writable_dir(plot.parent, "--plot folder")  # checked before the work, created only now
         info["plot"] = str(save_smoothness_plot(smooth, plot, f"{manifest.base.name}, N={dims.N}"))
     return info
 
