@@ -87,7 +87,7 @@ def call(fn: Callable, *args, **kwargs):
     except MigmError as e:
         if _state["debug"]:
             raise
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {inert(str(e))}", err=True)  # messages quote paths and names from files
         raise typer.Exit(2) from None
 
 

@@ -316,6 +316,10 @@ def test_item8_escape_sequences_and_markup_in_names_are_inert(tmp_path, refs):
     r = runner.invoke(app, ["verify", str(ds)])
     one_line_error(r, "\\x1b[31mred[/bold]")
     assert "\x1b" not in r.output
+    (ds / "dataset.json").write_text("{broken")  # an error message that quotes the folder's path
+    r = runner.invoke(app, ["inspect", str(ds)])
+    one_line_error(r, "not valid JSON", "[/bold]\\x1b[2J")
+    assert "\x1b" not in r.output
 
 
 # ---- item 9: push uploads exactly the manifest's files --------------------------------------------

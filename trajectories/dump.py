@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from trajectories import __version__
-from trajectories.checks import check_int, check_removable_dir, check_seed, check_writable_dir
+from trajectories.checks import check_int, check_removable_dir, check_seed, check_writable_dir, writable_dir
 from trajectories.errors import MigmError
 from trajectories.rollout import SamplerConfig, rollout, sample_seeds
 from trajectories.store.codecs import parse_codec
@@ -189,8 +189,9 @@ def prepare_output(out: Path, intended: Plan, overwrite: bool) -> Manifest | Non
                 if overwrite:
                     check_removable_dir(out, "--out")
                 remove_ours(out, previous)
+    writable_dir(out, "--out")  # created with its parents when missing
     try:
-        (out / SUBDIR[intended.format]).mkdir(parents=True, exist_ok=True)
+        (out / SUBDIR[intended.format]).mkdir(exist_ok=True)
         for tmp in (out / SUBDIR[intended.format]).glob("*.tmp-*"):  # left by a killed run
             remove_path(tmp)
     except OSError as e:
