@@ -26,7 +26,7 @@ from shortcut_zoo.predictors import check_predictor_name, make_predictor
 from trajectories.errors import MigmError
 from trajectories.rollout import autocast, rollout, sample_seeds
 from trajectories.base import SCORERS
-from trajectories.checks import check_int, check_seed, writable_dir
+from trajectories.checks import check_int, check_seed, check_writable_dir, writable_dir
 from trajectories.generate import sample_many
 from trajectories.rollout import SamplerConfig
 
@@ -121,7 +121,7 @@ def run_bench(cfg: BenchConfig, base, progress: Callable[[str], None] | None = N
         check_predictor_name(name)
     if "shortcut" in cfg.predictors and not cfg.shortcuts and any(b for _, b in configs):
         raise MigmError("the shortcut predictor needs --shortcut zoo/NAME (or leave it out of --predictors)")
-    out = writable_dir(cfg.out, "--out")
+    out = check_writable_dir(cfg.out, "--out")
     for N, B in configs:
         SamplerConfig.for_base(base, N, B)  # validates 1 <= B <= N <= L before any work
     shortcuts = {Path(p).name: load_shortcut(p, base, force=cfg.force) for p in cfg.shortcuts}
@@ -193,6 +193,7 @@ def run_bench(cfg: BenchConfig, base, progress: Callable[[str], None] | None = N
         r["ideal_s"] = B * costs["t_full"] + (N - B) * per_shortcut_step + N * sampling[N]
         r["measured_over_ideal"] = r["latency_s"] / r["ideal_s"]
 
+    writable_dir(out, "--out")
     where = {"device": str(base.device), "threads": torch.get_num_threads(), "cpu": cpu_name(),
              "torch": torch.__version__, "model": base.name, "samples": cfg.samples, "batch": cfg.batch_size}  # fmt: skip
     result = {"where": where, "costs": {**costs, "t_sampling_per_step": sampling},

@@ -43,7 +43,8 @@ def test_score_json(tmp_path):
     [
         (["--model", "nope"], "unknown model 'nope'; known models: maskgit, maskgit-digits"),
         (["--steps", "0"], "steps must be between 1 and 64"),
-        (["--steps", "8", "--budget", "9"], "budget must satisfy 1 <= budget <= steps (8)"),
+        (["--out", "grid.gif2"], "needs one of the extensions"),
+        (["--seed", "-1"], "--seed must be at least 0"),
         (["--classes", "3-12"], "classes must be in 0-9"),
         (["--classes", "x"], "classes must look like"),
     ],
@@ -56,10 +57,16 @@ def test_bad_generate_input_is_a_short_error(tmp_path, args, message):
     assert "Traceback" not in result.output and not out.exists()
 
 
-def test_missing_output_directory_is_a_short_error(tmp_path):
+def test_missing_output_folders_are_created(tmp_path):
     out = tmp_path / "no" / "such" / "grid.png"
-    result = runner.invoke(app, ["generate", "--out", str(out)])
-    assert result.exit_code == 2 and "does not exist" in result.stderr and not out.parent.exists()
+    result = runner.invoke(app, ["generate", "--out", str(out), "--per-class", "1", "--steps", "4", "-q"])
+    assert result.exit_code == 0 and out.exists()
+
+
+def test_output_under_a_file_is_a_short_error(tmp_path):
+    (tmp_path / "f").write_text("x")
+    result = runner.invoke(app, ["generate", "--out", str(tmp_path / "f" / "grid.png")])
+    assert result.exit_code == 2 and "is a file" in result.stderr and (tmp_path / "f").read_text() == "x"
 
 
 def test_bad_score_input_is_a_short_error():

@@ -151,7 +151,7 @@ def test_generate_writes_an_rgb_grid_and_bf16_samples(files, tmp_path):
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["images"] == 9
     r = runner.invoke(app, ["generate", *args, "--precision", "fp16", "--device", "cpu", "--out", str(tmp_path / "h.png")])
-    assert r.exit_code == 2 and "fp16 needs --device cuda" in r.output
+    assert r.exit_code == 2 and "fp16 needs a CUDA device" in r.output
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")

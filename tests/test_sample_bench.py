@@ -87,11 +87,14 @@ def test_sample_cli_and_its_errors(zoo, tmp_path):
     assert forced.exit_code == 0, forced.output
 
 
-def test_budget_without_a_predictor_is_vanilla(tmp_path):
-    a = runner.invoke(app, ["sample", "--steps", "8", "--budget", "3", "--per-class", "1", "--out", str(tmp_path / "a.png"), "--json"])
+def test_budget_without_a_predictor_is_vanilla_at_n_and_refused_below(tmp_path):
+    a = runner.invoke(app, ["sample", "--steps", "8", "--budget", "8", "--per-class", "1", "--out", str(tmp_path / "a.png"), "--json"])
     b = runner.invoke(app, ["sample", "--steps", "8", "--per-class", "1", "--out", str(tmp_path / "b.png"), "--json"])
     assert a.exit_code == 0 and b.exit_code == 0 and json.loads(a.stdout)["predictor"] == "vanilla"
+    assert json.loads(a.stdout)["full_steps"] == list(range(8))
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    c = runner.invoke(app, ["sample", "--steps", "8", "--budget", "3", "--out", str(tmp_path / "c.png")])
+    assert c.exit_code == 2 and "needs a predictor" in c.stderr and not (tmp_path / "c.png").exists()
 
 
 def test_bench_writes_table_json_and_plot(zoo, tmp_path):

@@ -58,8 +58,8 @@ def writable_dir(path: str | Path, what: str = "output folder") -> Path:
 
 
 def output_file(path: str | Path, extensions: tuple[str, ...] | None = None, what: str = "output file") -> Path:
-    """A file to write: known extension (when given), not a folder, its parent folder created and
-    writable. Checked before any work so a bad path never wastes a run."""
+    """A file to write: known extension (when given), not a folder, its folder writable or creatable.
+    Checked before any work (and creating nothing) so a bad path never wastes a run."""
     path = Path(path)
     if extensions is not None and path.suffix.lower() not in extensions:
         raise MigmError(f"{what} {str(path)!r} needs one of the extensions {', '.join(extensions)}")
@@ -67,7 +67,7 @@ def output_file(path: str | Path, extensions: tuple[str, ...] | None = None, wha
         raise MigmError(f"{what} {str(path)!r} is a folder")
     if path.exists() and not os.access(path, os.W_OK):
         raise MigmError(f"{what} {str(path)!r} is not writable")
-    writable_dir(path.parent, "folder")
+    check_writable_dir(path.parent, "folder")
     return path
 
 
@@ -130,5 +130,6 @@ def check_removable_dir(path: str | Path, what: str = "output folder") -> None:
         raise MigmError(f"{what} {str(path)!r} is a link; --overwrite does not remove files through links")
     real, cwd = path.resolve(), Path.cwd().resolve()
     if real == Path(real.anchor) or real == Path.home().resolve() or real == cwd or real in cwd.parents:
-        raise MigmError(f"--overwrite refuses to clear {str(path)!r} (the root, home or current folder); choose a dataset folder")
-
+        raise MigmError(
+            f"--overwrite refuses to clear {str(path)!r} (the root, home or current folder); choose a dataset folder"
+        )

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from trajectories.base import SCORERS
-from trajectories.checks import IMAGE_EXTENSIONS, check_int, check_seed, output_file
+from trajectories.checks import IMAGE_EXTENSIONS, check_int, check_seed, output_file, writable_dir
 from trajectories.errors import MigmError
 from trajectories.rollout import Predictor, SamplerConfig, rollout, sample_seeds
 
@@ -82,6 +82,7 @@ def generate(
     s = sample_many(base, labels, config, seed, batch_size, predictor=predictor, progress=progress)
     # decode a few at a time: a 512-px VQGAN decode holds GiBs of activations per dozen images
     images = torch.cat([base.decode(t.to(base.device)).cpu() for t in s.tokens.split(8)])
+    writable_dir(out.parent, "folder")
     save_grid(images, rows=len(classes), path=out)
     return {"out": str(out), "images": len(labels), "full_steps": s.full, "latency_per_image_s": s.latency_per_image,
             "sampler": config.to_dict()}  # fmt: skip

@@ -59,6 +59,8 @@ def resolve_device(device: str) -> str:
     """auto, cpu, cuda or cuda:K -> a device torch can use, or a one-line error."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cpu"):  # accelerate names a CPU rank's device cpu:K
+        return "cpu"
     if device == "cuda" and "LOCAL_RANK" in os.environ:  # under torchrun / accelerate: this rank's GPU
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
@@ -91,7 +93,7 @@ def load_base(spec: BaseSpec):
     unknown = sorted(set(paths) - set(inspect.signature(loader).parameters))
     if unknown:
         options = ", ".join("--" + k.replace("_", "-") for k in unknown)
-        why = " (it ships its own weights)" if spec.name == "maskgit-digits" else ""
+        why = " (it ships its own weights and decoder)" if spec.name == "maskgit-digits" else ""
         raise MigmError(f"{options} not used by --model {spec.name}{why}")
     base = loader(**paths).to(device)
     base.precision = spec.precision
