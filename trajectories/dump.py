@@ -321,6 +321,7 @@ def dump_trajectories(cfg: DumpConfig, base, overwrite: bool = False,
     out = Path(cfg.out)
     check_writable_dir(out, "--out")
     intended = plan(cfg, base)
+    created = not out.exists()  # a folder this run makes is removed again if the run leaves it empty
     done = None
     if state.is_main_process:
         done = prepare_output(out, intended, overwrite)
@@ -341,7 +342,7 @@ def dump_trajectories(cfg: DumpConfig, base, overwrite: bool = False,
             dump_shard(base, intended, k, out, cfg.batch_size, progress)
     except BaseException:
         if state.num_processes == 1:
-            abandon_if_empty(out, intended)
+            abandon_if_empty(out, intended, created)
         raise
     state.wait_for_everyone()
 
@@ -352,14 +353,14 @@ def dump_trajectories(cfg: DumpConfig, base, overwrite: bool = False,
     return manifest or read_manifest(out)
 
 
-def abandon_if_empty(out: Path, plan: Plan) -> None:
+def abandon_if_empty(out: Path, plan: Plan, created: bool) -> None:
     """A dump that failed before committing any shard leaves nothing behind, not even its state
-    file, so the next run (with any config) starts cleanly."""
+    file (nor `out`, if this run created it), so the next run (with any config) starts cleanly."""
     if any((out / plan.shard_name(k)).exists() for k in range(plan.num_shards)):
         return
     try:
         remove_ours(out, plan)
-        if not any(out.iterdir()):
+        if created and not any(out.iterdir()):
             out.rmdir()
     except OSError:
         pass
