@@ -24,7 +24,7 @@ from shortcut_zoo.archs import build
 from shortcut_zoo.checkpoint import CHECKPOINT, check_out_folder, load_checkpoint, save_checkpoint
 from shortcut_zoo.evaluate import masked_positions, predict, relative_cost, validate
 from trajectories.base import BaseSpec, load_base
-from trajectories.checks import check_int, check_seed, writable_dir
+from trajectories.checks import check_finite, check_int, check_seed, writable_dir
 from trajectories.errors import MigmError
 from trajectories.pairs import PairStream, pair_loader
 from trajectories.store.dataset import open_dataset
@@ -123,6 +123,7 @@ def check_config(cfg: TrainConfig) -> None:
     check_int("--save-every", cfg.save_every)
     check_int("--stop-at", cfg.stop_at)
     check_seed(cfg.seed)
+    check_finite("--val-fraction", cfg.val_fraction, low=0, high=1)
     if "dim" in cfg.arch_config:
         raise MigmError("arch option dim is the base's feature width D, taken from the dataset's base; it cannot be set")
     for name in ("steps", "batch_size"):
