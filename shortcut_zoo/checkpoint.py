@@ -187,17 +187,18 @@ def _is_number(v) -> bool:
 def read_train_state(ckpt: Path) -> dict:
     """`train_state.json`, typed and checked: any damage is one line naming the file."""
     path = ckpt / STATE
+    pickles = sorted(p.name for p in ckpt.iterdir() if p.suffix in (".pkl", ".bin"))
+    older = MigmError(f"{ckpt} was written by an older migm as pickles ({', '.join(pickles[:3])}), which are "
+                      "never unpickled; train again into a new --out")  # fmt: skip
     if not path.exists():
-        pickles = sorted(p.name for p in ckpt.iterdir() if p.suffix in (".pkl", ".bin"))
-        if pickles:
-            raise MigmError(f"{ckpt} was written by an older migm as pickles ({', '.join(pickles[:3])}), which are "
-                            "never unpickled; train again into a new --out")  # fmt: skip
-        raise MigmError(f"{ckpt} has no {STATE}: not a whole checkpoint")
+        raise older if pickles else MigmError(f"{ckpt} has no {STATE}: not a whole checkpoint")
     try:
         record = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MigmError(f"{path} is not valid JSON ({getattr(e, 'msg', e)}); the checkpoint is damaged") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
+        if pickles and isinstance(record, dict) and "format" not in record:
+            raise older
         got = record.get("format") if isinstance(record, dict) else None
         raise MigmError(f"{path}: checkpoint format {got!r} is not supported (this migm reads {FORMAT})")
     bad = [k for k in ("step", "epoch", "batch_in_epoch") if not _is_count(record.get(k))]

@@ -147,9 +147,13 @@ def _misshaped_optimizer(ckpt):
 
 
 def _old_layout(ckpt):
+    """What accelerate's save_state and the old train_state.json left."""
+    losses = json.loads((ckpt / "train_state.json").read_text())["losses"]
     for p in ckpt.iterdir():
         p.unlink()
-    torch.save({"step": 1}, ckpt / "random_states_0.pkl")
+    (ckpt / "train_state.json").write_text(json.dumps({"step": 2, "epoch": 0, "batch_in_epoch": 2, "losses": losses}))
+    for name in ("random_states_0.pkl", "custom_checkpoint_0.pkl", "optimizer.bin"):
+        torch.save({"step": 1}, ckpt / name)
 
 
 @pytest.mark.parametrize(
