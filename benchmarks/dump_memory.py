@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from trajectories.base.maskgit import MaskGITConfig, MaskTransformer
 from shortcut_zoo.bench import cpu_name
+from trajectories.base.maskgit import MaskGITConfig, MaskTransformer
 
 CHILD = """
 import sys
@@ -43,7 +43,9 @@ def main() -> None:
     p.add_argument("--depth", type=int, default=1)
     args = p.parse_args()
 
-    cfg = MaskGITConfig(grid=32, codebook_size=1024, num_classes=1000, hidden_dim=768, depth=args.depth, heads=16, mlp_dim=3072)
+    cfg = MaskGITConfig(
+        grid=32, codebook_size=1024, num_classes=1000, hidden_dim=768, depth=args.depth, heads=16, mlp_dim=3072
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "maskgit-512.pth"
@@ -51,16 +53,35 @@ def main() -> None:
         torch.save({"iter": 0, "model_state_dict": MaskTransformer(cfg).state_dict()}, ckpt)
         for n in (int(x) for x in args.samples.split(",")):
             out = Path(tmp) / f"ds-{n}"
-            r = subprocess.run([sys.executable, "-c", CHILD, str(out), str(ckpt), str(n), str(args.batch), str(args.steps)],
-                               capture_output=True, text=True, check=True)  # fmt: skip
+            r = subprocess.run(
+                [sys.executable, "-c", CHILD, str(out), str(ckpt), str(n), str(args.batch), str(args.steps)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             peak_kib, size = (int(x) for x in r.stdout.split()[-2:])
             raw = n * 2 * args.steps * (cfg.L + 1) * cfg.hidden_dim * 2
-            rows.append({"samples": n, "raw_feature_mb": raw / 2**20, "dataset_mb": size / 2**20, "peak_rss_mb": peak_kib / 1024})
+            rows.append(
+                {
+                    "samples": n,
+                    "raw_feature_mb": raw / 2**20,
+                    "dataset_mb": size / 2**20,
+                    "peak_rss_mb": peak_kib / 1024,
+                }
+            )
 
-    where = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__, "batch": args.batch,
-             "steps": args.steps, "depth": args.depth}  # fmt: skip
-    print(f"dump memory, 512-px MaskGIT dims (32x32 tokens, D=768, depth {args.depth}, random weights), N={args.steps}, "
-          f"batch {args.batch}, 2 CFG branches, lossless zarr, {where['cpu']}")  # fmt: skip
+    where = {
+        "cpu": cpu_name(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "batch": args.batch,
+        "steps": args.steps,
+        "depth": args.depth,
+    }
+    print(
+        f"dump memory, 512-px MaskGIT dims (32x32 tokens, D=768, depth {args.depth}, random weights), N={args.steps}, "
+        f"batch {args.batch}, 2 CFG branches, lossless zarr, {where['cpu']}"
+    )
     print("| samples | raw features (MiB) | dataset on disk (MiB) | peak RSS (MiB) |")
     print("|---|---|---|---|")
     for r in rows:

@@ -18,17 +18,21 @@ import time
 import torch
 
 from shortcut_zoo.archs import build
+from shortcut_zoo.bench import cpu_name
 from shortcut_zoo.evaluate import relative_cost
 from shortcut_zoo.predictors import make_predictor
+from trajectories.base import resolve_device
 from trajectories.base.maskgit import MaskGIT, MaskGITConfig, MaskTransformer
 from trajectories.rollout import SamplerConfig, rollout, sample_seeds
-from shortcut_zoo.bench import cpu_name
-from trajectories.base import resolve_device
 
-FULL = dict(base=MaskGITConfig(grid=32, codebook_size=1024, num_classes=1000, hidden_dim=768, depth=24, heads=16, mlp_dim=3072),
-            shortcut=dict(dim=768, bottleneck=2, blocks=1, heads=16, time_hidden=314))  # fmt: skip
-SMOKE = dict(base=MaskGITConfig(grid=6, codebook_size=16, num_classes=10, hidden_dim=32, depth=2, heads=4, mlp_dim=64),
-             shortcut=dict(dim=32, bottleneck=2, blocks=1, heads=4, time_hidden=30))  # fmt: skip
+FULL = dict(
+    base=MaskGITConfig(grid=32, codebook_size=1024, num_classes=1000, hidden_dim=768, depth=24, heads=16, mlp_dim=3072),
+    shortcut=dict(dim=768, bottleneck=2, blocks=1, heads=16, time_hidden=314),
+)
+SMOKE = dict(
+    base=MaskGITConfig(grid=6, codebook_size=16, num_classes=10, hidden_dim=32, depth=2, heads=4, mlp_dim=64),
+    shortcut=dict(dim=32, bottleneck=2, blocks=1, heads=4, time_hidden=30),
+)
 CONFIGS = [(15, None), (32, None), (15, 7), (32, 12)]
 
 
@@ -82,7 +86,9 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="tiny sizes on CPU (the test suite runs this)")
     p.add_argument("--batch", type=int, default=10)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--precision", default=None, help="fp32, bf16 or fp16 for the timings (default: bf16 on cuda, fp32 on cpu)")
+    p.add_argument(
+        "--precision", default=None, help="fp32, bf16 or fp16 for the timings (default: bf16 on cuda, fp32 on cpu)"
+    )
     args = p.parse_args()
 
     device = "cpu" if args.smoke else resolve_device("auto")
@@ -104,14 +110,21 @@ def main() -> None:
     ratio = lambda a, b: rows[a][0] / rows[b][0]  # noqa: E731
     # ideal: B full forwards plus (N - B) shortcut calls, in counted FLOPs, as a fraction of N forwards
     ideal = lambda N, B: (B + (N - B) * (cost["shortcut_flops"] + cost["head_flops"]) / cost["base_flops"]) / N  # noqa: E731
-    ratios = {"N32B12 / N32": (ratio("N32B12", "N32"), ideal(32, 12)), "N15B7 / N15": (ratio("N15B7", "N15"), ideal(15, 7)),
-              "N32B12 / N15": (ratio("N32B12", "N15"), None)}  # fmt: skip
+    ratios = {
+        "N32B12 / N32": (ratio("N32B12", "N32"), ideal(32, 12)),
+        "N15B7 / N15": (ratio("N15B7", "N15"), ideal(15, 7)),
+        "N32B12 / N15": (ratio("N32B12", "N15"), None),
+    }
 
     gpu = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({cpu_name()}, {torch.get_num_threads()} threads)"
     c = base.cfg
-    print(f"gpu_check{' --smoke' if args.smoke else ''}: {gpu}, torch {torch.__version__}, precision {precision}, batch {args.batch}")
-    print(f"base: {c.grid}x{c.grid} tokens, depth {c.depth}, hidden {c.hidden_dim}, heads {c.heads}; shortcut: "
-          f"{cost['parameters']:,} parameters, {cost['relative_cost']:.3f} x a base forward (counted FLOPs)")  # fmt: skip
+    print(
+        f"gpu_check{' --smoke' if args.smoke else ''}: {gpu}, torch {torch.__version__}, precision {precision}, batch {args.batch}"
+    )
+    print(
+        f"base: {c.grid}x{c.grid} tokens, depth {c.depth}, hidden {c.hidden_dim}, heads {c.heads}; shortcut: "
+        f"{cost['parameters']:,} parameters, {cost['relative_cost']:.3f} x a base forward (counted FLOPs)"
+    )
     for name, err in checks.items():
         print(f"logits {name} vs fp32: relative error {err:.2e}")
     print("| config | ms / batch (median) | min-max |")
@@ -122,10 +135,22 @@ def main() -> None:
     print("|---|---|---|")
     for name, (measured, ideal_r) in ratios.items():
         print(f"| {name} | {measured:.3f} | {'-' if ideal_r is None else f'{ideal_r:.3f}'} |")
-    print(json.dumps({"benchmark": "gpu_check", "smoke": args.smoke, "device": gpu, "torch": torch.__version__,
-                      "precision": precision, "batch": args.batch, "logits_relative_error": checks, "cost": cost,
-                      "ms_per_batch": {k: 1000 * v[0] for k, v in rows.items()},
-                      "ratios": {k: {"measured": m, "ideal": i} for k, (m, i) in ratios.items()}}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "benchmark": "gpu_check",
+                "smoke": args.smoke,
+                "device": gpu,
+                "torch": torch.__version__,
+                "precision": precision,
+                "batch": args.batch,
+                "logits_relative_error": checks,
+                "cost": cost,
+                "ms_per_batch": {k: 1000 * v[0] for k, v in rows.items()},
+                "ratios": {k: {"measured": m, "ideal": i} for k, (m, i) in ratios.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -39,17 +39,32 @@ def main() -> None:
             result = rollout(base, cond, sample_seeds(r, 0, args.batch), config)
             if r:
                 times.append(result.total_time / args.batch)
-        rows.append({"steps": N, "ms_per_image": 1000 * statistics.median(times),
-                     "ms_min": 1000 * min(times), "ms_max": 1000 * max(times),
-                     "ms_per_step_per_image": 1000 * statistics.median(times) / N})  # fmt: skip
+        rows.append(
+            {
+                "steps": N,
+                "ms_per_image": 1000 * statistics.median(times),
+                "ms_min": 1000 * min(times),
+                "ms_max": 1000 * max(times),
+                "ms_per_step_per_image": 1000 * statistics.median(times) / N,
+            }
+        )
 
-    where = {"device": device, "threads": torch.get_num_threads(), "cpu": cpu_name(),
-             "torch": torch.__version__, "batch": args.batch, "model": args.model, "guidance": config.guidance}  # fmt: skip
+    where = {
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_name(),
+        "torch": torch.__version__,
+        "batch": args.batch,
+        "model": args.model,
+        "guidance": config.guidance,
+    }
     print(f"vanilla sampling, {args.model}, batch {args.batch}, {device}, {where['threads']} threads")
     print("| N | ms / image (median) | min-max | ms / step / image |")
     print("|---|---|---|---|")
     for r in rows:
-        print(f"| {r['steps']} | {r['ms_per_image']:.3f} | {r['ms_min']:.3f}-{r['ms_max']:.3f} | {r['ms_per_step_per_image']:.3f} |")
+        print(
+            f"| {r['steps']} | {r['ms_per_image']:.3f} | {r['ms_min']:.3f}-{r['ms_max']:.3f} | {r['ms_per_step_per_image']:.3f} |"
+        )
     print(json.dumps({"benchmark": "sampler", **where, "rows": rows}))
 
 

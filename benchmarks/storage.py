@@ -122,7 +122,9 @@ def main() -> None:
         tmp = Path(tmp)
         t0 = time.perf_counter()
         src = tmp / "source"
-        manifest = dump_trajectories(DumpConfig(num_samples=args.samples, steps=args.steps, out=str(src), shard_size=128), DIGITS)
+        manifest = dump_trajectories(
+            DumpConfig(num_samples=args.samples, steps=args.steps, out=str(src), shard_size=128), DIGITS
+        )
         dump_seconds = time.perf_counter() - t0
         rows = open_dataset(src).rows(0, manifest.rows)
         raw = rows["features"].nbytes
@@ -136,34 +138,58 @@ def main() -> None:
                 got = open_dataset(out).rows(0, m.rows)["features"].astype(np.float32)
                 cos = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1) + 1e-12)
                 rate, n = read_rate(out, args.workers, args.batch)
-                results.append({
-                    "backend": fmt, "codec": spec,
-                    "bytes_per_trajectory": size / m.rows, "ratio_to_raw_f16": size / raw,
-                    "write_MBps": raw / 1e6 / seconds, "read_pairs_per_s": rate,
-                    "read_over_train": rate / consume,
-                    "max_abs_error": float(np.abs(got - ref).max()), "mean_cosine": float(cos.mean()),
-                })  # fmt: skip
+                results.append(
+                    {
+                        "backend": fmt,
+                        "codec": spec,
+                        "bytes_per_trajectory": size / m.rows,
+                        "ratio_to_raw_f16": size / raw,
+                        "write_MBps": raw / 1e6 / seconds,
+                        "read_pairs_per_s": rate,
+                        "read_over_train": rate / consume,
+                        "max_abs_error": float(np.abs(got - ref).max()),
+                        "mean_cosine": float(cos.mean()),
+                    }
+                )
 
     rss = {}
     if args.rss:
         rss = {n: dump_rss(n, args.steps) for n in (512, 2048)}
 
-    print(f"storage, maskgit-digits, {args.samples} samples x 2 branches, N={args.steps}, "
-          f"{cpu_name()}, {torch.get_num_threads()} threads")  # fmt: skip
+    print(
+        f"storage, maskgit-digits, {args.samples} samples x 2 branches, N={args.steps}, "
+        f"{cpu_name()}, {torch.get_num_threads()} threads"
+    )
     print(f"dump (rollout + lossless zarr write): {dump_seconds:.1f} s, {args.samples / dump_seconds:.1f} samples/s")
     print(f"1-block tiny-transformer training step consumes {consume:.0f} pairs/s (batch {args.batch})")
-    print("| backend | codec | bytes / trajectory | ratio to raw f16 | write MB/s | read pairs/s "
-          f"({args.workers} workers) | read / train | max abs err | mean cosine |")  # fmt: skip
+    print(
+        "| backend | codec | bytes / trajectory | ratio to raw f16 | write MB/s | read pairs/s "
+        f"({args.workers} workers) | read / train | max abs err | mean cosine |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['backend']} | {r['codec']} | {r['bytes_per_trajectory']:,.0f} | {r['ratio_to_raw_f16']:.3f} | "
-              f"{r['write_MBps']:.1f} | {r['read_pairs_per_s']:,.0f} | {r['read_over_train']:.1f}x | "
-              f"{r['max_abs_error']:.4f} | {r['mean_cosine']:.6f} |")  # fmt: skip
+        print(
+            f"| {r['backend']} | {r['codec']} | {r['bytes_per_trajectory']:,.0f} | {r['ratio_to_raw_f16']:.3f} | "
+            f"{r['write_MBps']:.1f} | {r['read_pairs_per_s']:,.0f} | {r['read_over_train']:.1f}x | "
+            f"{r['max_abs_error']:.4f} | {r['mean_cosine']:.6f} |"
+        )
     if rss:
         print("peak RSS of a dump: " + ", ".join(f"{n} samples {v:.0f} MiB" for n, v in rss.items()))
-    print(json.dumps({"benchmark": "storage", "samples": args.samples, "steps": args.steps, "cpu": cpu_name(),
-                      "threads": torch.get_num_threads(), "dump_seconds": dump_seconds,
-                      "train_pairs_per_s": consume, "rows": results, "dump_peak_rss_mib": rss}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "benchmark": "storage",
+                "samples": args.samples,
+                "steps": args.steps,
+                "cpu": cpu_name(),
+                "threads": torch.get_num_threads(),
+                "dump_seconds": dump_seconds,
+                "train_pairs_per_s": consume,
+                "rows": results,
+                "dump_peak_rss_mib": rss,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

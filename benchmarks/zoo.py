@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
+from shortcut_zoo.bench import cpu_name
 from shortcut_zoo.evaluate import validate
 from shortcut_zoo.export import load_shortcut
 from shortcut_zoo.train import TrainConfig, split_rows, train
-from shortcut_zoo.bench import cpu_name
 from trajectories.base import BaseSpec, load_base
 from trajectories.dump import DumpConfig, dump_trajectories
 from trajectories.pairs import PairStream, pair_loader
@@ -36,8 +36,11 @@ def main() -> None:
     p.add_argument("--train-steps", type=int, default=6000)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--archs", default="tiny-transformer,tiny-transformer:bottleneck=1,mlp,gru",
-                   help="comma-separated arch[:key=value;key=value] specs")
+    p.add_argument(
+        "--archs",
+        default="tiny-transformer,tiny-transformer:bottleneck=1,mlp,gru",
+        help="comma-separated arch[:key=value;key=value] specs",
+    )
     p.add_argument("--lossy", default="quant:bits=6", help="codec of the lossy dump ('' to skip)")
     p.add_argument("--out", default=None, help="keep datasets and zoo folders here (default: a temp folder)")
     args = p.parse_args()
@@ -70,32 +73,73 @@ def main() -> None:
         arch_config = {k: int(v) for k, v in (kv.split("=") for kv in options.split(";") if kv)}
         out = root / f"zoo-{spec.replace(':', '-').replace('=', '').replace(';', '-')}-{codec.split(':')[0]}"
         t0 = time.perf_counter()
-        result = train(TrainConfig(data=str(dumps[codec]), arch=arch, out=str(out), steps=args.train_steps,
-                                   batch_size=args.batch, lr=args.lr, save_every=10**9, arch_config=arch_config), CPU)  # fmt: skip
+        result = train(
+            TrainConfig(
+                data=str(dumps[codec]),
+                arch=arch,
+                out=str(out),
+                steps=args.train_steps,
+                batch_size=args.batch,
+                lr=args.lr,
+                save_every=10**9,
+                arch_config=arch_config,
+            ),
+            CPU,
+        )
         minutes = (time.perf_counter() - t0) / 60
         m = heldout(out)
-        rows.append({"arch": spec, "data": codec, "parameters": result["cost"]["parameters"],
-                     "relative_cost": result["cost"]["relative_cost"], "val_cosine": m["cos"],
-                     "cache_cosine": m["cache_cos"], "mse_ratio_to_cache": m["mse_ratio_to_cache"],
-                     "token_agreement": m["agree"], "cache_token_agreement": m["cache_agree"],
-                     "train_pairs_per_s": result["training"]["pairs_per_second"], "minutes": minutes})  # fmt: skip
+        rows.append(
+            {
+                "arch": spec,
+                "data": codec,
+                "parameters": result["cost"]["parameters"],
+                "relative_cost": result["cost"]["relative_cost"],
+                "val_cosine": m["cos"],
+                "cache_cosine": m["cache_cos"],
+                "mse_ratio_to_cache": m["mse_ratio_to_cache"],
+                "token_agreement": m["agree"],
+                "cache_token_agreement": m["cache_agree"],
+                "train_pairs_per_s": result["training"]["pairs_per_second"],
+                "minutes": minutes,
+            }
+        )
 
-    print(f"zoo, maskgit-digits, {args.samples} samples, N={args.steps}, {args.train_steps} steps of batch {args.batch}, "
-          f"lr {args.lr}, {cpu_name()}, {torch.get_num_threads()} threads; validated on held-out lossless trajectories")  # fmt: skip
-    print("| arch | trained on | params | cost vs base forward | val cosine | cache cosine | MSE / cache | "
-          "token agreement | cache agreement | train pairs/s | minutes |")  # fmt: skip
+    print(
+        f"zoo, maskgit-digits, {args.samples} samples, N={args.steps}, {args.train_steps} steps of batch {args.batch}, "
+        f"lr {args.lr}, {cpu_name()}, {torch.get_num_threads()} threads; validated on held-out lossless trajectories"
+    )
+    print(
+        "| arch | trained on | params | cost vs base forward | val cosine | cache cosine | MSE / cache | "
+        "token agreement | cache agreement | train pairs/s | minutes |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['arch']} | {r['data']} | {r['parameters']:,} | {r['relative_cost']:.3f} | {r['val_cosine']:.4f} | "
-              f"{r['cache_cosine']:.4f} | {r['mse_ratio_to_cache']:.3f} | {r['token_agreement']:.4f} | "
-              f"{r['cache_token_agreement']:.4f} | {r['train_pairs_per_s']:,.0f} | {r['minutes']:.1f} |")  # fmt: skip
+        print(
+            f"| {r['arch']} | {r['data']} | {r['parameters']:,} | {r['relative_cost']:.3f} | {r['val_cosine']:.4f} | "
+            f"{r['cache_cosine']:.4f} | {r['mse_ratio_to_cache']:.3f} | {r['token_agreement']:.4f} | "
+            f"{r['cache_token_agreement']:.4f} | {r['train_pairs_per_s']:,.0f} | {r['minutes']:.1f} |"
+        )
     if args.lossy:
         a = next(r for r in rows if r["arch"] == "tiny-transformer" and r["data"] == "lossless")
         b = rows[-1]
-        print(f"tiny-transformer held-out cosine, lossless vs {args.lossy} training data: "
-              f"{a['val_cosine']:.4f} vs {b['val_cosine']:.4f} (difference {abs(a['val_cosine'] - b['val_cosine']):.4f})")  # fmt: skip
-    print(json.dumps({"benchmark": "zoo", "samples": args.samples, "steps": args.steps, "train_steps": args.train_steps,
-                      "batch": args.batch, "cpu": cpu_name(), "threads": torch.get_num_threads(), "rows": rows}))  # fmt: skip
+        print(
+            f"tiny-transformer held-out cosine, lossless vs {args.lossy} training data: "
+            f"{a['val_cosine']:.4f} vs {b['val_cosine']:.4f} (difference {abs(a['val_cosine'] - b['val_cosine']):.4f})"
+        )
+    print(
+        json.dumps(
+            {
+                "benchmark": "zoo",
+                "samples": args.samples,
+                "steps": args.steps,
+                "train_steps": args.train_steps,
+                "batch": args.batch,
+                "cpu": cpu_name(),
+                "threads": torch.get_num_threads(),
+                "rows": rows,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -25,44 +25,52 @@ def render_dataset_card(card: dict) -> str:
     """The dataset card from plain fields (built by the store: `trajectories/store/card.py`): name,
     fingerprint, created_by, num_samples, rows, branches, classes, sampler, seed, format, shards,
     codec, bytes, raw_bytes_per_row, fields [(name, dtype, shape)], hub_features (Parquet) and dims."""
-    meta: dict = {"license": "other", "tags": ["migm", "masked-image-generation", "feature-trajectories"],
-                  "pretty_name": f"{card['name']} trajectories"}  # fmt: skip
+    meta: dict = {
+        "license": "other",
+        "tags": ["migm", "masked-image-generation", "feature-trajectories"],
+        "pretty_name": f"{card['name']} trajectories",
+    }
     parquet_use = ""
     if card["hub_features"] is not None:
         meta["configs"] = [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
         meta["dataset_info"] = {"features": card["hub_features"]}
         parquet_use = (
-            '\nWith 🤗 datasets (float16 kept as `Array3D` when formatted with `dtype=None`):\n\n```python\n'
+            "\nWith 🤗 datasets (float16 kept as `Array3D` when formatted with `dtype=None`):\n\n```python\n"
             'from datasets import load_dataset\nds = load_dataset("PATH_OR_REPO", split="train")\n'
             'ds = ds.with_format("numpy", dtype=None)\n```\n'
         )
     rows = card["rows"] or 1
     schema_rows = "\n".join(
-        f"| `{name}` | {dtype} | {shape if shape else 'scalar'} | {FIELD_MEANING[name]} |" for name, dtype, shape in card["fields"]
+        f"| `{name}` | {dtype} | {shape if shape else 'scalar'} | {FIELD_MEANING[name]} |"
+        for name, dtype, shape in card["fields"]
     )
     d = card["dims"]
-    return (TEMPLATES / "dataset.md").read_text().format(
-        yaml=yaml.safe_dump(meta, sort_keys=False).rstrip(),
-        title=f"{card['name']}-n{d['N']}",
-        base_name=card["name"],
-        fingerprint=card["fingerprint"],
-        created_by=card["created_by"],
-        num_samples=card["num_samples"],
-        rows=card["rows"],
-        branches=card["branches"],
-        classes=", ".join(map(str, card["classes"])),
-        sampler=card["sampler"],
-        seed=card["seed"],
-        format=card["format"],
-        shards=card["shards"],
-        codec=card["codec"],
-        size_mb=card["bytes"] / 1e6,
-        bytes_per_row=card["bytes"] // rows,
-        ratio=card["bytes"] / rows / card["raw_bytes_per_row"],
-        schema_rows=schema_rows,
-        parquet_use=parquet_use,
-        **d,
-    )  # fmt: skip
+    return (
+        (TEMPLATES / "dataset.md")
+        .read_text()
+        .format(
+            yaml=yaml.safe_dump(meta, sort_keys=False).rstrip(),
+            title=f"{card['name']}-n{d['N']}",
+            base_name=card["name"],
+            fingerprint=card["fingerprint"],
+            created_by=card["created_by"],
+            num_samples=card["num_samples"],
+            rows=card["rows"],
+            branches=card["branches"],
+            classes=", ".join(map(str, card["classes"])),
+            sampler=card["sampler"],
+            seed=card["seed"],
+            format=card["format"],
+            shards=card["shards"],
+            codec=card["codec"],
+            size_mb=card["bytes"] / 1e6,
+            bytes_per_row=card["bytes"] // rows,
+            ratio=card["bytes"] / rows / card["raw_bytes_per_row"],
+            schema_rows=schema_rows,
+            parquet_use=parquet_use,
+            **d,
+        )
+    )
 
 
 def figure(value: float | None, spec: str) -> str:
@@ -75,40 +83,81 @@ def render_model_card(config: dict, path: str) -> str:
         return render_imported_card(config, path)
     m, cost, t = config["metrics"]["overall"], config["cost"], config["training"]
     per_step = config["metrics"]["per_step"]
-    meta = {"library_name": "migm", "tags": ["migm", "feature-shortcut", config["arch"], config["base"]["name"]],
-            "license": "other"}  # fmt: skip
+    meta = {
+        "library_name": "migm",
+        "tags": ["migm", "feature-shortcut", config["arch"], config["base"]["name"]],
+        "license": "other",
+    }
     N = config["sampler"]["steps"]
-    return (TEMPLATES / "model.md").read_text().format(
-        yaml=yaml.safe_dump(meta, sort_keys=False).rstrip(),
-        name=Path(path).name, path=path, arch=config["arch"],
-        arch_config=", ".join(f"{k}={v}" for k, v in config["arch_config"].items()),
-        version=config["version"], base_name=config["base"]["name"], fingerprint=config["base"]["fingerprint"],
-        dataset_fingerprint=config["dataset"]["fingerprint"][:16], samples=config["dataset"]["num_samples"],
-        codec=config["dataset"]["codec"], N=N, budget_hint=max(1, N // 3),
-        parameters=cost["parameters"], relative_cost=cost["relative_cost"],
-        shortcut_mflops=cost["shortcut_flops"] / 1e6, base_mflops=cost["base_flops"] / 1e6,
-        steps=t["steps"], batch_size=t["batch_size"], lr=t["lr"], ema=t["ema"], loss=t["loss"],
-        processes=t["processes"], minutes=t["seconds"] / 60,
-        cos=figure(m["cos"], ".4f"), mse=figure(m["mse"], ".4g"), ratio=figure(m["mse_ratio_to_cache"], ".3f"),
-        agree=figure(m["agree"], ".4f"), cache_cos=figure(m["cache_cos"], ".4f"),
-        cache_mse=figure(m["cache_mse"], ".4g"), cache_agree=figure(m["cache_agree"], ".4f"),
-        step_header=" | ".join(str(r["step"]) for r in per_step), step_rule="---|" * len(per_step),
-        step_cos=" | ".join(f"{r['cos']:.4f}" for r in per_step),
-        step_cache=" | ".join(f"{r['cache_cos']:.4f}" for r in per_step),
-    )  # fmt: skip
+    return (
+        (TEMPLATES / "model.md")
+        .read_text()
+        .format(
+            yaml=yaml.safe_dump(meta, sort_keys=False).rstrip(),
+            name=Path(path).name,
+            path=path,
+            arch=config["arch"],
+            arch_config=", ".join(f"{k}={v}" for k, v in config["arch_config"].items()),
+            version=config["version"],
+            base_name=config["base"]["name"],
+            fingerprint=config["base"]["fingerprint"],
+            dataset_fingerprint=config["dataset"]["fingerprint"][:16],
+            samples=config["dataset"]["num_samples"],
+            codec=config["dataset"]["codec"],
+            N=N,
+            budget_hint=max(1, N // 3),
+            parameters=cost["parameters"],
+            relative_cost=cost["relative_cost"],
+            shortcut_mflops=cost["shortcut_flops"] / 1e6,
+            base_mflops=cost["base_flops"] / 1e6,
+            steps=t["steps"],
+            batch_size=t["batch_size"],
+            lr=t["lr"],
+            ema=t["ema"],
+            loss=t["loss"],
+            processes=t["processes"],
+            minutes=t["seconds"] / 60,
+            cos=figure(m["cos"], ".4f"),
+            mse=figure(m["mse"], ".4g"),
+            ratio=figure(m["mse_ratio_to_cache"], ".3f"),
+            agree=figure(m["agree"], ".4f"),
+            cache_cos=figure(m["cache_cos"], ".4f"),
+            cache_mse=figure(m["cache_mse"], ".4g"),
+            cache_agree=figure(m["cache_agree"], ".4f"),
+            step_header=" | ".join(str(r["step"]) for r in per_step),
+            step_rule="---|" * len(per_step),
+            step_cos=" | ".join(f"{r['cos']:.4f}" for r in per_step),
+            step_cache=" | ".join(f"{r['cache_cos']:.4f}" for r in per_step),
+        )
+    )
 
 
 def render_imported_card(config: dict, path: str) -> str:
     """Card of a published shortcut wrapped by `migm zoo import`: origin and cost, no training figures."""
     cost, origin = config["cost"], config["origin"]
-    meta = {"library_name": "migm", "tags": ["migm", "feature-shortcut", config["arch"], config["base"]["name"]],
-            "license": "other"}  # fmt: skip
-    return (TEMPLATES / "imported.md").read_text().format(
-        yaml=yaml.safe_dump(meta, sort_keys=False).rstrip(),
-        name=Path(path).name, path=path, arch=config["arch"],
-        arch_config=", ".join(f"{k}={v}" for k, v in config["arch_config"].items()),
-        version=config["version"], base_name=config["base"]["name"], fingerprint=config["base"]["fingerprint"],
-        published=origin["published"], sha256=origin["sha256"], N=config["sampler"]["steps"],
-        parameters=cost["parameters"], relative_cost=cost["relative_cost"],
-        shortcut_mflops=cost["shortcut_flops"] / 1e6, base_mflops=cost["base_flops"] / 1e6,
-    )  # fmt: skip
+    meta = {
+        "library_name": "migm",
+        "tags": ["migm", "feature-shortcut", config["arch"], config["base"]["name"]],
+        "license": "other",
+    }
+    return (
+        (TEMPLATES / "imported.md")
+        .read_text()
+        .format(
+            yaml=yaml.safe_dump(meta, sort_keys=False).rstrip(),
+            name=Path(path).name,
+            path=path,
+            arch=config["arch"],
+            arch_config=", ".join(f"{k}={v}" for k, v in config["arch_config"].items()),
+            version=config["version"],
+            base_name=config["base"]["name"],
+            fingerprint=config["base"]["fingerprint"],
+            published=origin["published"],
+            sha256=origin["sha256"],
+            N=config["sampler"]["steps"],
+            parameters=cost["parameters"],
+            relative_cost=cost["relative_cost"],
+            shortcut_mflops=cost["shortcut_flops"] / 1e6,
+            base_mflops=cost["base_flops"] / 1e6,
+        )
+    )

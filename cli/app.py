@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Callable, Iterator, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -34,27 +35,57 @@ _state = {"debug": False}
 # Options shared by several commands.
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Base model name (see `migm models`).")]
 StepsOpt = Annotated[int, typer.Option("--steps", "-n", help="Total sampling steps N.")]
-BudgetOpt = Annotated[Optional[int], typer.Option("--budget", "-b", help="Full steps B (1..N) that run the base; below N needs a predictor.")]
+BudgetOpt = Annotated[
+    Optional[int],
+    typer.Option("--budget", "-b", help="Full steps B (1..N) that run the base; below N needs a predictor."),
+]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed; the same seed gives the same samples.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:K.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Samples per rollout batch.")]
 GuidanceOpt = Annotated[Optional[float], typer.Option("--guidance", "-w", help="CFG weight w (default: the base's).")]
-RTempOpt = Annotated[Optional[float], typer.Option("--r-temp", help="Gumbel noise scale on confidence (default: the base's).")]
-SmTempOpt = Annotated[Optional[float], typer.Option("--sm-temp", help="Softmax temperature multiplier (default: the base's).")]
+RTempOpt = Annotated[
+    Optional[float], typer.Option("--r-temp", help="Gumbel noise scale on confidence (default: the base's).")
+]
+SmTempOpt = Annotated[
+    Optional[float], typer.Option("--sm-temp", help="Softmax temperature multiplier (default: the base's).")
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 # Real bases (--model maskgit) load from local files.
-CheckpointOpt = Annotated[Optional[str], typer.Option("--checkpoint", help="Checkpoint file of a real base (--model maskgit).")]
-VqganOpt = Annotated[Optional[str], typer.Option("--vqgan", help="Taming VQGAN folder, model.yaml + last.ckpt (--model maskgit).")]
-HeadsOpt = Annotated[Optional[int], typer.Option("--heads", help="Attention heads of the checkpoint (--model maskgit, default 16).")]
-PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32, bf16 or fp16: autocast for the transformer (fp16 on cuda).")]
-PixelsOpt = Annotated[Optional[str], typer.Option("--pixels", help="Decoded images to [0, 1] (--model maskgit): minmax per image (default, as published) or clamp.")]
+CheckpointOpt = Annotated[
+    Optional[str], typer.Option("--checkpoint", help="Checkpoint file of a real base (--model maskgit).")
+]
+VqganOpt = Annotated[
+    Optional[str], typer.Option("--vqgan", help="Taming VQGAN folder, model.yaml + last.ckpt (--model maskgit).")
+]
+HeadsOpt = Annotated[
+    Optional[int], typer.Option("--heads", help="Attention heads of the checkpoint (--model maskgit, default 16).")
+]
+PrecisionOpt = Annotated[
+    str, typer.Option("--precision", help="fp32, bf16 or fp16: autocast for the transformer (fp16 on cuda).")
+]
+PixelsOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--pixels",
+        help="Decoded images to [0, 1] (--model maskgit): minmax per image (default, as published) or clamp.",
+    ),
+]
 
 
-def base_spec(model: str | None, checkpoint: str | None = None, vqgan: str | None = None, heads: int | None = None,
-              pixels: str | None = None, precision: str = "fp32", device: str = "auto") -> BaseSpec:
+def base_spec(
+    model: str | None,
+    checkpoint: str | None = None,
+    vqgan: str | None = None,
+    heads: int | None = None,
+    pixels: str | None = None,
+    precision: str = "fp32",
+    device: str = "auto",
+) -> BaseSpec:
     """The base options of a command, parsed once into the spec that `load_base` loads."""
-    return BaseSpec(model, checkpoint=checkpoint, vqgan=vqgan, heads=heads, pixels=pixels, precision=precision, device=device)
+    return BaseSpec(
+        model, checkpoint=checkpoint, vqgan=vqgan, heads=heads, pixels=pixels, precision=precision, device=device
+    )
 
 
 def parse_classes(spec: str) -> list[int]:
@@ -96,7 +127,13 @@ def progress_bar(total: int, what: str, quiet: bool) -> Iterator[Callable[[int],
     if quiet:
         yield None
         return
-    columns = [TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]
+    columns = [
+        TextColumn(what),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+    ]
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task(what, total=total, rate="")
         start = time.perf_counter()

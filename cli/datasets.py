@@ -9,9 +9,27 @@ import typer
 from rich.table import Table
 
 from cli.app import (
-    CheckpointOpt, DeviceOpt, GuidanceOpt, HeadsOpt, JsonOpt, ModelOpt, PrecisionOpt, QuietOpt, RTempOpt, SeedOpt,
-    SmTempOpt, StepsOpt, app, base_spec, call, console, parse_classes, plain, print_metrics, progress_bar,
-)  # fmt: skip
+    CheckpointOpt,
+    DeviceOpt,
+    GuidanceOpt,
+    HeadsOpt,
+    JsonOpt,
+    ModelOpt,
+    PrecisionOpt,
+    QuietOpt,
+    RTempOpt,
+    SeedOpt,
+    SmTempOpt,
+    StepsOpt,
+    app,
+    base_spec,
+    call,
+    console,
+    parse_classes,
+    plain,
+    print_metrics,
+    progress_bar,
+)
 from trajectories.checks import check_writable_dir, inert
 
 
@@ -19,14 +37,22 @@ from trajectories.checks import check_writable_dir, inert
 def dump_trajectories(
     out: Annotated[str, typer.Option("--out", "-o", help="Dataset folder to write (missing folders are created).")],
     model: ModelOpt = "maskgit-digits",
-    num_samples: Annotated[int, typer.Option("--num-samples", help="Samples to roll out (one row per CFG branch).")] = 2048,
+    num_samples: Annotated[
+        int, typer.Option("--num-samples", help="Samples to roll out (one row per CFG branch).")
+    ] = 2048,
     steps: StepsOpt = 16,
-    format: Annotated[str, typer.Option("--format", help="zarr (local random access) or parquet (the Hub's layout).")] = "zarr",
-    codec: Annotated[str, typer.Option("--codec", help="lossless, or quant[:bits=2..8] (lossy, per-token scale).")] = "lossless",
+    format: Annotated[
+        str, typer.Option("--format", help="zarr (local random access) or parquet (the Hub's layout).")
+    ] = "zarr",
+    codec: Annotated[
+        str, typer.Option("--codec", help="lossless, or quant[:bits=2..8] (lossy, per-token scale).")
+    ] = "lossless",
     shard_size: Annotated[int, typer.Option("--shard-size", help="Samples per shard.")] = 256,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per rollout batch.")] = 64,
     seed: SeedOpt = 0,
-    classes: Annotated[Optional[str], typer.Option("--classes", help="Classes to sample, e.g. 0-9 (default: all).")] = None,
+    classes: Annotated[
+        Optional[str], typer.Option("--classes", help="Classes to sample, e.g. 0-9 (default: all).")
+    ] = None,
     guidance: GuidanceOpt = None,
     r_temp: RTempOpt = None,
     sm_temp: SmTempOpt = None,
@@ -40,17 +66,35 @@ def dump_trajectories(
 ) -> None:
     """Roll out a base model and write its per-step feature trajectories as a dataset."""
     from trajectories.base import load_base
-    from trajectories.dump import DumpConfig, dump_trajectories as run
+    from trajectories.dump import DumpConfig
+    from trajectories.dump import dump_trajectories as run
 
-    cfg = DumpConfig(num_samples=num_samples, steps=steps, out=out, format=format, codec=codec, shard_size=shard_size,
-                     batch_size=batch_size, seed=seed, classes=call(parse_classes, classes) if classes else None,
-                     guidance=guidance, r_temp=r_temp, sm_temp=sm_temp)  # fmt: skip
+    cfg = DumpConfig(
+        num_samples=num_samples,
+        steps=steps,
+        out=out,
+        format=format,
+        codec=codec,
+        shard_size=shard_size,
+        batch_size=batch_size,
+        seed=seed,
+        classes=call(parse_classes, classes) if classes else None,
+        guidance=guidance,
+        r_temp=r_temp,
+        sm_temp=sm_temp,
+    )
     call(check_writable_dir, out, "--out")  # before loading the base: a bad --out never wastes a load
     base = call(load_base, base_spec(model, checkpoint, heads=heads, precision=precision, device=device))
     with progress_bar(num_samples, "dumping samples", quiet or as_json) as bar:
         manifest = call(run, cfg, base, overwrite=overwrite, progress=bar)
-    summary = {"out": out, "rows": manifest.rows, "shards": len(manifest.shards), "format": manifest.format,
-               "codec": manifest.codec.name, "megabytes": manifest.bytes / 1e6}  # fmt: skip
+    summary = {
+        "out": out,
+        "rows": manifest.rows,
+        "shards": len(manifest.shards),
+        "format": manifest.format,
+        "codec": manifest.codec.name,
+        "megabytes": manifest.bytes / 1e6,
+    }
     print_metrics("dataset", summary, as_json)
 
 
@@ -76,7 +120,12 @@ def verify(dataset: Annotated[str, typer.Argument(help="Dataset folder.")], as_j
 @app.command("inspect")
 def inspect_dataset(
     dataset: Annotated[str, typer.Argument(help="Dataset folder.")],
-    plot: Annotated[Optional[str], typer.Option("--plot", help="Smoothness curve PNG to write (default: a temporary file; the dataset is never written).")] = None,
+    plot: Annotated[
+        Optional[str],
+        typer.Option(
+            "--plot", help="Smoothness curve PNG to write (default: a temporary file; the dataset is never written)."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Rows, dims, size vs raw float16, codec error, and the smoothness curve of the features."""
@@ -98,8 +147,15 @@ def inspect_dataset(
 @app.command()
 def push(
     dataset: Annotated[str, typer.Argument(help="Dataset folder or zoo folder.")],
-    repo_id: Annotated[str, typer.Option("--repo-id", help="Hub repo, user/name (a dataset repo for datasets, a model repo for shortcuts).")],
-    private: Annotated[bool, typer.Option("--private/--public", help="Create the repo private (default), or public.")] = True,
+    repo_id: Annotated[
+        str,
+        typer.Option(
+            "--repo-id", help="Hub repo, user/name (a dataset repo for datasets, a model repo for shortcuts)."
+        ),
+    ],
+    private: Annotated[
+        bool, typer.Option("--private/--public", help="Create the repo private (default), or public.")
+    ] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be uploaded, upload nothing.")] = False,
 ) -> None:
     """Upload a verified dataset folder, or a zoo folder, to the Hugging Face Hub: exactly the files
@@ -113,8 +169,10 @@ def push(
     run = push_dataset if (Path(dataset) / MANIFEST).exists() else push_zoo  # a dataset goes straight to the store
     result = call(run, dataset, repo_id, private=private, dry_run=dry_run)
     verb = "would upload" if dry_run else "uploaded"
-    console.print(f"{verb} {len(result['files'])} files ({result['bytes'] / 1e6:.1f} MB) to {repo_id}"
-                  + (f" ({'private' if private else 'public'})" if dry_run else f": {result.get('url')}"))  # fmt: skip
+    console.print(
+        f"{verb} {len(result['files'])} files ({result['bytes'] / 1e6:.1f} MB) to {repo_id}"
+        + (f" ({'private' if private else 'public'})" if dry_run else f": {result.get('url')}")
+    )
     if dry_run:
         for f in result["files"]:
             console.print(f"  {inert(f)}", markup=False, highlight=False)

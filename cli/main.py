@@ -1,8 +1,8 @@
 """`migm`: the command-line interface. Each command parses options, calls one library function and
 prints the result; the commands live in one module per group."""
 
+from cli import datasets, sampling, zoo  # noqa: F401,E402,I001  (each registers its commands on `app`)
 from cli.app import app
-from cli import sampling, datasets, zoo  # noqa: F401,E402,I001  (each registers its commands on `app`)
 
 __all__ = ["app"]
 

@@ -9,10 +9,31 @@ import typer
 from rich.table import Table
 
 from cli.app import (
-    BatchOpt, BudgetOpt, CheckpointOpt, DeviceOpt, GuidanceOpt, HeadsOpt, JsonOpt, ModelOpt, PixelsOpt, PrecisionOpt,
-    QuietOpt, RTempOpt, SeedOpt, SmTempOpt, StepsOpt, VqganOpt, app, base_spec, call, console, err_console,
-    parse_classes, print_metrics, progress_bar,
-)  # fmt: skip
+    BatchOpt,
+    BudgetOpt,
+    CheckpointOpt,
+    DeviceOpt,
+    GuidanceOpt,
+    HeadsOpt,
+    JsonOpt,
+    ModelOpt,
+    PixelsOpt,
+    PrecisionOpt,
+    QuietOpt,
+    RTempOpt,
+    SeedOpt,
+    SmTempOpt,
+    StepsOpt,
+    VqganOpt,
+    app,
+    base_spec,
+    call,
+    console,
+    err_console,
+    parse_classes,
+    print_metrics,
+    progress_bar,
+)
 
 
 @app.command()
@@ -30,7 +51,9 @@ def models(as_json: JsonOpt = False) -> None:
     console.print(table)
 
 
-ImageOutOpt = Annotated[str, typer.Option("--out", "-o", help="Image file to write (.png, .jpg, …); missing folders are created.")]
+ImageOutOpt = Annotated[
+    str, typer.Option("--out", "-o", help="Image file to write (.png, .jpg, …); missing folders are created.")
+]
 ClassesOpt = Annotated[str, typer.Option("--classes", help="Classes, e.g. 0-9 or 1,4,7; one grid row each.")]
 PerClassOpt = Annotated[int, typer.Option("--per-class", help="Samples per class.")]
 
@@ -69,8 +92,11 @@ def generate(
     if as_json:
         print(json.dumps(result, indent=2))
     else:
-        console.print(f"wrote {result['out']} ({result['images']} images), "
-                      f"latency {result['latency_per_image_s'] * 1000:.2f} ms per image", markup=False)  # fmt: skip
+        console.print(
+            f"wrote {result['out']} ({result['images']} images), "
+            f"latency {result['latency_per_image_s'] * 1000:.2f} ms per image",
+            markup=False,
+        )
 
 
 @app.command()
@@ -109,7 +135,9 @@ def sample(
     out: ImageOutOpt = "grid.png",
     model: ModelOpt = "maskgit-digits",
     shortcut: Annotated[Optional[str], typer.Option("--shortcut", help="Zoo folder of a trained shortcut.")] = None,
-    predictor: Annotated[Optional[str], typer.Option("--predictor", help="shortcut (default with --shortcut), cache, taylor or taylor2.")] = None,
+    predictor: Annotated[
+        Optional[str], typer.Option("--predictor", help="shortcut (default with --shortcut), cache, taylor or taylor2.")
+    ] = None,
     classes: ClassesOpt = "0-9",
     per_class: PerClassOpt = 8,
     steps: StepsOpt = 32,
@@ -118,7 +146,9 @@ def sample(
     guidance: GuidanceOpt = None,
     r_temp: RTempOpt = None,
     sm_temp: SmTempOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="Use a shortcut trained for another base fingerprint.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Use a shortcut trained for another base fingerprint.")
+    ] = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     checkpoint: CheckpointOpt = None,
@@ -138,22 +168,41 @@ def sample(
     base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device))
     config = call(SamplerConfig.for_base, base, steps, budget, guidance=guidance, r_temp=r_temp, sm_temp=sm_temp)
     with progress_bar(len(class_ids) * per_class, "sampling", quiet or as_json) as bar:
-        result = call(run, base, class_ids, per_class, config, seed, out, shortcut=shortcut, predictor=predictor,
-                      force=force, batch_size=batch_size, progress=bar)  # fmt: skip
+        result = call(
+            run,
+            base,
+            class_ids,
+            per_class,
+            config,
+            seed,
+            out,
+            shortcut=shortcut,
+            predictor=predictor,
+            force=force,
+            batch_size=batch_size,
+            progress=bar,
+        )
     if as_json:
         print(json.dumps(result, indent=2))
     else:
-        console.print(f"wrote {result['out']} ({result['images']} images, {result['predictor']}, N={steps}, "
-                      f"{len(result['full_steps'])} full steps: {result['full_steps']}), "
-                      f"latency {result['latency_per_image_s'] * 1000:.2f} ms per image", markup=False)  # fmt: skip
+        console.print(
+            f"wrote {result['out']} ({result['images']} images, {result['predictor']}, N={steps}, "
+            f"{len(result['full_steps'])} full steps: {result['full_steps']}), "
+            f"latency {result['latency_per_image_s'] * 1000:.2f} ms per image",
+            markup=False,
+        )
 
 
 @app.command()
 def bench(
     model: ModelOpt = "maskgit-digits",
     shortcut: Annotated[Optional[list[str]], typer.Option("--shortcut", help="Zoo folder (repeatable).")] = None,
-    configs: Annotated[str, typer.Option("--configs", help="Comma-separated N or NxBy configs.")] = "N8,N12,N16,N32,N32B12,N32B8,N16B6",
-    predictors: Annotated[str, typer.Option("--predictors", help="Comma-separated: shortcut, cache, taylor, taylor2.")] = "shortcut,cache,taylor",
+    configs: Annotated[
+        str, typer.Option("--configs", help="Comma-separated N or NxBy configs.")
+    ] = "N8,N12,N16,N32,N32B12,N32B8,N16B6",
+    predictors: Annotated[
+        str, typer.Option("--predictors", help="Comma-separated: shortcut, cache, taylor, taylor2.")
+    ] = "shortcut,cache,taylor",
     samples: Annotated[int, typer.Option("--samples", help="Samples per point (classes spread evenly).")] = 1000,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed batches per point, after a warm-up.")] = 5,
     out: Annotated[str, typer.Option("--out", "-o", help="Folder for results.json, results.md, pareto.png.")] = "bench",
@@ -173,9 +222,17 @@ def bench(
     from shortcut_zoo.bench import BenchConfig, results_table, run_bench
     from trajectories.base import load_base
 
-    cfg = BenchConfig(shortcuts=shortcut or [], configs=[c for c in configs.split(",") if c.strip()],
-                      predictors=[p for p in predictors.split(",") if p], samples=samples, seed=seed,
-                      batch_size=batch_size, repeats=repeats, out=out, force=force)  # fmt: skip
+    cfg = BenchConfig(
+        shortcuts=shortcut or [],
+        configs=[c for c in configs.split(",") if c.strip()],
+        predictors=[p for p in predictors.split(",") if p],
+        samples=samples,
+        seed=seed,
+        batch_size=batch_size,
+        repeats=repeats,
+        out=out,
+        force=force,
+    )
     base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device))
     if quiet or as_json:
         result = call(run_bench, cfg, base)

@@ -10,9 +10,22 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.app import (
-    CheckpointOpt, DeviceOpt, HeadsOpt, JsonOpt, PrecisionOpt, QuietOpt, SeedOpt,
-    app, base_spec, call, console, err_console, parse_overrides, plain, print_metrics,
-)  # fmt: skip
+    CheckpointOpt,
+    DeviceOpt,
+    HeadsOpt,
+    JsonOpt,
+    PrecisionOpt,
+    QuietOpt,
+    SeedOpt,
+    app,
+    base_spec,
+    call,
+    console,
+    err_console,
+    parse_overrides,
+    plain,
+    print_metrics,
+)
 
 
 @app.command()
@@ -20,27 +33,51 @@ def train(
     data: Annotated[str, typer.Option("--data", help="Trajectory dataset folder.")],
     arch: Annotated[str, typer.Option("--arch", help="tiny-transformer, mlp or gru.")] = "tiny-transformer",
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Zoo folder to write (default: zoo/ARCH).")] = None,
-    arch_option: Annotated[Optional[list[str]], typer.Option("--arch-option", "-a", help="Arch hyper-parameter, key=value (repeatable), e.g. -a bottleneck=2 -a blocks=1.")] = None,
+    arch_option: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--arch-option",
+            "-a",
+            help="Arch hyper-parameter, key=value (repeatable), e.g. -a bottleneck=2 -a blocks=1.",
+        ),
+    ] = None,
     steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 2000,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per step and process.")] = 128,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then --lr-schedule).")] = 1e-3,
     warmup: Annotated[int, typer.Option("--warmup", help="Linear warm-up steps (published: 0).")] = 100,
-    lr_schedule: Annotated[str, typer.Option("--lr-schedule", help="cosine (to 10% of the peak), or step: x0.1 from --lr-decay-step on (published).")] = "cosine",
-    lr_decay_step: Annotated[int, typer.Option("--lr-decay-step", help="Step of the x0.1 decay with --lr-schedule step (published: 1000).")] = 1000,
+    lr_schedule: Annotated[
+        str,
+        typer.Option(
+            "--lr-schedule", help="cosine (to 10% of the peak), or step: x0.1 from --lr-decay-step on (published)."
+        ),
+    ] = "cosine",
+    lr_decay_step: Annotated[
+        int, typer.Option("--lr-decay-step", help="Step of the x0.1 decay with --lr-schedule step (published: 1000).")
+    ] = 1000,
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = 0.01,
-    grad_clip: Annotated[float, typer.Option("--grad-clip", help="Gradient norm clip; 0: none (published: none).")] = 1.0,
+    grad_clip: Annotated[
+        float, typer.Option("--grad-clip", help="Gradient norm clip; 0: none (published: none).")
+    ] = 1.0,
     ema: Annotated[float, typer.Option("--ema", help="EMA decay of the exported weights.")] = 0.999,
-    loss: Annotated[str, typer.Option("--loss", help="mse, or mse+kl (adds KL between the base head's distributions).")] = "mse",
+    loss: Annotated[
+        str, typer.Option("--loss", help="mse, or mse+kl (adds KL between the base head's distributions).")
+    ] = "mse",
     mse_weight: Annotated[float, typer.Option("--mse-weight", help="Weight of the feature MSE.")] = 1.0,
     kl_weight: Annotated[float, typer.Option("--kl-weight", help="Weight of the KL term (--loss mse+kl).")] = 0.1,
-    kl_temperature: Annotated[float, typer.Option("--kl-temperature", help="T of the KL term: softmax(logits / T), loss scaled by T^2.")] = 1.0,
+    kl_temperature: Annotated[
+        float, typer.Option("--kl-temperature", help="T of the KL term: softmax(logits / T), loss scaled by T^2.")
+    ] = 1.0,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Held-out fraction of samples.")] = 0.05,
     workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 0,
     save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every this many steps.")] = 500,
-    stop_at: Annotated[Optional[int], typer.Option("--stop-at", help="Stop after this step, leaving a checkpoint for --resume.")] = None,
+    stop_at: Annotated[
+        Optional[int], typer.Option("--stop-at", help="Stop after this step, leaving a checkpoint for --resume.")
+    ] = None,
     seed: SeedOpt = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Base model (default: the one the dataset names).")] = None,
+    model: Annotated[
+        Optional[str], typer.Option("--model", "-m", help="Base model (default: the one the dataset names).")
+    ] = None,
     checkpoint: CheckpointOpt = None,
     heads: HeadsOpt = None,
     precision: PrecisionOpt = "fp32",
@@ -52,19 +89,47 @@ def train(
 
     The base must be the one the dataset was dumped from (same fingerprint): real checkpoints take
     the same --model / --checkpoint / --heads as dump-trajectories."""
-    from shortcut_zoo.train import TrainConfig, train as run
+    from shortcut_zoo.train import TrainConfig
+    from shortcut_zoo.train import train as run
 
-    cfg = TrainConfig(data=data, arch=arch, out=out or f"zoo/{arch}", arch_config=call(parse_overrides, arch_option or []),
-                      steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, lr_schedule=lr_schedule,
-                      lr_decay_step=lr_decay_step, weight_decay=weight_decay, grad_clip=grad_clip, ema=ema, loss=loss,
-                      mse_weight=mse_weight, kl_weight=kl_weight, kl_temperature=kl_temperature, val_fraction=val_fraction,
-                      workers=workers, save_every=save_every, stop_at=stop_at, seed=seed)  # fmt: skip
+    cfg = TrainConfig(
+        data=data,
+        arch=arch,
+        out=out or f"zoo/{arch}",
+        arch_config=call(parse_overrides, arch_option or []),
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        warmup=warmup,
+        lr_schedule=lr_schedule,
+        lr_decay_step=lr_decay_step,
+        weight_decay=weight_decay,
+        grad_clip=grad_clip,
+        ema=ema,
+        loss=loss,
+        mse_weight=mse_weight,
+        kl_weight=kl_weight,
+        kl_temperature=kl_temperature,
+        val_fraction=val_fraction,
+        workers=workers,
+        save_every=save_every,
+        stop_at=stop_at,
+        seed=seed,
+    )
     spec = base_spec(model, checkpoint, heads=heads, precision=precision, device=device)
     if not (quiet or as_json):
-        columns = [TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
+        columns = [
+            TextColumn("training"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+        ]
         with Progress(*columns, console=err_console, transient=True) as bar:
             task = bar.add_task("train", total=min(steps, stop_at or steps), info="")
-            report = lambda step, l, rate: bar.update(task, completed=step, info=f"loss {l:.4f}  {rate:,.0f} pairs/s")  # noqa: E731
+            report = lambda step, loss, rate: bar.update(
+                task, completed=step, info=f"loss {loss:.4f}  {rate:,.0f} pairs/s"
+            )
             result = call(run, cfg, spec, resume=resume, progress=report)
     else:
         result = call(run, cfg, spec, resume=resume)
@@ -79,11 +144,19 @@ def train(
     if "metrics" not in result:  # a non-main rank
         return
     m, cost = result["metrics"]["overall"], result["cost"]
-    print_metrics(f"{cfg.out} ({arch}, {cost['parameters']:,} parameters, {cost['relative_cost']:.3f}x a base forward)", {
-        "val cosine": m["cos"], "cache cosine": m["cache_cos"], "val MSE / cache MSE": m["mse_ratio_to_cache"],
-        "token agreement": m["agree"], "cache token agreement": m["cache_agree"],
-        "pairs/s": result["training"]["pairs_per_second"], "minutes": result["training"]["seconds"] / 60,
-    }, False)  # fmt: skip
+    print_metrics(
+        f"{cfg.out} ({arch}, {cost['parameters']:,} parameters, {cost['relative_cost']:.3f}x a base forward)",
+        {
+            "val cosine": m["cos"],
+            "cache cosine": m["cache_cos"],
+            "val MSE / cache MSE": m["mse_ratio_to_cache"],
+            "token agreement": m["agree"],
+            "cache token agreement": m["cache_agree"],
+            "pairs/s": result["training"]["pairs_per_second"],
+            "minutes": result["training"]["seconds"] / 60,
+        },
+        False,
+    )
     console.print(plain(f"wrote {cfg.out}/model.safetensors, config.json, README.md"))
 
 
@@ -92,7 +165,9 @@ app.add_typer(zoo_app, name="zoo")
 
 
 @zoo_app.command("list")
-def zoo_list(root: Annotated[str, typer.Argument(help="Folder holding zoo folders.")] = "zoo", as_json: JsonOpt = False) -> None:
+def zoo_list(
+    root: Annotated[str, typer.Argument(help="Folder holding zoo folders.")] = "zoo", as_json: JsonOpt = False
+) -> None:
     """List the shortcuts under a folder with their base and validation figures."""
     from cards import figure
     from shortcut_zoo.export import list_zoo
@@ -103,9 +178,16 @@ def zoo_list(root: Annotated[str, typer.Argument(help="Folder holding zoo folder
         return
     table = Table("path", "arch", "base", "params", "cost", "val cosine", "MSE / cache", "agreement")
     for r in rows:
-        table.add_row(plain(r["path"]), plain(r["arch"]), plain(r["base"]), figure(r["parameters"], ","),
-                      figure(r["relative_cost"], ".3f"), figure(r["cos"], ".4f"),
-                      figure(r["mse_ratio_to_cache"], ".3f"), figure(r["agree"], ".4f"))  # fmt: skip
+        table.add_row(
+            plain(r["path"]),
+            plain(r["arch"]),
+            plain(r["base"]),
+            figure(r["parameters"], ","),
+            figure(r["relative_cost"], ".3f"),
+            figure(r["cos"], ".4f"),
+            figure(r["mse_ratio_to_cache"], ".3f"),
+            figure(r["agree"], ".4f"),
+        )
     console.print(table)
 
 
@@ -122,14 +204,22 @@ def zoo_show(path: Annotated[str, typer.Argument(help="Zoo folder.")]) -> None:
 
 @zoo_app.command("import")
 def zoo_import(
-    published: Annotated[str, typer.Option("--published", help="Published MIGM-Shortcut state dict (torch file, read weights-only).")],
+    published: Annotated[
+        str, typer.Option("--published", help="Published MIGM-Shortcut state dict (torch file, read weights-only).")
+    ],
     out: Annotated[str, typer.Option("--out", "-o", help="Zoo folder to write (new or empty).")],
     checkpoint: CheckpointOpt = None,
     model: Annotated[str, typer.Option("--base", "--model", help="Base the shortcut belongs to.")] = "maskgit",
     heads: HeadsOpt = None,
-    shortcut_heads: Annotated[int, typer.Option("--shortcut-heads", help="Attention heads of the shortcut (released file: 16).")] = 16,
-    bottleneck: Annotated[Optional[int], typer.Option("--bottleneck", help="Expected D / hidden (checked against the file).")] = None,
-    blocks: Annotated[Optional[int], typer.Option("--blocks", help="Expected blocks (checked against the file).")] = None,
+    shortcut_heads: Annotated[
+        int, typer.Option("--shortcut-heads", help="Attention heads of the shortcut (released file: 16).")
+    ] = 16,
+    bottleneck: Annotated[
+        Optional[int], typer.Option("--bottleneck", help="Expected D / hidden (checked against the file).")
+    ] = None,
+    blocks: Annotated[
+        Optional[int], typer.Option("--blocks", help="Expected blocks (checked against the file).")
+    ] = None,
     steps: Annotated[int, typer.Option("--steps", help="N the shortcut is meant for (cost accounting, card).")] = 32,
     as_json: JsonOpt = False,
 ) -> None:
@@ -138,13 +228,23 @@ def zoo_import(
     from trajectories.base import load_base
 
     base = call(load_base, base_spec(model, checkpoint, heads=heads, device="cpu"))
-    config = call(import_published, published, out, base,
-                  shortcut_heads=shortcut_heads, bottleneck=bottleneck, blocks=blocks, steps=steps)  # fmt: skip
+    config = call(
+        import_published,
+        published,
+        out,
+        base,
+        shortcut_heads=shortcut_heads,
+        bottleneck=bottleneck,
+        blocks=blocks,
+        steps=steps,
+    )
     if as_json:
         print(json.dumps(config, indent=2))
         return
     a = config["arch_config"]
-    console.print(f"wrote {out} (tiny-transformer, bottleneck {a['bottleneck']}, {a['blocks']} block(s), "
-                  f"{a['heads']} heads, mask-ratio conditioning {'on' if a['time'] else 'off'}, "
-                  f"{config['cost']['parameters']:,} parameters, {config['cost']['relative_cost']:.3f}x a base forward, "
-                  f"base {config['base']['name']} {config['base']['fingerprint'][:12]})")  # fmt: skip
+    console.print(
+        f"wrote {out} (tiny-transformer, bottleneck {a['bottleneck']}, {a['blocks']} block(s), "
+        f"{a['heads']} heads, mask-ratio conditioning {'on' if a['time'] else 'off'}, "
+        f"{config['cost']['parameters']:,} parameters, {config['cost']['relative_cost']:.3f}x a base forward, "
+        f"base {config['base']['name']} {config['base']['fingerprint'][:12]})"
+    )

@@ -15,20 +15,19 @@ import platform
 import re
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from shortcut_zoo.export import load_shortcut
 from shortcut_zoo.predictors import check_predictor_name, make_predictor
-from trajectories.errors import MigmError
-from trajectories.rollout import autocast, rollout, sample_seeds
 from trajectories.base import SCORERS
 from trajectories.checks import check_int, check_seed, check_writable_dir, writable_dir
+from trajectories.errors import MigmError
 from trajectories.generate import sample_many
-from trajectories.rollout import SamplerConfig
+from trajectories.rollout import SamplerConfig, autocast, rollout, sample_seeds
 
 
 @dataclass
@@ -80,9 +79,16 @@ def call_fns(base, shortcuts: dict[str, torch.nn.Module], batch: int, N: int) ->
     cond = torch.zeros(B2, dtype=torch.long, device=device)
     feature = base.forward(tokens, cond)[1]
     K = max(1, L // N)
-    new_emb = base.embed(torch.zeros(B2, K, dtype=torch.long, device=device), torch.arange(K, device=device).expand(B2, K))
-    args = (feature, new_emb, torch.arange(K, device=device).expand(B2, K), torch.ones(B2, K, dtype=torch.bool, device=device),
-            torch.full((B2,), 0.5, device=device))  # fmt: skip
+    new_emb = base.embed(
+        torch.zeros(B2, K, dtype=torch.long, device=device), torch.arange(K, device=device).expand(B2, K)
+    )
+    args = (
+        feature,
+        new_emb,
+        torch.arange(K, device=device).expand(B2, K),
+        torch.ones(B2, K, dtype=torch.bool, device=device),
+        torch.full((B2,), 0.5, device=device),
+    )
 
     def under_autocast(fn: Callable[[], object]) -> Callable[[], object]:
         def run():
@@ -149,24 +155,44 @@ def run_bench(cfg: BenchConfig, base, progress: Callable[[str], None] | None = N
             m2 = score(again.tokens, again.labels)
         vanilla[N] = {"tokens": s.tokens}
         timed.append(timer(config, None))
-        rows.append({"config": f"N{N}", "method": "vanilla", "N": N, "B": N, "accuracy": m["accuracy"], "frechet": m["frechet"],
-                     "frechet_spread": abs(m["frechet"] - m2["frechet"]) if scorer else None,
-                     "token_agreement": 1.0})  # fmt: skip
+        rows.append(
+            {
+                "config": f"N{N}",
+                "method": "vanilla",
+                "N": N,
+                "B": N,
+                "accuracy": m["accuracy"],
+                "frechet": m["frechet"],
+                "frechet_spread": abs(m["frechet"] - m2["frechet"]) if scorer else None,
+                "token_agreement": 1.0,
+            }
+        )
     for N, B in configs:
         if B is None or B == N:
             continue
         config = SamplerConfig.for_base(base, N, B)
-        methods = [(f"shortcut:{name}", make_predictor("shortcut", model)) for name, model in shortcuts.items()
-                   if "shortcut" in cfg.predictors] + [(p, make_predictor(p)) for p in cfg.predictors if p != "shortcut"]  # fmt: skip
+        methods = [
+            (f"shortcut:{name}", make_predictor("shortcut", model))
+            for name, model in shortcuts.items()
+            if "shortcut" in cfg.predictors
+        ] + [(p, make_predictor(p)) for p in cfg.predictors if p != "shortcut"]
         for method, predictor in methods:
             if progress:
                 progress(f"{method} N{N}B{B}")
             s = sample_many(base, labels, config, cfg.seed, cfg.batch_size, predictor=predictor)
             m = score(s.tokens, s.labels)
             timed.append(timer(config, predictor))
-            rows.append({"config": f"N{N}B{B}", "method": method, "N": N, "B": B,
-                         "accuracy": m["accuracy"], "frechet": m["frechet"],
-                         "token_agreement": (s.tokens == vanilla[N]["tokens"]).float().mean().item()})  # fmt: skip
+            rows.append(
+                {
+                    "config": f"N{N}B{B}",
+                    "method": method,
+                    "N": N,
+                    "B": B,
+                    "accuracy": m["accuracy"],
+                    "frechet": m["frechet"],
+                    "token_agreement": (s.tokens == vanilla[N]["tokens"]).float().mean().item(),
+                }
+            )
 
     # Latency: every rollout and the per-call costs of the overhead accounting, timed round-robin.
     if progress:
@@ -177,11 +203,18 @@ def run_bench(cfg: BenchConfig, base, progress: Callable[[str], None] | None = N
     for r, (med, lo, hi) in zip(rows, times):
         r.update(latency_s=med / n, latency_min_s=lo / n, latency_max_s=hi / n)
     for r in rows:
-        r["speedup"] = next(v["latency_s"] for v in rows if v["method"] == "vanilla" and v["N"] == r["N"]) / r["latency_s"]
+        r["speedup"] = (
+            next(v["latency_s"] for v in rows if v["method"] == "vanilla" and v["N"] == r["N"]) / r["latency_s"]
+        )
     per_call = {key: t[0] / n for key, t in zip(cost_fns, times[len(rows) :])}
-    costs = {"t_full": per_call["t_full"], "t_head": per_call["t_head"],
-             "t_shortcut": {k.split(":", 1)[1]: v for k, v in per_call.items() if k.startswith("t_shortcut:")}}  # fmt: skip
-    sampling = {r["N"]: max(0.0, (r["latency_s"] - r["N"] * costs["t_full"]) / r["N"]) for r in rows if r["method"] == "vanilla"}
+    costs = {
+        "t_full": per_call["t_full"],
+        "t_head": per_call["t_head"],
+        "t_shortcut": {k.split(":", 1)[1]: v for k, v in per_call.items() if k.startswith("t_shortcut:")},
+    }
+    sampling = {
+        r["N"]: max(0.0, (r["latency_s"] - r["N"] * costs["t_full"]) / r["N"]) for r in rows if r["method"] == "vanilla"
+    }
     for r in rows:
         N, B, method = r["N"], r["B"], r["method"]
         if method == "vanilla":
@@ -194,31 +227,47 @@ def run_bench(cfg: BenchConfig, base, progress: Callable[[str], None] | None = N
         r["measured_over_ideal"] = r["latency_s"] / r["ideal_s"]
 
     writable_dir(out, "--out")
-    where = {"device": str(base.device), "threads": torch.get_num_threads(), "cpu": cpu_name(),
-             "torch": torch.__version__, "model": base.name, "samples": cfg.samples, "batch": cfg.batch_size}  # fmt: skip
-    result = {"where": where, "costs": {**costs, "t_sampling_per_step": sampling},
-              "config": asdict(cfg), "rows": rows}  # fmt: skip
+    where = {
+        "device": str(base.device),
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_name(),
+        "torch": torch.__version__,
+        "model": base.name,
+        "samples": cfg.samples,
+        "batch": cfg.batch_size,
+    }
+    result = {"where": where, "costs": {**costs, "t_sampling_per_step": sampling}, "config": asdict(cfg), "rows": rows}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "results.md").write_text(results_table(result) + "\n")
-    pareto_plot(rows, out / "pareto.png", f"{base.name}, {cfg.samples} samples, {where['device']} ({where['threads']} threads)",
-                quality="frechet" if scorer else "token_agreement")  # fmt: skip
+    pareto_plot(
+        rows,
+        out / "pareto.png",
+        f"{base.name}, {cfg.samples} samples, {where['device']} ({where['threads']} threads)",
+        quality="frechet" if scorer else "token_agreement",
+    )
     result["files"] = [str(out / f) for f in ("results.json", "results.md", "pareto.png")]
     return result
 
 
 def results_table(result: dict) -> str:
     w = result["where"]
-    lines = [f"{w['model']}, {w['samples']} samples per point, batch {w['batch']}, {w['device']} "
-             f"({w['cpu']}, {w['threads']} threads), torch {w['torch']}", "",
-             "| config | method | ms / image | min-max | speed-up vs vanilla N | accuracy | Fréchet | "
-             "token agreement | measured / ideal |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"{w['model']}, {w['samples']} samples per point, batch {w['batch']}, {w['device']} "
+        f"({w['cpu']}, {w['threads']} threads), torch {w['torch']}",
+        "",
+        "| config | method | ms / image | min-max | speed-up vs vanilla N | accuracy | Fréchet | "
+        "token agreement | measured / ideal |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         fd = "-" if r["frechet"] is None else f"{r['frechet']:.2f}"
         fd += f" ± {r['frechet_spread']:.2f}" if r.get("frechet_spread") is not None else ""
         acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
-        lines.append(f"| {r['config']} | {r['method']} | {1000 * r['latency_s']:.2f} | {1000 * r['latency_min_s']:.2f}-"
-                     f"{1000 * r['latency_max_s']:.2f} | {r['speedup']:.2f}x | {acc} | {fd} | "
-                     f"{r['token_agreement']:.3f} | {r['measured_over_ideal']:.2f} |")  # fmt: skip
+        lines.append(
+            f"| {r['config']} | {r['method']} | {1000 * r['latency_s']:.2f} | {1000 * r['latency_min_s']:.2f}-"
+            f"{1000 * r['latency_max_s']:.2f} | {r['speedup']:.2f}x | {acc} | {fd} | "
+            f"{r['token_agreement']:.3f} | {r['measured_over_ideal']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -238,7 +287,11 @@ def pareto_plot(rows: list[dict], path: Path, title: str, quality: str = "freche
         for r, x, y in zip(pts, xs, ys):
             ax.annotate(r["config"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel("latency per image (ms)")
-    ax.set_ylabel("Fréchet distance (lower is better)" if quality == "frechet" else "token agreement with vanilla (higher is better)")
+    ax.set_ylabel(
+        "Fréchet distance (lower is better)"
+        if quality == "frechet"
+        else "token agreement with vanilla (higher is better)"
+    )
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -70,8 +70,11 @@ def check_out_folder(out: Path, resume: bool, marker: str) -> None:
     foreign = sorted(names - {PARTIAL})
     if foreign:
         listed = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
-        raise MigmError(inert(f"--out {out} is not empty and not a migm zoo folder (it holds {listed}); "
-                              "choose a new or empty folder"))  # fmt: skip
+        raise MigmError(
+            inert(
+                f"--out {out} is not empty and not a migm zoo folder (it holds {listed}); choose a new or empty folder"
+            )
+        )
 
 
 def _remove(folder: Path) -> None:
@@ -109,11 +112,17 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     version, keys, gauss = random.getstate()
     name, np_keys, pos, has_gauss, cached = np.random.get_state()
-    tensors = {"torch": torch.get_rng_state(), "python": torch.tensor(keys, dtype=torch.int64),
-               "numpy": torch.from_numpy(np_keys.astype(np.int64))}  # fmt: skip
+    tensors = {
+        "torch": torch.get_rng_state(),
+        "python": torch.tensor(keys, dtype=torch.int64),
+        "numpy": torch.from_numpy(np_keys.astype(np.int64)),
+    }
     if torch.cuda.is_available():
         tensors |= {f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
-    meta = {"python": json.dumps([version, gauss]), "numpy": json.dumps([name, int(pos), int(has_gauss), float(cached)])}  # fmt: skip
+    meta = {
+        "python": json.dumps([version, gauss]),
+        "numpy": json.dumps([name, int(pos), int(has_gauss), float(cached)]),
+    }
     return tensors, meta
 
 
@@ -150,9 +159,15 @@ def save_checkpoint(out: Path, accelerator, model, opt, ema, state: dict, proven
             save_file(opt_tensors, str(partial / OPTIMIZER))
         accelerator.wait_for_everyone()
         if main:
-            record = {"format": FORMAT, **state, **provenance, "processes": accelerator.num_processes,
-                      "ema": {"decay": ema.decay, "updates": ema.updates}, "optimizer": {"param_groups": groups},
-                      "files": {p.name: _sha256(p) for p in sorted(partial.iterdir())}}  # fmt: skip
+            record = {
+                "format": FORMAT,
+                **state,
+                **provenance,
+                "processes": accelerator.num_processes,
+                "ema": {"decay": ema.decay, "updates": ema.updates},
+                "optimizer": {"param_groups": groups},
+                "files": {p.name: _sha256(p) for p in sorted(partial.iterdir())},
+            }
             with open(partial / STATE, "w") as f:
                 f.write(json.dumps(record, indent=1) + "\n")
                 f.flush()
@@ -188,8 +203,10 @@ def read_train_state(ckpt: Path) -> dict:
     """`train_state.json`, typed and checked: any damage is one line naming the file."""
     path = ckpt / STATE
     pickles = sorted(p.name for p in ckpt.iterdir() if p.suffix in (".pkl", ".bin"))
-    older = MigmError(f"{ckpt} was written by an older migm as pickles ({', '.join(pickles[:3])}), which are "
-                      "never unpickled; train again into a new --out")  # fmt: skip
+    older = MigmError(
+        f"{ckpt} was written by an older migm as pickles ({', '.join(pickles[:3])}), which are "
+        "never unpickled; train again into a new --out"
+    )
     if not path.exists():
         raise older if pickles else MigmError(f"{ckpt} has no {STATE}: not a whole checkpoint")
     try:
@@ -225,11 +242,15 @@ def read_train_state(ckpt: Path) -> dict:
 def _check_provenance(ckpt: Path, record: dict, provenance: dict) -> None:
     """The checkpoint continues this run: same dataset (by fingerprint), arch and arch config."""
     if record["dataset"] != provenance["dataset"]:
-        raise MigmError(f"{ckpt} was trained on another dataset (fingerprint {record['dataset'][:12]}, this --data has "
-                        f"{provenance['dataset'][:12]}); resume with the same --data, or train into a new --out")  # fmt: skip
+        raise MigmError(
+            f"{ckpt} was trained on another dataset (fingerprint {record['dataset'][:12]}, this --data has "
+            f"{provenance['dataset'][:12]}); resume with the same --data, or train into a new --out"
+        )
     if record["arch"] != provenance["arch"]:
-        raise MigmError(f"{ckpt} was trained with --arch {record['arch']}, not {provenance['arch']}; "
-                        f"resume with --arch {record['arch']}")  # fmt: skip
+        raise MigmError(
+            f"{ckpt} was trained with --arch {record['arch']}, not {provenance['arch']}; "
+            f"resume with --arch {record['arch']}"
+        )
     now = json.loads(json.dumps(provenance["arch_config"]))
     if record["arch_config"] != now:
         keys = sorted(k for k in {*now, *record["arch_config"]} if now.get(k) != record["arch_config"].get(k))
@@ -254,8 +275,10 @@ def _check_files(ckpt: Path, record: dict, rank: int) -> None:
         if name not in record["files"]:
             raise MigmError(f"{ckpt} is missing {name}; the checkpoint is not whole")
     if f"rng-{rank}.safetensors" not in record["files"]:
-        raise MigmError(f"{ckpt} was written by {record['processes']} process(es) and holds no RNG state for "
-                        f"rank {rank}; resume with at most {record['processes']} process(es)")  # fmt: skip
+        raise MigmError(
+            f"{ckpt} was written by {record['processes']} process(es) and holds no RNG state for "
+            f"rank {rank}; resume with at most {record['processes']} process(es)"
+        )
 
 
 def _load_optimizer(opt, path: Path, groups: list) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,9 @@ def predict(model: torch.nn.Module, base, batch: dict[str, torch.Tensor]) -> tor
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, base, batches: Iterable[dict[str, torch.Tensor]], steps: int, device="cpu") -> dict:
+def validate(
+    model: torch.nn.Module, base, batches: Iterable[dict[str, torch.Tensor]], steps: int, device="cpu"
+) -> dict:
     """Cosine, MSE and top-1 token agreement of `model` and of `cache` (f_s itself), per step and overall."""
     keys = ("n", "cos", "mse", "agree", "cache_cos", "cache_mse", "cache_agree")
     acc = torch.zeros(steps, len(keys), dtype=torch.float64)
@@ -48,7 +50,9 @@ def validate(model: torch.nn.Module, base, batches: Iterable[dict[str, torch.Ten
     for s in range(steps):
         n = acc[s, 0].item()
         if n:
-            per_step.append({"step": s, "positions": int(n), **{k: acc[s, j].item() / n for j, k in enumerate(keys) if j}})
+            per_step.append(
+                {"step": s, "positions": int(n), **{k: acc[s, j].item() / n for j, k in enumerate(keys) if j}}
+            )
     total = acc.sum(0)
     n = total[0].item()
     # No held-out position (too few samples): no figures (None, shown "n/a"), not a 0.0 that reads as one.
@@ -73,10 +77,22 @@ def relative_cost(model: torch.nn.Module, base, steps: int) -> dict:
     K = max(1, L // steps)
     device = base.device
     feat = torch.zeros(1, T, D, device=device)
-    args = (feat, torch.zeros(1, K, D, device=device), torch.arange(K, device=device)[None],
-            torch.ones(1, K, dtype=torch.bool, device=device), torch.full((1,), 0.5, device=device))  # fmt: skip
+    args = (
+        feat,
+        torch.zeros(1, K, D, device=device),
+        torch.arange(K, device=device)[None],
+        torch.ones(1, K, dtype=torch.bool, device=device),
+        torch.full((1,), 0.5, device=device),
+    )
     shortcut = count_flops(model, *args)
-    full = count_flops(base.forward, torch.full((1, L), base.mask_id, device=device), torch.zeros(1, dtype=torch.long, device=device))
+    full = count_flops(
+        base.forward, torch.full((1, L), base.mask_id, device=device), torch.zeros(1, dtype=torch.long, device=device)
+    )
     head = count_flops(base.head, feat)
-    return {"shortcut_flops": shortcut, "base_flops": full, "head_flops": head, "relative_cost": shortcut / full,
-            "parameters": sum(p.numel() for p in model.parameters())}  # fmt: skip
+    return {
+        "shortcut_flops": shortcut,
+        "base_flops": full,
+        "head_flops": head,
+        "relative_cost": shortcut / full,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }

@@ -35,16 +35,28 @@ ZOO_FILES = (WEIGHTS, CONFIG, CARD)  # a zoo folder is these files; `push` uploa
 PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
 
-def export_shortcut(out: str | Path, model: torch.nn.Module, arch: str, base, manifest: Manifest, metrics: dict,
-                    cost: dict, training: dict) -> dict:  # fmt: skip
+def export_shortcut(
+    out: str | Path,
+    model: torch.nn.Module,
+    arch: str,
+    base,
+    manifest: Manifest,
+    metrics: dict,
+    cost: dict,
+    training: dict,
+) -> dict:
     """Write a zoo folder for a trained shortcut; returns its config."""
     config = {
         "zoo_format": ZOO_FORMAT,
         "arch": arch,
         "arch_config": asdict(model.cfg),
         "base": {"name": base.name, "fingerprint": base.fingerprint},
-        "dataset": {"fingerprint": manifest.fingerprint(), "num_samples": manifest.num_samples,
-                    "codec": manifest.codec.spec, "dims": asdict(manifest.dims)},  # fmt: skip
+        "dataset": {
+            "fingerprint": manifest.fingerprint(),
+            "num_samples": manifest.num_samples,
+            "codec": manifest.codec.spec,
+            "dims": asdict(manifest.dims),
+        },
         "sampler": manifest.sampler.to_dict(),
         "metrics": metrics,
         "cost": cost,
@@ -73,7 +85,11 @@ def published_arch_config(state: dict[str, torch.Tensor], what: str) -> dict:
     """tiny-transformer config fields read off a published MIGM-Shortcut state dict's keys and shapes:
     width and bottleneck (no `proj_in`: bottleneck 1, identity projections), blocks, MLP ratio, and
     mask-ratio conditioning (`time_embedder` / `adaLN_modulation` present) with its time-MLP dims."""
-    need = ("last_layer.1.weight", "blocks.0.cross_attn.fn.mha.in_proj_weight", "blocks.0.cross_attn_ff.fn.net.0.weight")
+    need = (
+        "last_layer.1.weight",
+        "blocks.0.cross_attn.fn.mha.in_proj_weight",
+        "blocks.0.cross_attn_ff.fn.net.0.weight",
+    )
     missing = [k for k in need if k not in state]
     if missing:
         raise MigmError(f"{what}: not a MIGM-Shortcut state dict (missing {', '.join(missing)})")
@@ -81,17 +97,27 @@ def published_arch_config(state: dict[str, torch.Tensor], what: str) -> dict:
     D = state["proj_in.weight"].shape[1] if "proj_in.weight" in state else H
     if D % H:
         raise MigmError(f"{what}: width {D} is not a multiple of the hidden width {H}")
-    config = {"dim": D, "bottleneck": D // H, "blocks": len({k.split(".")[1] for k in state if k.startswith("blocks.")}),
-              "mlp_ratio": state["blocks.0.cross_attn_ff.fn.net.0.weight"].shape[0] // H,
-              "time": "time_embedder.mlp.0.weight" in state}  # fmt: skip
+    config = {
+        "dim": D,
+        "bottleneck": D // H,
+        "blocks": len({k.split(".")[1] for k in state if k.startswith("blocks.")}),
+        "mlp_ratio": state["blocks.0.cross_attn_ff.fn.net.0.weight"].shape[0] // H,
+        "time": "time_embedder.mlp.0.weight" in state,
+    }
     if config["time"]:
         config["time_hidden"], config["time_freq"] = state["time_embedder.mlp.0.weight"].shape
     return config
 
 
-def import_published(file: str | Path, out: str | Path, base,
-                     shortcut_heads: int = 16, bottleneck: int | None = None, blocks: int | None = None,
-                     steps: int = 32) -> dict:  # fmt: skip
+def import_published(
+    file: str | Path,
+    out: str | Path,
+    base,
+    shortcut_heads: int = 16,
+    bottleneck: int | None = None,
+    blocks: int | None = None,
+    steps: int = 32,
+) -> dict:
     """Wrap a published MIGM-Shortcut state dict (a torch pickle, read weights-only) into a zoo folder
     bound to the loaded `base`: tiny-transformer arch, bottleneck, blocks and
     time conditioning read off the keys and shapes (`bottleneck` / `blocks`, when given, are checked
@@ -146,8 +172,10 @@ def read_zoo_config(path: str | Path) -> dict:
     if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt > ZOO_FORMAT:
         raise MigmError(f"{path / CONFIG}: zoo format {fmt!r} is not supported (this migm reads up to {ZOO_FORMAT})")
     if fmt < FORWARD_SINCE.get(config.get("arch"), 1):
-        raise MigmError(f"{path}: zoo format {fmt} holds weights trained for the old {config.get('arch')} forward "
-                        f"(this migm computes the published one); retrain it with migm train, or re-import the published file")  # fmt: skip
+        raise MigmError(
+            f"{path}: zoo format {fmt} holds weights trained for the old {config.get('arch')} forward "
+            f"(this migm computes the published one); retrain it with migm train, or re-import the published file"
+        )
     for key, kind in (("arch", str), ("arch_config", dict), ("base", dict)):
         if not isinstance(config.get(key), kind):
             raise MigmError(f"{path / CONFIG}: field {key!r} is missing or not a {kind.__name__}")
@@ -169,9 +197,11 @@ def load_shortcut(path: str | Path, base, force: bool = False) -> torch.nn.Modul
             raise MigmError(f"{path} holds {', '.join(pickles)} but no {WEIGHTS}; pickled weights are never loaded")
         raise MigmError(f"{path} has no {WEIGHTS}")
     if config["base"]["fingerprint"] != base.fingerprint and not force:
-        raise MigmError(f"shortcut {path} was trained for base {config['base']['name']} "
-                        f"({config['base']['fingerprint'][:12]}), not this {base.name} ({base.fingerprint[:12]}); "
-                        "use --force to load it anyway")  # fmt: skip
+        raise MigmError(
+            f"shortcut {path} was trained for base {config['base']['name']} "
+            f"({config['base']['fingerprint'][:12]}), not this {base.name} ({base.fingerprint[:12]}); "
+            "use --force to load it anyway"
+        )
     if config["arch_config"].get("dim") != base.D:
         raise MigmError(f"shortcut {path} has width {config['arch_config'].get('dim')}, the base has D = {base.D}")
     try:
@@ -210,10 +240,18 @@ def list_zoo(root: str | Path) -> list[dict]:
         c = read_zoo_config(config_path.parent)
         m, cost = c.get("metrics", {}).get("overall", {}), c.get("cost", {})
         # a figure the folder does not have (an imported shortcut, too few held-out samples) is None: "n/a"
-        rows.append({"path": str(config_path.parent), "arch": c["arch"], "base": c["base"]["name"],
-                     "parameters": cost.get("parameters"), "relative_cost": cost.get("relative_cost"),
-                     "cos": m.get("cos"), "mse_ratio_to_cache": m.get("mse_ratio_to_cache"),
-                     "agree": m.get("agree")})  # fmt: skip
+        rows.append(
+            {
+                "path": str(config_path.parent),
+                "arch": c["arch"],
+                "base": c["base"]["name"],
+                "parameters": cost.get("parameters"),
+                "relative_cost": cost.get("relative_cost"),
+                "cos": m.get("cos"),
+                "mse_ratio_to_cache": m.get("mse_ratio_to_cache"),
+                "agree": m.get("agree"),
+            }
+        )
     return rows
 
 

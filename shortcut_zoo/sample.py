@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from shortcut_zoo.export import load_shortcut
 from shortcut_zoo.predictors import check_predictor_name, make_predictor
@@ -28,11 +28,21 @@ def make_sampling_predictor(base, predictor: str | None, shortcut: str | None, f
 
 
 def sample(
-    base, classes: list[int], per_class: int, config: SamplerConfig, seed: int, out: str | Path,
-    shortcut: str | None = None, predictor: str | None = None, force: bool = False, batch_size: int = 250,
+    base,
+    classes: list[int],
+    per_class: int,
+    config: SamplerConfig,
+    seed: int,
+    out: str | Path,
+    shortcut: str | None = None,
+    predictor: str | None = None,
+    force: bool = False,
+    batch_size: int = 250,
     progress: Callable[[int], None] | None = None,
-) -> dict:  # fmt: skip
+) -> dict:
     """Sample a PNG grid; B of the N steps run the base, the rest the predictor."""
     runner = make_sampling_predictor(base, predictor, shortcut, force)
-    result = generate(base, classes, per_class, config, seed, out, batch_size=batch_size, predictor=runner, progress=progress)
+    result = generate(
+        base, classes, per_class, config, seed, out, batch_size=batch_size, predictor=runner, progress=progress
+    )
     return {**result, "predictor": (predictor or "shortcut") if runner is not None else "vanilla"}

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -125,7 +125,9 @@ def check_config(cfg: TrainConfig) -> None:
     check_seed(cfg.seed)
     check_finite("--val-fraction", cfg.val_fraction, low=0, high=1)
     if "dim" in cfg.arch_config:
-        raise MigmError("arch option dim is the base's feature width D, taken from the dataset's base; it cannot be set")
+        raise MigmError(
+            "arch option dim is the base's feature width D, taken from the dataset's base; it cannot be set"
+        )
     for name in ("steps", "batch_size"):
         if getattr(cfg, name) < 1:
             raise MigmError(f"{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
@@ -144,8 +146,12 @@ def check_config(cfg: TrainConfig) -> None:
         raise MigmError("the loss is zero: give --mse-weight, or --loss mse+kl with a --kl-weight above 0")
 
 
-def train(cfg: TrainConfig, spec: BaseSpec | None = None, resume: bool = False,
-          progress: Callable[[int, float, float], None] | None = None) -> dict:  # fmt: skip
+def train(
+    cfg: TrainConfig,
+    spec: BaseSpec | None = None,
+    resume: bool = False,
+    progress: Callable[[int, float, float], None] | None = None,
+) -> dict:
     """Train, validate and export a shortcut to `cfg.out`; returns the exported config."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -166,9 +172,11 @@ def train(cfg: TrainConfig, spec: BaseSpec | None = None, resume: bool = False,
     set_seed(cfg.seed)  # the same initial weights on every rank
     base = load_base(replace(spec, device=str(accelerator.device)))
     if base.fingerprint != manifest.base.fingerprint:
-        raise MigmError(f"dataset {cfg.data} was dumped from {manifest.base.name} with fingerprint "
-                        f"{manifest.base.fingerprint[:12]}, but the base given has fingerprint "
-                        f"{base.fingerprint[:12]} ({base.name}); pass the same --model / --checkpoint as the dump")  # fmt: skip
+        raise MigmError(
+            f"dataset {cfg.data} was dumped from {manifest.base.name} with fingerprint "
+            f"{manifest.base.fingerprint[:12]}, but the base given has fingerprint "
+            f"{base.fingerprint[:12]} ({base.name}); pass the same --model / --checkpoint as the dump"
+        )
     model = build(cfg.arch, dim=base.D, **cfg.arch_config)
     # What a checkpoint must match to be continued by this run.
     provenance = {"dataset": manifest.fingerprint(), "arch": cfg.arch, "arch_config": asdict(model.cfg)}
@@ -180,8 +188,14 @@ def train(cfg: TrainConfig, spec: BaseSpec | None = None, resume: bool = False,
     if resume:
         state = load_checkpoint(out, accelerator, model, opt, ema, provenance)
     train_rows, val_rows = split_rows(manifest, cfg.val_fraction, cfg.seed)
-    stream = PairStream(ds, batch_size=cfg.batch_size, rows=train_rows, seed=cfg.seed,
-                        rank=accelerator.process_index, world=accelerator.num_processes)  # fmt: skip
+    stream = PairStream(
+        ds,
+        batch_size=cfg.batch_size,
+        rows=train_rows,
+        seed=cfg.seed,
+        rank=accelerator.process_index,
+        world=accelerator.num_processes,
+    )
     if stream.num_pairs() == 0:
         raise MigmError(f"rank {accelerator.process_index} has no training rows; use a larger dataset")
     writable_dir(out, "--out folder")  # before any work, so a bad path never wastes a run
@@ -222,8 +236,12 @@ def train(cfg: TrainConfig, spec: BaseSpec | None = None, resume: bool = False,
     seconds = time.perf_counter() - t0
     accelerator.wait_for_everyone()
     if state["step"] < cfg.steps:  # time-boxed run: the checkpoint is the result
-        return {"stopped_at": state["step"], "checkpoint": str(ckpt), "processes": accelerator.num_processes,
-                "losses": state["losses"]}  # fmt: skip
+        return {
+            "stopped_at": state["step"],
+            "checkpoint": str(ckpt),
+            "processes": accelerator.num_processes,
+            "losses": state["losses"],
+        }
 
     result = None
     if accelerator.is_main_process:
@@ -232,8 +250,13 @@ def train(cfg: TrainConfig, spec: BaseSpec | None = None, resume: bool = False,
         val = PairStream(ds, batch_size=256, rows=val_rows, shuffle=False)
         metrics = validate(final, base, pair_loader(val), manifest.dims.N - 1, accelerator.device)
         cost = relative_cost(final, base, manifest.dims.N)
-        training = {**asdict(cfg), "processes": accelerator.num_processes, "seconds": seconds,
-                    "pairs_per_second": pairs / seconds, "final_loss": state["losses"][-1]}  # fmt: skip
+        training = {
+            **asdict(cfg),
+            "processes": accelerator.num_processes,
+            "seconds": seconds,
+            "pairs_per_second": pairs / seconds,
+            "final_loss": state["losses"][-1],
+        }
         result = export_shortcut(out, final, cfg.arch, base, manifest, metrics, cost, training)
         result["losses"] = state["losses"]
     accelerator.wait_for_everyone()

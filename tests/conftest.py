@@ -17,7 +17,9 @@ from trajectories.base.maskgit import MaskGIT, MaskGITConfig, MaskTransformer
 def tiny_base() -> MaskGIT:
     """A random-weight MaskGIT at tiny dims: fast, and enough to exercise the sampling loop."""
     torch.manual_seed(0)
-    cfg = MaskGITConfig(grid=4, codebook_size=9, num_classes=3, hidden_dim=16, depth=1, heads=2, mlp_dim=32, dropout=0.0)
+    cfg = MaskGITConfig(
+        grid=4, codebook_size=9, num_classes=3, hidden_dim=16, depth=1, heads=2, mlp_dim=32, dropout=0.0
+    )
     net = MaskTransformer(cfg)
     with torch.no_grad():  # larger logits than the init gives, so sampling choices depend on the input
         net.tok_emb.weight.normal_(0, 1)
@@ -33,47 +35,79 @@ def published_layout(D: int, depth: int, mlp: int, vocab: int, L: int) -> dict[s
         "pos_emb": (1, L + 1, D),
         "bias": (L + 1, vocab),
         "tok_emb.weight": (vocab, D),
-        "first_layer.0.weight": (D,), "first_layer.0.bias": (D,),
-        "first_layer.2.weight": (D, D), "first_layer.2.bias": (D,),
-        "first_layer.4.weight": (D,), "first_layer.4.bias": (D,),
-        "first_layer.6.weight": (D, D), "first_layer.6.bias": (D,),
-        "last_layer.0.weight": (D,), "last_layer.0.bias": (D,),
-        "last_layer.2.weight": (D, D), "last_layer.2.bias": (D,),
-        "last_layer.4.weight": (D,), "last_layer.4.bias": (D,),
-    }  # fmt: skip
+        "first_layer.0.weight": (D,),
+        "first_layer.0.bias": (D,),
+        "first_layer.2.weight": (D, D),
+        "first_layer.2.bias": (D,),
+        "first_layer.4.weight": (D,),
+        "first_layer.4.bias": (D,),
+        "first_layer.6.weight": (D, D),
+        "first_layer.6.bias": (D,),
+        "last_layer.0.weight": (D,),
+        "last_layer.0.bias": (D,),
+        "last_layer.2.weight": (D, D),
+        "last_layer.2.bias": (D,),
+        "last_layer.4.weight": (D,),
+        "last_layer.4.bias": (D,),
+    }
     for i in range(depth):
         p = f"transformer.layers.{i}"
         keys |= {
-            f"{p}.0.norm.weight": (D,), f"{p}.0.norm.bias": (D,),
-            f"{p}.0.fn.mha.in_proj_weight": (3 * D, D), f"{p}.0.fn.mha.in_proj_bias": (3 * D,),
-            f"{p}.0.fn.mha.out_proj.weight": (D, D), f"{p}.0.fn.mha.out_proj.bias": (D,),
-            f"{p}.1.norm.weight": (D,), f"{p}.1.norm.bias": (D,),
-            f"{p}.1.fn.net.0.weight": (mlp, D), f"{p}.1.fn.net.0.bias": (mlp,),
-            f"{p}.1.fn.net.3.weight": (D, mlp), f"{p}.1.fn.net.3.bias": (D,),
-        }  # fmt: skip
+            f"{p}.0.norm.weight": (D,),
+            f"{p}.0.norm.bias": (D,),
+            f"{p}.0.fn.mha.in_proj_weight": (3 * D, D),
+            f"{p}.0.fn.mha.in_proj_bias": (3 * D,),
+            f"{p}.0.fn.mha.out_proj.weight": (D, D),
+            f"{p}.0.fn.mha.out_proj.bias": (D,),
+            f"{p}.1.norm.weight": (D,),
+            f"{p}.1.norm.bias": (D,),
+            f"{p}.1.fn.net.0.weight": (mlp, D),
+            f"{p}.1.fn.net.0.bias": (mlp,),
+            f"{p}.1.fn.net.3.weight": (D, mlp),
+            f"{p}.1.fn.net.3.bias": (D,),
+        }
     return keys
 
 
 def published_shortcut_layout(D: int, H: int, blocks: int, time_hidden: int) -> dict[str, tuple]:
     """Key names and shapes of the published MIGM-Shortcut state dict, at any size."""
     keys = {
-        "proj_in.weight": (H, D), "proj_in.bias": (H,), "proj_out.weight": (D, H), "proj_out.bias": (D,),
-        "new_token_proj_in.weight": (H, D), "new_token_proj_in.bias": (H,),
-        "last_layer.0.weight": (H,), "last_layer.0.bias": (H,), "last_layer.1.weight": (H, H),
-        "last_layer.1.bias": (H,), "last_layer.3.weight": (H,), "last_layer.3.bias": (H,),
-        "time_embedder.mlp.0.weight": (time_hidden, 256), "time_embedder.mlp.0.bias": (time_hidden,),
-        "time_embedder.mlp.2.weight": (H, time_hidden), "time_embedder.mlp.2.bias": (H,),
-        "adaLN_modulation.weight": (2 * H, H), "adaLN_modulation.bias": (2 * H,),
-    }  # fmt: skip
+        "proj_in.weight": (H, D),
+        "proj_in.bias": (H,),
+        "proj_out.weight": (D, H),
+        "proj_out.bias": (D,),
+        "new_token_proj_in.weight": (H, D),
+        "new_token_proj_in.bias": (H,),
+        "last_layer.0.weight": (H,),
+        "last_layer.0.bias": (H,),
+        "last_layer.1.weight": (H, H),
+        "last_layer.1.bias": (H,),
+        "last_layer.3.weight": (H,),
+        "last_layer.3.bias": (H,),
+        "time_embedder.mlp.0.weight": (time_hidden, 256),
+        "time_embedder.mlp.0.bias": (time_hidden,),
+        "time_embedder.mlp.2.weight": (H, time_hidden),
+        "time_embedder.mlp.2.bias": (H,),
+        "adaLN_modulation.weight": (2 * H, H),
+        "adaLN_modulation.bias": (2 * H,),
+    }
     for i in range(blocks):
         for attn in ("cross_attn", "self_attn"):
             p = f"blocks.{i}.{attn}"
-            keys |= {f"{p}.norm.weight": (H,), f"{p}.norm.bias": (H,),
-                     f"{p}.fn.mha.in_proj_weight": (3 * H, H), f"{p}.fn.mha.in_proj_bias": (3 * H,),
-                     f"{p}.fn.mha.out_proj.weight": (H, H), f"{p}.fn.mha.out_proj.bias": (H,),
-                     f"{p}_ff.norm.weight": (H,), f"{p}_ff.norm.bias": (H,),
-                     f"{p}_ff.fn.net.0.weight": (4 * H, H), f"{p}_ff.fn.net.0.bias": (4 * H,),
-                     f"{p}_ff.fn.net.3.weight": (H, 4 * H), f"{p}_ff.fn.net.3.bias": (H,)}  # fmt: skip
+            keys |= {
+                f"{p}.norm.weight": (H,),
+                f"{p}.norm.bias": (H,),
+                f"{p}.fn.mha.in_proj_weight": (3 * H, H),
+                f"{p}.fn.mha.in_proj_bias": (3 * H,),
+                f"{p}.fn.mha.out_proj.weight": (H, H),
+                f"{p}.fn.mha.out_proj.bias": (H,),
+                f"{p}_ff.norm.weight": (H,),
+                f"{p}_ff.norm.bias": (H,),
+                f"{p}_ff.fn.net.0.weight": (4 * H, H),
+                f"{p}_ff.fn.net.0.bias": (4 * H,),
+                f"{p}_ff.fn.net.3.weight": (H, 4 * H),
+                f"{p}_ff.fn.net.3.bias": (H,),
+            }
     return keys
 
 
@@ -111,13 +145,22 @@ MODEL_YAML = """model:
 """
 
 
-def vqgan_layout(ch: int, ch_mult: list[int], blocks: int, attn_levels: set[int], z: int, embed_dim: int, n_embed: int) -> dict:
+def vqgan_layout(
+    ch: int, ch_mult: list[int], blocks: int, attn_levels: set[int], z: int, embed_dim: int, n_embed: int
+) -> dict:
     """Key names and shapes of the taming VQGAN's decoding path (`decoder.*`, codebook, post_quant_conv)."""
 
     def resnet(p, c_in, c_out):
-        keys = {f"{p}.norm1.weight": (c_in,), f"{p}.norm1.bias": (c_in,), f"{p}.conv1.weight": (c_out, c_in, 3, 3),
-                f"{p}.conv1.bias": (c_out,), f"{p}.norm2.weight": (c_out,), f"{p}.norm2.bias": (c_out,),
-                f"{p}.conv2.weight": (c_out, c_out, 3, 3), f"{p}.conv2.bias": (c_out,)}  # fmt: skip
+        keys = {
+            f"{p}.norm1.weight": (c_in,),
+            f"{p}.norm1.bias": (c_in,),
+            f"{p}.conv1.weight": (c_out, c_in, 3, 3),
+            f"{p}.conv1.bias": (c_out,),
+            f"{p}.norm2.weight": (c_out,),
+            f"{p}.norm2.bias": (c_out,),
+            f"{p}.conv2.weight": (c_out, c_out, 3, 3),
+            f"{p}.conv2.bias": (c_out,),
+        }
         if c_in != c_out:
             keys |= {f"{p}.nin_shortcut.weight": (c_out, c_in, 1, 1), f"{p}.nin_shortcut.bias": (c_out,)}
         return keys
@@ -129,8 +172,13 @@ def vqgan_layout(ch: int, ch_mult: list[int], blocks: int, attn_levels: set[int]
         return keys
 
     c = ch * ch_mult[-1]
-    keys = {"quantize.embedding.weight": (n_embed, embed_dim), "post_quant_conv.weight": (z, embed_dim, 1, 1),
-            "post_quant_conv.bias": (z,), "decoder.conv_in.weight": (c, z, 3, 3), "decoder.conv_in.bias": (c,)}  # fmt: skip
+    keys = {
+        "quantize.embedding.weight": (n_embed, embed_dim),
+        "post_quant_conv.weight": (z, embed_dim, 1, 1),
+        "post_quant_conv.bias": (z,),
+        "decoder.conv_in.weight": (c, z, 3, 3),
+        "decoder.conv_in.bias": (c,),
+    }
     keys |= resnet("decoder.mid.block_1", c, c) | attn("decoder.mid.attn_1", c) | resnet("decoder.mid.block_2", c, c)
     for level in reversed(range(len(ch_mult))):
         c_out = ch * ch_mult[level]
@@ -140,9 +188,16 @@ def vqgan_layout(ch: int, ch_mult: list[int], blocks: int, attn_levels: set[int]
             if level in attn_levels:
                 keys |= attn(f"decoder.up.{level}.attn.{j}", c)
         if level:
-            keys |= {f"decoder.up.{level}.upsample.conv.weight": (c, c, 3, 3), f"decoder.up.{level}.upsample.conv.bias": (c,)}
-    return keys | {"decoder.norm_out.weight": (c,), "decoder.norm_out.bias": (c,), "decoder.conv_out.weight": (3, c, 3, 3),
-                   "decoder.conv_out.bias": (3,)}  # fmt: skip
+            keys |= {
+                f"decoder.up.{level}.upsample.conv.weight": (c, c, 3, 3),
+                f"decoder.up.{level}.upsample.conv.bias": (c,),
+            }
+    return keys | {
+        "decoder.norm_out.weight": (c,),
+        "decoder.norm_out.bias": (c,),
+        "decoder.conv_out.weight": (3, c, 3, 3),
+        "decoder.conv_out.bias": (3,),
+    }
 
 
 def randn_state(layout: dict, seed: int, scale: float = 0.3) -> dict:
@@ -169,9 +224,16 @@ def maskgit_state() -> dict:
 
 def write_maskgit(path: Path, state: dict | None = None) -> Path:
     state = maskgit_state() if state is None else state
-    torch.save({"iter": 1000, "global_epoch": 3, "model_state_dict": state,
-                "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0]}]},
-                "args": argparse.Namespace(img_size=GRID * 16, bsize=256)}, path)  # fmt: skip
+    torch.save(
+        {
+            "iter": 1000,
+            "global_epoch": 3,
+            "model_state_dict": state,
+            "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0]}]},
+            "args": argparse.Namespace(img_size=GRID * 16, bsize=256),
+        },
+        path,
+    )
     return path
 
 
@@ -179,8 +241,12 @@ def write_vqgan(folder: Path, drop: str | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.yaml").write_text(MODEL_YAML)
     state = randn_state(vqgan_layout(32, [1, 2], 1, {1}, z=16, embed_dim=8, n_embed=16), seed=1, scale=0.2)
-    state |= {"encoder.conv_in.weight": torch.randn(32, 3, 3, 3), "quant_conv.weight": torch.randn(8, 8, 1, 1),
-              "loss.discriminator.main.0.weight": torch.randn(4, 3, 4, 4), "loss.logvar": torch.zeros(())}  # fmt: skip
+    state |= {
+        "encoder.conv_in.weight": torch.randn(32, 3, 3, 3),
+        "quant_conv.weight": torch.randn(8, 8, 1, 1),
+        "loss.discriminator.main.0.weight": torch.randn(4, 3, 4, 4),
+        "loss.logvar": torch.zeros(()),
+    }
     if drop:
         state.pop(drop)
     module, callback = _lightning_callback_class()
@@ -188,8 +254,17 @@ def write_vqgan(folder: Path, drop: str | None = None) -> Path:
     for name in names:  # only while saving: loading never imports them
         sys.modules[name] = module if name == module.__name__ else types.ModuleType(name)
     try:
-        torch.save({"epoch": 5, "global_step": 100, "pytorch-lightning_version": "1.0.8", "state_dict": state,
-                    "callbacks": {callback: {"best_model_score": None}}, "optimizer_states": []}, folder / "last.ckpt")  # fmt: skip
+        torch.save(
+            {
+                "epoch": 5,
+                "global_step": 100,
+                "pytorch-lightning_version": "1.0.8",
+                "state_dict": state,
+                "callbacks": {callback: {"best_model_score": None}},
+                "optimizer_states": [],
+            },
+            folder / "last.ckpt",
+        )
     finally:
         for name in names:
             del sys.modules[name]

@@ -35,22 +35,90 @@ def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("handle")
     ckpt, vqgan = write_maskgit(root / "maskgit.pth"), write_vqgan(root / "vqgan")
     base = ["--model", "maskgit", "--checkpoint", str(ckpt), "--heads", "4"]
-    ok(["dump-trajectories", *base, "--num-samples", "8", "--steps", "4", "--batch-size", "4", "--shard-size", "4",
-        "--out", str(root / "ds"), "-q"])  # fmt: skip
+    ok(
+        [
+            "dump-trajectories",
+            *base,
+            "--num-samples",
+            "8",
+            "--steps",
+            "4",
+            "--batch-size",
+            "4",
+            "--shard-size",
+            "4",
+            "--out",
+            str(root / "ds"),
+            "-q",
+        ]
+    )
     ok(["verify", str(root / "ds")])
-    ok(["train", "--data", str(root / "ds"), *base, "--steps", "4", "--batch-size", "8", "--val-fraction", "0.25",
-        "--out", str(root / "zoo" / "tt"), "-q"])  # fmt: skip
+    ok(
+        [
+            "train",
+            "--data",
+            str(root / "ds"),
+            *base,
+            "--steps",
+            "4",
+            "--batch-size",
+            "8",
+            "--val-fraction",
+            "0.25",
+            "--out",
+            str(root / "zoo" / "tt"),
+            "-q",
+        ]
+    )
     return {"root": root, "base": base, "vqgan": str(vqgan)}
 
 
 def test_real_checkpoint_runs_dump_verify_train_show_sample_bench(pipeline):
     root, base = pipeline["root"], pipeline["base"]
     assert "tiny-transformer" in ok(["zoo", "show", str(root / "zoo" / "tt")])
-    out = ok(["sample", *base, "--vqgan", pipeline["vqgan"], "--shortcut", str(root / "zoo" / "tt"), "--steps", "4",
-              "--budget", "2", "--classes", "0-1", "--per-class", "2", "--out", str(root / "grids" / "s.png"), "-q"])  # fmt: skip
+    out = ok(
+        [
+            "sample",
+            *base,
+            "--vqgan",
+            pipeline["vqgan"],
+            "--shortcut",
+            str(root / "zoo" / "tt"),
+            "--steps",
+            "4",
+            "--budget",
+            "2",
+            "--classes",
+            "0-1",
+            "--per-class",
+            "2",
+            "--out",
+            str(root / "grids" / "s.png"),
+            "-q",
+        ]
+    )
     assert (root / "grids" / "s.png").exists() and "full steps: [0, 2]" in out  # missing folders are created
-    ok(["bench", *base, "--shortcut", str(root / "zoo" / "tt"), "--configs", "N4,N4B2", "--predictors", "shortcut,cache",
-        "--samples", "4", "--batch-size", "4", "--repeats", "1", "--out", str(root / "bench"), "-q"])  # fmt: skip
+    ok(
+        [
+            "bench",
+            *base,
+            "--shortcut",
+            str(root / "zoo" / "tt"),
+            "--configs",
+            "N4,N4B2",
+            "--predictors",
+            "shortcut,cache",
+            "--samples",
+            "4",
+            "--batch-size",
+            "4",
+            "--repeats",
+            "1",
+            "--out",
+            str(root / "bench"),
+            "-q",
+        ]
+    )
     assert (root / "bench" / "results.json").exists()
 
 
@@ -58,8 +126,23 @@ def test_train_with_another_checkpoint_names_the_fingerprint_mismatch(pipeline, 
     state = maskgit_state()
     state["tok_emb.weight"] = state["tok_emb.weight"] + 1.0
     other = write_maskgit(tmp_path / "other.pth", state)
-    line = refused(["train", "--data", str(pipeline["root"] / "ds"), "--model", "maskgit", "--checkpoint", str(other),
-                    "--heads", "4", "--steps", "2", "--out", str(tmp_path / "z")])  # fmt: skip
+    line = refused(
+        [
+            "train",
+            "--data",
+            str(pipeline["root"] / "ds"),
+            "--model",
+            "maskgit",
+            "--checkpoint",
+            str(other),
+            "--heads",
+            "4",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "z"),
+        ]
+    )
     assert "fingerprint" in line and not (tmp_path / "z" / "config.json").exists()
 
 
@@ -103,8 +186,12 @@ def imports_of(path: Path) -> set[str]:
 
 def test_rooms_import_one_way():
     """cli -> shortcut_zoo -> trajectories; cards imported by them and importing none of them."""
-    allowed = {"cards": set(), "trajectories": {"cards"}, "shortcut_zoo": {"trajectories", "cards"},
-               "cli": {"shortcut_zoo", "trajectories", "cards"}}  # fmt: skip
+    allowed = {
+        "cards": set(),
+        "trajectories": {"cards"},
+        "shortcut_zoo": {"trajectories", "cards"},
+        "cli": {"shortcut_zoo", "trajectories", "cards"},
+    }
     for room, may in allowed.items():
         for path in (ROOT / room).rglob("*.py"):
             used = {m.split(".")[0] for m in imports_of(path)} & set(allowed)

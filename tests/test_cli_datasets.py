@@ -14,8 +14,22 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "ds"
-    args = ["dump-trajectories", "--out", str(out), "--num-samples", "6", "--steps", "4", "--shard-size", "4",
-            "--format", "parquet", "--codec", "quant:bits=6", "--json"]  # fmt: skip
+    args = [
+        "dump-trajectories",
+        "--out",
+        str(out),
+        "--num-samples",
+        "6",
+        "--steps",
+        "4",
+        "--shard-size",
+        "4",
+        "--format",
+        "parquet",
+        "--codec",
+        "quant:bits=6",
+        "--json",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -97,6 +111,8 @@ def test_bad_dump_input_is_a_short_error(tmp_path, args, message):
 def test_dump_into_a_foreign_folder_is_refused_and_left_alone(tmp_path):
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "notes.txt").write_text("mine")
-    result = runner.invoke(app, ["dump-trajectories", "--out", str(tmp_path / "ds"), "--num-samples", "2", "--steps", "2"])
+    result = runner.invoke(
+        app, ["dump-trajectories", "--out", str(tmp_path / "ds"), "--num-samples", "2", "--steps", "2"]
+    )
     assert result.exit_code == 2 and "not a migm dataset" in result.stderr
     assert (tmp_path / "ds" / "notes.txt").read_text() == "mine"

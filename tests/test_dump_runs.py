@@ -66,8 +66,20 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, reference):
 
 def test_two_cpu_ranks_write_disjoint_shards_and_one_manifest(tmp_path, reference):
     out = tmp_path / "ds"
-    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "cli.main",
-           "dump-trajectories", "--out", str(out), "--device", "cpu", *ARGS]  # fmt: skip
+    cmd = [
+        str(BIN / "torchrun"),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "cli.main",
+        "dump-trajectories",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        *ARGS,
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-2000:]
     ds = open_dataset(out)

@@ -24,8 +24,9 @@ from trajectories.errors import MigmError
 from trajectories.schedule import full_steps
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "published" / "maskgit-shortcut"
-needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"published fixtures not found at {FIXTURES} "
-                                    "(clone the repo with shared/ beside it)")  # fmt: skip
+needs_fixtures = pytest.mark.skipif(
+    not FIXTURES.is_dir(), reason=f"published fixtures not found at {FIXTURES} (clone the repo with shared/ beside it)"
+)
 runner = CliRunner()
 VARIANTS = ["b2", "b1-no-t"]
 
@@ -71,7 +72,10 @@ def test_published_shortcut_forward_is_reproduced(io, meta, base, variant):
     state = load_state_dict(FIXTURES / f"shortcut-{variant}.pth", "state_dict", "shortcut state dict")  # weights-only
     found, published = published_arch_config(state, variant), meta["shortcuts"][variant]
     assert (found["bottleneck"], found["blocks"], found["time"]) == (
-        published["bottleneck_ratio"], published["n_block"], published["embed_t"])  # fmt: skip
+        published["bottleneck_ratio"],
+        published["n_block"],
+        published["embed_t"],
+    )
     model = build("tiny-transformer", **found, heads=published["num_heads"]).eval()
     model.load_state_dict(state, strict=True)
     feat, emb, pos, valid, ratio = shortcut_inputs(io, base)
@@ -97,18 +101,31 @@ def test_the_old_adaln_would_not_pass(io, base):
         for block in model.blocks:
             x = block(x, new, ~valid)
         x = model.last_layer(x)
-        shift, scale = model.adaLN_modulation(torch.nn.functional.silu(model.time_embedder(1000 * ratio))).chunk(2, dim=-1)
+        shift, scale = model.adaLN_modulation(torch.nn.functional.silu(model.time_embedder(1000 * ratio))).chunk(
+            2, dim=-1
+        )
         old = feat + model.proj_out(x * (1 + scale[:, None]) + shift[:, None])
     assert rel(old, io["out_b2"]) > 1e-3
 
 
 def write_vqgan(folder: Path, n_embed: int) -> Path:
     """A taming-layout VQGAN folder (model.yaml + last.ckpt) with random decoder weights."""
-    cfg = VQGANConfig(n_embed=n_embed, embed_dim=8, z_channels=16, resolution=16, ch=32, ch_mult=[1, 2],
-                      num_res_blocks=1, attn_resolutions=[8])  # fmt: skip
+    cfg = VQGANConfig(
+        n_embed=n_embed,
+        embed_dim=8,
+        z_channels=16,
+        resolution=16,
+        ch=32,
+        ch_mult=[1, 2],
+        num_res_blocks=1,
+        attn_resolutions=[8],
+    )
     torch.manual_seed(0)
     folder.mkdir(parents=True)
-    dd = {k: getattr(cfg, k) for k in ("z_channels", "resolution", "out_ch", "ch", "ch_mult", "num_res_blocks", "attn_resolutions")}
+    dd = {
+        k: getattr(cfg, k)
+        for k in ("z_channels", "resolution", "out_ch", "ch", "ch_mult", "num_res_blocks", "attn_resolutions")
+    }
     params = {"n_embed": n_embed, "embed_dim": cfg.embed_dim, "ddconfig": dd}
     (folder / "model.yaml").write_text(yaml.safe_dump({"model": {"params": params}}))
     torch.save({"state_dict": VQGANDecoder(cfg).state_dict()}, folder / "last.ckpt")
@@ -121,23 +138,71 @@ def test_zoo_import_reproduces_the_published_outputs_and_samples(io, base, tmp_p
     import_opts = [*base_opts, "--steps", "6"]  # N for the card's cost figures (the grid has 9 tokens)
     for variant in VARIANTS:
         out = tmp_path / variant
-        r = runner.invoke(app, ["zoo", "import", "--published", str(FIXTURES / f"shortcut-{variant}.pth"), *import_opts,
-                                "--shortcut-heads", "4", "--out", str(out)])  # fmt: skip
+        r = runner.invoke(
+            app,
+            [
+                "zoo",
+                "import",
+                "--published",
+                str(FIXTURES / f"shortcut-{variant}.pth"),
+                *import_opts,
+                "--shortcut-heads",
+                "4",
+                "--out",
+                str(out),
+            ],
+        )
         assert r.exit_code == 0, r.output
         config = read_zoo_config(out)
         assert config["arch_config"]["time"] == (variant == "b2") and config["arch_config"]["heads"] == 4
         with torch.no_grad():
             assert rel(load_shortcut(out, base)(*shortcut_inputs(io, base)), io[f"out_{variant}"]) < 1e-4
     # heads that do not divide the shortcut's width (24 for b2): one line, nothing written
-    r = runner.invoke(app, ["zoo", "import", "--published", str(FIXTURES / "shortcut-b2.pth"), *import_opts,
-                            "--out", str(tmp_path / "bad")])  # fmt: skip
-    assert r.exit_code == 2 and r.output.startswith("error: --shortcut-heads must divide") and len(r.output.splitlines()) == 1
+    r = runner.invoke(
+        app,
+        [
+            "zoo",
+            "import",
+            "--published",
+            str(FIXTURES / "shortcut-b2.pth"),
+            *import_opts,
+            "--out",
+            str(tmp_path / "bad"),
+        ],
+    )
+    assert (
+        r.exit_code == 2
+        and r.output.startswith("error: --shortcut-heads must divide")
+        and len(r.output.splitlines()) == 1
+    )
     assert not (tmp_path / "bad").exists()
     # sampling with the imported shortcut runs (N6 B3 on the 3x3 grid)
     vqgan = write_vqgan(tmp_path / "vqgan", n_embed=32)
-    r = runner.invoke(app, ["sample", "--model", "maskgit", *base_opts, "--vqgan", str(vqgan), "--shortcut", str(tmp_path / "b2"),
-                            "--steps", "6", "--budget", "3", "--classes", "0,1", "--per-class", "2", "--quiet", "--json",
-                            "--out", str(tmp_path / "s.png")])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "sample",
+            "--model",
+            "maskgit",
+            *base_opts,
+            "--vqgan",
+            str(vqgan),
+            "--shortcut",
+            str(tmp_path / "b2"),
+            "--steps",
+            "6",
+            "--budget",
+            "3",
+            "--classes",
+            "0,1",
+            "--per-class",
+            "2",
+            "--quiet",
+            "--json",
+            "--out",
+            str(tmp_path / "s.png"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["images"] == 4 and (tmp_path / "s.png").exists()
 
@@ -145,14 +210,31 @@ def test_zoo_import_reproduces_the_published_outputs_and_samples(io, base, tmp_p
 @needs_fixtures
 def test_zoo_folders_of_the_old_forward_are_refused(tmp_path):
     out = tmp_path / "zoo"
-    r = runner.invoke(app, ["zoo", "import", "--published", str(FIXTURES / "shortcut-b2.pth"), "--checkpoint",
-                            str(FIXTURES / "base.pth"), "--heads", "4", "--shortcut-heads", "4", "--steps", "6",
-                            "--out", str(out)])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "zoo",
+            "import",
+            "--published",
+            str(FIXTURES / "shortcut-b2.pth"),
+            "--checkpoint",
+            str(FIXTURES / "base.pth"),
+            "--heads",
+            "4",
+            "--shortcut-heads",
+            "4",
+            "--steps",
+            "6",
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     config = json.loads((out / "config.json").read_text())
     for old in (1, None):  # zoo format 1, and folders from before formats were numbered
-        (out / "config.json").write_text(json.dumps({**config, "zoo_format": old} if old else
-                                                    {k: v for k, v in config.items() if k != "zoo_format"}))  # fmt: skip
+        (out / "config.json").write_text(
+            json.dumps({**config, "zoo_format": old} if old else {k: v for k, v in config.items() if k != "zoo_format"})
+        )
         r = runner.invoke(app, ["zoo", "list", str(out)])
         assert r.exit_code == 2 and "old tiny-transformer forward" in r.output and "retrain" in r.output
         assert len(r.output.strip().splitlines()) == 1
@@ -181,7 +263,9 @@ def test_decoded_pixels_map_each_image_by_its_min_and_max(tmp_path):
     lo, hi = raw.amin(dim=(1, 2, 3), keepdim=True), raw.amax(dim=(1, 2, 3), keepdim=True)
     minmax = vq(tokens)  # the default
     assert torch.allclose(minmax, (raw - lo) / (hi - lo), atol=1e-6)
-    assert torch.allclose(minmax.amin(dim=(1, 2, 3)), torch.zeros(3)) and torch.allclose(minmax.amax(dim=(1, 2, 3)), torch.ones(3))
+    assert torch.allclose(minmax.amin(dim=(1, 2, 3)), torch.zeros(3)) and torch.allclose(
+        minmax.amax(dim=(1, 2, 3)), torch.ones(3)
+    )
     assert torch.allclose(vq(tokens, "clamp"), (raw.clamp(-1, 1) + 1) / 2, atol=1e-6)
     assert not torch.allclose(vq(tokens, "clamp"), minmax, atol=1e-3)
 
@@ -193,8 +277,24 @@ def test_pixels_option_reaches_the_decoder(tmp_path):
     clamp = load_maskgit(str(FIXTURES / "base.pth"), vqgan=str(vqgan), heads=4, pixels="clamp").decode(tokens)
     default = load_maskgit(str(FIXTURES / "base.pth"), vqgan=str(vqgan), heads=4).decode(tokens)
     assert torch.allclose(default.amax(dim=(1, 2, 3)), torch.ones(2)) and not torch.allclose(clamp, default, atol=1e-3)
-    r = runner.invoke(app, ["generate", "--model", "maskgit", "--checkpoint", str(FIXTURES / "base.pth"), "--heads", "4",
-                            "--vqgan", str(vqgan), "--pixels", "nearest", "--out", str(tmp_path / "g.png")])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            "maskgit",
+            "--checkpoint",
+            str(FIXTURES / "base.pth"),
+            "--heads",
+            "4",
+            "--vqgan",
+            str(vqgan),
+            "--pixels",
+            "nearest",
+            "--out",
+            str(tmp_path / "g.png"),
+        ],
+    )
     assert r.exit_code == 2 and r.output.startswith("error: --pixels must be one of minmax, clamp")
     assert not (tmp_path / "g.png").exists()
 
@@ -207,7 +307,9 @@ def test_step_lr_decay_is_a_tenth_from_the_given_step_on():
     assert [get_lr(s, cfg) for s in (0, 4)] == [1e-3, 1e-3]
     assert [get_lr(s, cfg) for s in (5, 19)] == pytest.approx([1e-4, 1e-4])
     default = TrainConfig(data="-", steps=20, warmup=2)  # unchanged: warm-up, then cosine to 10%
-    assert default.lr_schedule == "cosine" and get_lr(19, default) == pytest.approx(1e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi * 17 / 18))))
+    assert default.lr_schedule == "cosine" and get_lr(19, default) == pytest.approx(
+        1e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi * 17 / 18)))
+    )
 
 
 def loss_batch(base, seed: int = 0) -> tuple[torch.Tensor, dict]:
@@ -243,8 +345,13 @@ def test_shortcut_dropout_is_active_in_training_only():
     model = build("tiny-transformer", dim=32, heads=2, dropout=0.5)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.2)
-    args = (torch.randn(2, 10, 32), torch.randn(2, 3, 32), torch.tensor([[0, 1, 2], [3, 4, 5]]),
-            torch.ones(2, 3, dtype=torch.bool), torch.rand(2))  # fmt: skip
+    args = (
+        torch.randn(2, 10, 32),
+        torch.randn(2, 3, 32),
+        torch.tensor([[0, 1, 2], [3, 4, 5]]),
+        torch.ones(2, 3, dtype=torch.bool),
+        torch.rand(2),
+    )
     same = build("tiny-transformer", dim=32, heads=2)
     same.load_state_dict(model.state_dict())
     with torch.no_grad():
@@ -255,8 +362,11 @@ def test_shortcut_dropout_is_active_in_training_only():
 
 
 def test_bad_training_options_are_one_line_errors(tmp_path):
-    for cfg in (TrainConfig(data="-", lr_schedule="linear"), TrainConfig(data="-", kl_temperature=0.0),
-                TrainConfig(data="-", mse_weight=0.0)):  # fmt: skip
+    for cfg in (
+        TrainConfig(data="-", lr_schedule="linear"),
+        TrainConfig(data="-", kl_temperature=0.0),
+        TrainConfig(data="-", mse_weight=0.0),
+    ):
         with pytest.raises(MigmError):
             check_config(cfg)
     r = runner.invoke(app, ["train", "--data", str(tmp_path), "--loss", "mse+kl", "--kl-temperature", "-1"])
@@ -265,15 +375,23 @@ def test_bad_training_options_are_one_line_errors(tmp_path):
         build("tiny-transformer", dim=32, dropout=1.5)
 
 
-@pytest.mark.parametrize("options, absent", [
-    ({"bottleneck": 1}, ("proj_in.weight", "proj_out.weight", "new_token_proj_in.weight")),
-    ({"time": "off"}, ("time_embedder.mlp.0.weight", "adaLN_modulation.weight")),
-    ({"bottleneck": 1, "time": False}, ("proj_in.weight", "adaLN_modulation.weight")),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "options, absent",
+    [
+        ({"bottleneck": 1}, ("proj_in.weight", "proj_out.weight", "new_token_proj_in.weight")),
+        ({"time": "off"}, ("time_embedder.mlp.0.weight", "adaLN_modulation.weight")),
+        ({"bottleneck": 1, "time": False}, ("proj_in.weight", "adaLN_modulation.weight")),
+    ],
+)
 def test_published_variants_as_arch_options_start_at_the_cache_map(options, absent):
     model = build("tiny-transformer", dim=32, heads=2, **options)
     assert not set(absent) & set(model.state_dict())
     feat = torch.randn(2, 10, 32)
-    args = (torch.randn(2, 3, 32), torch.tensor([[0, 1, 2], [3, 4, 5]]), torch.ones(2, 3, dtype=torch.bool), torch.rand(2))
+    args = (
+        torch.randn(2, 3, 32),
+        torch.tensor([[0, 1, 2], [3, 4, 5]]),
+        torch.ones(2, 3, dtype=torch.bool),
+        torch.rand(2),
+    )
     with torch.no_grad():
         assert torch.equal(model(feat, *args), feat)  # zero-initialised last map: training starts at `cache`

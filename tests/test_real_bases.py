@@ -37,6 +37,7 @@ from trajectories.errors import MigmError
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
+
 def test_published_vqgan_f16_decoder_layout():
     """At the published f16 config the decoder has exactly the published keys (197 tensors, 42,777,731 elements)."""
     layout = vqgan_layout(128, [1, 1, 2, 2, 4], 2, {4}, z=256, embed_dim=256, n_embed=1024)
@@ -55,7 +56,15 @@ def files(tmp_path_factory):
 def test_checkpoint_loads_strictly_with_inferred_dims(files):
     base = load_base(BaseSpec("maskgit", checkpoint=str(files["checkpoint"]), vqgan=str(files["vqgan"]), heads=HEADS))
     c = base.cfg
-    assert (c.grid, c.codebook_size, c.num_classes, c.hidden_dim, c.depth, c.mlp_dim, c.heads) == (GRID, V, CLASSES, D, DEPTH, MLP, HEADS)
+    assert (c.grid, c.codebook_size, c.num_classes, c.hidden_dim, c.depth, c.mlp_dim, c.heads) == (
+        GRID,
+        V,
+        CLASSES,
+        D,
+        DEPTH,
+        MLP,
+        HEADS,
+    )
     state = maskgit_state()
     assert all(torch.equal(v, state[k]) for k, v in base.net.state_dict().items())
     # the codebook size is inferred the same without the VQGAN (a power of two), so is the fingerprint
@@ -74,7 +83,9 @@ def test_vqgan_decodes_to_rgb_in_unit_range(files):
     assert images.min() >= 0 and images.max() <= 1 and images.std() > 0
 
 
-@pytest.mark.parametrize("change, name", [("rename", "first_layer.2.weight"), ("drop", "transformer.layers.1.0.norm.bias")])
+@pytest.mark.parametrize(
+    "change, name", [("rename", "first_layer.2.weight"), ("drop", "transformer.layers.1.0.norm.bias")]
+)
 def test_renamed_or_missing_maskgit_key_is_named(files, tmp_path, change, name):
     state = maskgit_state()
     value = state.pop(name)
@@ -97,9 +108,12 @@ def test_missing_vqgan_key_is_named(tmp_path):
 def test_bad_files_give_short_errors(files, tmp_path):
     junk = tmp_path / "notes.txt"
     junk.write_text("not a checkpoint\n")
-    for args in (["--checkpoint", str(junk)], ["--checkpoint", str(tmp_path / "absent.pth")],
-                 ["--checkpoint", str(files["checkpoint"]), "--vqgan", str(tmp_path)],
-                 ["--checkpoint", str(files["checkpoint"]), "--heads", "5"]):  # fmt: skip
+    for args in (
+        ["--checkpoint", str(junk)],
+        ["--checkpoint", str(tmp_path / "absent.pth")],
+        ["--checkpoint", str(files["checkpoint"]), "--vqgan", str(tmp_path)],
+        ["--checkpoint", str(files["checkpoint"]), "--heads", "5"],
+    ):
         r = runner.invoke(app, ["generate", "--model", "maskgit", *args, "--out", str(tmp_path / "g.png")])
         assert r.exit_code == 2 and r.output.startswith("error: ") and len(r.output.strip().splitlines()) == 1, r.output
     r = runner.invoke(app, ["generate", "--checkpoint", str(files["checkpoint"]), "--out", str(tmp_path / "g.png")])
@@ -141,8 +155,23 @@ def test_nothing_is_unpickled_beyond_weights_only(tmp_path):
 
 def test_generate_writes_an_rgb_grid_and_bf16_samples(files, tmp_path):
     out = tmp_path / "grid.png"
-    args = ["--model", "maskgit", "--checkpoint", str(files["checkpoint"]), "--vqgan", str(files["vqgan"]), "--heads", "4",
-            "--classes", "0-2", "--per-class", "3", "--steps", "8", "--quiet"]  # fmt: skip
+    args = [
+        "--model",
+        "maskgit",
+        "--checkpoint",
+        str(files["checkpoint"]),
+        "--vqgan",
+        str(files["vqgan"]),
+        "--heads",
+        "4",
+        "--classes",
+        "0-2",
+        "--per-class",
+        "3",
+        "--steps",
+        "8",
+        "--quiet",
+    ]
     r = runner.invoke(app, ["generate", *args, "--out", str(out)])
     assert r.exit_code == 0, r.output
     img = Image.open(out)
@@ -150,14 +179,30 @@ def test_generate_writes_an_rgb_grid_and_bf16_samples(files, tmp_path):
     r = runner.invoke(app, ["generate", *args, "--precision", "bf16", "--out", str(tmp_path / "bf16.png"), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["images"] == 9
-    r = runner.invoke(app, ["generate", *args, "--precision", "fp16", "--device", "cpu", "--out", str(tmp_path / "h.png")])
+    r = runner.invoke(
+        app, ["generate", *args, "--precision", "fp16", "--device", "cpu", "--out", str(tmp_path / "h.png")]
+    )
     assert r.exit_code == 2 and "fp16 needs a CUDA device" in r.output
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_device_cuda_without_cuda_is_a_short_error(files, tmp_path):
-    r = runner.invoke(app, ["generate", "--model", "maskgit", "--checkpoint", str(files["checkpoint"]), "--heads", "4",
-                            "--device", "cuda", "--out", str(tmp_path / "g.png")])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            "maskgit",
+            "--checkpoint",
+            str(files["checkpoint"]),
+            "--heads",
+            "4",
+            "--device",
+            "cuda",
+            "--out",
+            str(tmp_path / "g.png"),
+        ],
+    )
     assert r.exit_code == 2 and r.output.startswith("error: ") and "no CUDA GPU" in r.output
 
 
@@ -171,9 +216,29 @@ def test_imported_published_shortcut_matches_direct_load_and_samples(files, tmp_
     torch.save(state, path)  # the published file is a plain pickled state dict
     out = tmp_path / "zoo" / "published"
     out.parent.mkdir()
-    r = runner.invoke(app, ["zoo", "import", "--published", str(path), "--base", "maskgit", "--checkpoint",
-                            str(files["checkpoint"]), "--heads", "4", "--shortcut-heads", "4", "--bottleneck", "2", "--blocks", "1",
-                            "--out", str(out)])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "zoo",
+            "import",
+            "--published",
+            str(path),
+            "--base",
+            "maskgit",
+            "--checkpoint",
+            str(files["checkpoint"]),
+            "--heads",
+            "4",
+            "--shortcut-heads",
+            "4",
+            "--bottleneck",
+            "2",
+            "--blocks",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     base = load_base(BaseSpec("maskgit", checkpoint=str(files["checkpoint"]), heads=HEADS))
@@ -182,18 +247,63 @@ def test_imported_published_shortcut_matches_direct_load_and_samples(files, tmp_
     load_state_dict_strict(direct, state, "published shortcut")
     g = torch.Generator().manual_seed(3)
     feat, new_emb = torch.randn(4, GRID * GRID + 1, D, generator=g), torch.randn(4, 3, D, generator=g)
-    args = (feat, new_emb, torch.randint(0, 36, (4, 3), generator=g), torch.ones(4, 3, dtype=torch.bool), torch.rand(4, generator=g))
+    args = (
+        feat,
+        new_emb,
+        torch.randint(0, 36, (4, 3), generator=g),
+        torch.ones(4, 3, dtype=torch.bool),
+        torch.rand(4, generator=g),
+    )
     with torch.no_grad():
         assert torch.equal(imported(*args), direct(*args))
     assert "origin" in json.loads((out / "config.json").read_text())
     # a wrong expectation, and an existing folder, are refused
-    r = runner.invoke(app, ["zoo", "import", "--published", str(path), "--checkpoint", str(files["checkpoint"]),
-                            "--heads", "4", "--blocks", "2", "--out", str(tmp_path / "zoo" / "other")])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "zoo",
+            "import",
+            "--published",
+            str(path),
+            "--checkpoint",
+            str(files["checkpoint"]),
+            "--heads",
+            "4",
+            "--blocks",
+            "2",
+            "--out",
+            str(tmp_path / "zoo" / "other"),
+        ],
+    )
     assert r.exit_code == 2 and "blocks 1" in r.output
     # sampling with it runs (N8 B3), and the zoo lists it
-    r = runner.invoke(app, ["sample", "--model", "maskgit", "--checkpoint", str(files["checkpoint"]), "--vqgan",
-                            str(files["vqgan"]), "--heads", "4", "--shortcut", str(out), "--steps", "8", "--budget", "3",
-                            "--classes", "0,1", "--per-class", "2", "--quiet", "--out", str(tmp_path / "s.png")])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "sample",
+            "--model",
+            "maskgit",
+            "--checkpoint",
+            str(files["checkpoint"]),
+            "--vqgan",
+            str(files["vqgan"]),
+            "--heads",
+            "4",
+            "--shortcut",
+            str(out),
+            "--steps",
+            "8",
+            "--budget",
+            "3",
+            "--classes",
+            "0,1",
+            "--per-class",
+            "2",
+            "--quiet",
+            "--out",
+            str(tmp_path / "s.png"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["zoo", "list", str(out.parent), "--json"])
     assert r.exit_code == 0 and json.loads(r.output)[0]["base"] == "maskgit"
@@ -201,13 +311,47 @@ def test_imported_published_shortcut_matches_direct_load_and_samples(files, tmp_
 
 def test_dump_and_bench_run_on_a_published_checkpoint(files, tmp_path):
     base_args = ["--model", "maskgit", "--checkpoint", str(files["checkpoint"]), "--heads", "4"]
-    r = runner.invoke(app, ["dump-trajectories", *base_args, "--num-samples", "4", "--steps", "4", "--batch-size", "2",
-                            "--out", str(tmp_path / "ds"), "--quiet", "--json"])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "dump-trajectories",
+            *base_args,
+            "--num-samples",
+            "4",
+            "--steps",
+            "4",
+            "--batch-size",
+            "2",
+            "--out",
+            str(tmp_path / "ds"),
+            "--quiet",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     manifest = json.loads((tmp_path / "ds" / "dataset.json").read_text())
     assert manifest["base"]["name"] == "maskgit" and manifest["dims"]["D"] == D and manifest["dims"]["L"] == GRID * GRID
-    r = runner.invoke(app, ["bench", *base_args, "--configs", "N4,N4B2", "--predictors", "cache", "--samples", "4",
-                            "--batch-size", "4", "--repeats", "1", "--out", str(tmp_path / "bench"), "--quiet", "--json"])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            *base_args,
+            "--configs",
+            "N4,N4B2",
+            "--predictors",
+            "cache",
+            "--samples",
+            "4",
+            "--batch-size",
+            "4",
+            "--repeats",
+            "1",
+            "--out",
+            str(tmp_path / "bench"),
+            "--quiet",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     rows = json.loads(r.output)["rows"]
     assert [row["method"] for row in rows] == ["vanilla", "cache"] and rows[0]["frechet"] is None
@@ -215,8 +359,13 @@ def test_dump_and_bench_run_on_a_published_checkpoint(files, tmp_path):
 
 
 def test_gpu_check_smoke_runs_on_cpu():
-    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--smoke", "--repeats", "1"],
-                       capture_output=True, text=True, timeout=300, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})  # fmt: skip
+    r = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--smoke", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
+    )
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["smoke"] and set(result["ms_per_batch"]) == {"N15", "N32", "N15B7", "N32B12"}

@@ -364,8 +364,10 @@ def test_item9_repo_ids_the_hub_rejects_are_refused(refs, repo_id):
 # ---- item 10: one-line errors instead of tracebacks; a rerun continues ----------------------------
 
 
-@pytest.mark.parametrize("args, message", [(["--seed", "-1"], "--seed must be at least 0"),
-                                           (["--batch-size", "0"], "batch-size must be at least 1")])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--seed", "-1"], "--seed must be at least 0"), (["--batch-size", "0"], "batch-size must be at least 1")],
+)
 def test_item10_bad_sizes_are_one_line_errors(tmp_path, args, message):
     out = tmp_path / "ds"
     one_line_error(runner.invoke(app, ["dump-trajectories", *CLI_SMALL, "--out", str(out), *args]), message)
@@ -406,13 +408,33 @@ def test_item10_disk_full_while_writing_is_one_line_and_a_rerun_continues(tmp_pa
             pq.ParquetWriter, "write_table", lambda self, *a, **kw: fail(self.where) or real(self, *a, **kw)
         )
     ds = tmp_path / "ds"
-    r = runner.invoke(app, ["dump-trajectories", "--out", str(ds), "--format", fmt, "--quiet",
-                            *[x for k, v in SMALL.items() for x in (f"--{k.replace('_', '-')}", str(v))]])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "dump-trajectories",
+            "--out",
+            str(ds),
+            "--format",
+            fmt,
+            "--quiet",
+            *[x for k, v in SMALL.items() for x in (f"--{k.replace('_', '-')}", str(v))],
+        ],
+    )
     one_line_error(r, "cannot write shard", "00001", os.strerror(code))
     assert not [p for p in ds.rglob("*") if ".tmp-" in p.name]  # no partial shard left
     monkeypatch.undo()
-    r = runner.invoke(app, ["dump-trajectories", "--out", str(ds), "--format", fmt, "--quiet",
-                            *[x for k, v in SMALL.items() for x in (f"--{k.replace('_', '-')}", str(v))]])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "dump-trajectories",
+            "--out",
+            str(ds),
+            "--format",
+            fmt,
+            "--quiet",
+            *[x for k, v in SMALL.items() for x in (f"--{k.replace('_', '-')}", str(v))],
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert verify_dataset(ds)["ok"] and same(ds, refs[fmt])
 

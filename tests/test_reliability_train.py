@@ -103,8 +103,27 @@ def test_item1_resume_never_unpickles(data, stopped, tmp_path):
     out, pwned = copy(stopped, tmp_path), tmp_path / "pwned"
     for name in ("custom_checkpoint_0.pkl", "optimizer.bin", "random_states_0.pkl"):  # what accelerate reloaded
         torch.save({"decay": 0.999, "updates": 1, "shadow": Touch(pwned)}, out / "checkpoint" / name)
-    code, _, stderr = cli("train", "--data", data, "--out", out, "--steps", 4, "--batch-size", 16, "--save-every", 2,
-                          "--val-fraction", 0.25, "--warmup", 1, "--device", "cpu", "--resume", "-q")  # fmt: skip
+    code, _, stderr = cli(
+        "train",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--steps",
+        4,
+        "--batch-size",
+        16,
+        "--save-every",
+        2,
+        "--val-fraction",
+        0.25,
+        "--warmup",
+        1,
+        "--device",
+        "cpu",
+        "--resume",
+        "-q",
+    )
     one_line_error(code, stderr, "does not list")
     assert not pwned.exists()
 
@@ -251,8 +270,9 @@ def test_item2_train_refuses_a_folder_that_is_not_its_own(data, tmp_path):
 
 def test_item8_zoo_show_renders_the_card_inert(straight, tmp_path):
     folder = copy(straight[0], tmp_path)
-    (folder / "README.md").write_text("---\nlicense: other\n---\n# Card \x1b[2J\x1b]0;owned\x07 [/bold]\n\n"
-                                      "| a | b |\n|---|---|\n| 1 | 2 |\n")  # fmt: skip
+    (folder / "README.md").write_text(
+        "---\nlicense: other\n---\n# Card \x1b[2J\x1b]0;owned\x07 [/bold]\n\n| a | b |\n|---|---|\n| 1 | 2 |\n"
+    )
     code, stdout, _ = cli("zoo", "show", folder)
     assert code == 0
     assert "\x1b" not in stdout and "\x07" not in stdout and "\\x1b[2J" in stdout and "[/bold]" in stdout
@@ -288,8 +308,10 @@ def test_item9_zoo_push_uploads_only_the_zoo_files(straight, tmp_path, monkeypat
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeHub)
     code, stdout, stderr = cli("push", folder, "--repo-id", "me/digits-shortcut")
     assert code == 0, stderr
-    assert FakeHub.calls == [("create_repo", "me/digits-shortcut", True),
-                             ("commit", ["README.md", "config.json", "model.safetensors"])]  # fmt: skip
+    assert FakeHub.calls == [
+        ("create_repo", "me/digits-shortcut", True),
+        ("commit", ["README.md", "config.json", "model.safetensors"]),
+    ]
     code, stdout, _ = cli("push", folder, "--repo-id", "me/digits-shortcut", "--dry-run", "--public")
     assert code == 0 and "(public)" in stdout and "notes.txt" not in stdout and "creds" not in stdout
     (folder / "README.md").unlink()
@@ -333,8 +355,9 @@ def test_item10_an_out_that_is_a_file_is_refused(data, tmp_path):
 
 def test_item10_resume_with_another_arch_is_one_line(data, stopped, tmp_path):
     out = copy(stopped, tmp_path)
-    code, _, stderr = cli("train", "--data", data, "--out", out, "--arch", "mlp", "--steps", 4, "--device", "cpu",
-                          "--resume", "-q")  # fmt: skip
+    code, _, stderr = cli(
+        "train", "--data", data, "--out", out, "--arch", "mlp", "--steps", 4, "--device", "cpu", "--resume", "-q"
+    )
     one_line_error(code, stderr, "resume with --arch tiny-transformer")
 
 
@@ -375,10 +398,23 @@ def test_item11_zoo_import_works_for_the_digits_base_and_heads_0_is_refused(tmp_
     g = torch.Generator().manual_seed(0)
     layout = published_shortcut_layout(D=DIGITS.D, H=DIGITS.D // 2, blocks=1, time_hidden=30)
     torch.save({k: 0.05 * torch.randn(shape, generator=g) for k, shape in layout.items()}, tmp_path / "sc.pth")
-    code, stdout, stderr = cli("zoo", "import", "--published", tmp_path / "sc.pth", "--out", tmp_path / "z",
-                               "--base", "maskgit-digits")  # fmt: skip
+    code, stdout, stderr = cli(
+        "zoo", "import", "--published", tmp_path / "sc.pth", "--out", tmp_path / "z", "--base", "maskgit-digits"
+    )
     assert code == 0, stderr
     assert load_shortcut(tmp_path / "z", DIGITS) is not None
-    code, _, stderr = cli("zoo", "import", "--published", tmp_path / "sc.pth", "--out", tmp_path / "y",
-                          "--base", "maskgit", "--checkpoint", tmp_path / "sc.pth", "--heads", 0)  # fmt: skip
+    code, _, stderr = cli(
+        "zoo",
+        "import",
+        "--published",
+        tmp_path / "sc.pth",
+        "--out",
+        tmp_path / "y",
+        "--base",
+        "maskgit",
+        "--checkpoint",
+        tmp_path / "sc.pth",
+        "--heads",
+        0,
+    )
     one_line_error(code, stderr, "heads")

@@ -75,7 +75,14 @@ def test_predictor_runs_the_shortcut_steps(tiny_base):
     p = RecordingCache()
     r = run(tiny_base, 5, config=SamplerConfig(**{**CFG.to_dict(), "budget": 2}), predictor=p)
     assert r.full == [0, 3]
-    assert [c[:2] for c in p.calls] == [("observe", 0), ("predict", 1), ("predict", 2), ("observe", 3), ("predict", 4), ("predict", 5)]
+    assert [c[:2] for c in p.calls] == [
+        ("observe", 0),
+        ("predict", 1),
+        ("predict", 2),
+        ("observe", 3),
+        ("predict", 4),
+        ("predict", 5),
+    ]
     counts = token_schedule(tiny_base.L, CFG.steps)
     _, step, emb_shape, ratio = p.calls[1]  # step 1 gets the tokens unmasked at step 0
     assert emb_shape == (12, counts[0], tiny_base.D)
@@ -84,5 +91,7 @@ def test_predictor_runs_the_shortcut_steps(tiny_base):
 
 def test_without_guidance_one_branch(tiny_base):
     shapes = []
-    run(tiny_base, 0, config=SamplerConfig(steps=4, guidance=0.0), recorder=lambda s, f, i, p: shapes.append(f.shape[0]))
+    run(
+        tiny_base, 0, config=SamplerConfig(steps=4, guidance=0.0), recorder=lambda s, f, i, p: shapes.append(f.shape[0])
+    )
     assert shapes == [6] * 4

@@ -25,7 +25,10 @@ runner = CliRunner()
 def zoo(tmp_path_factory):
     root = tmp_path_factory.mktemp("sb")
     dump_trajectories(DumpConfig(num_samples=16, steps=6, shard_size=8, out=str(root / "ds")), DIGITS)
-    train(TrainConfig(data=str(root / "ds"), out=str(root / "tt"), steps=10, batch_size=16, val_fraction=0.25, warmup=2), CPU)
+    train(
+        TrainConfig(data=str(root / "ds"), out=str(root / "tt"), steps=10, batch_size=16, val_fraction=0.25, warmup=2),
+        CPU,
+    )
     return root / "tt"
 
 
@@ -62,8 +65,23 @@ def test_taylor_extrapolates_linear_and_quadratic_motion():
 
 
 def test_sample_cli_and_its_errors(zoo, tmp_path):
-    ok = runner.invoke(app, ["sample", "--shortcut", str(zoo), "--steps", "8", "--budget", "3", "--per-class", "2",
-                             "--out", str(tmp_path / "s.png"), "--json"])  # fmt: skip
+    ok = runner.invoke(
+        app,
+        [
+            "sample",
+            "--shortcut",
+            str(zoo),
+            "--steps",
+            "8",
+            "--budget",
+            "3",
+            "--per-class",
+            "2",
+            "--out",
+            str(tmp_path / "s.png"),
+            "--json",
+        ],
+    )
     assert ok.exit_code == 0, ok.output
     assert json.loads(ok.stdout)["predictor"] == "shortcut" and (tmp_path / "s.png").exists()
     other = tmp_path / "other"
@@ -75,20 +93,41 @@ def test_sample_cli_and_its_errors(zoo, tmp_path):
     cases = [
         (["--shortcut", str(other), "--budget", "3"], "use --force"),
         (["--shortcut", str(zoo), "--steps", "8", "--budget", "9"], "budget must satisfy 1 <= budget <= steps (8)"),
-        (["--predictor", "magic", "--budget", "3"], "unknown predictor 'magic'; known predictors: shortcut, cache, taylor"),
+        (
+            ["--predictor", "magic", "--budget", "3"],
+            "unknown predictor 'magic'; known predictors: shortcut, cache, taylor",
+        ),
         (["--predictor", "shortcut"], "needs --shortcut"),
     ]
     for args, message in cases:
         out = tmp_path / "bad.png"
         result = runner.invoke(app, ["sample", "--out", str(out), "--steps", "8", *args])
         assert result.exit_code == 2 and message in result.stderr and not out.exists(), (args, result.output)
-    forced = runner.invoke(app, ["sample", "--shortcut", str(other), "--force", "--steps", "8", "--budget", "3",
-                                 "--per-class", "1", "--out", str(tmp_path / "f.png"), "--quiet"])  # fmt: skip
+    forced = runner.invoke(
+        app,
+        [
+            "sample",
+            "--shortcut",
+            str(other),
+            "--force",
+            "--steps",
+            "8",
+            "--budget",
+            "3",
+            "--per-class",
+            "1",
+            "--out",
+            str(tmp_path / "f.png"),
+            "--quiet",
+        ],
+    )
     assert forced.exit_code == 0, forced.output
 
 
 def test_budget_without_a_predictor_is_vanilla_at_n_and_refused_below(tmp_path):
-    a = runner.invoke(app, ["sample", "--steps", "8", "--budget", "8", "--per-class", "1", "--out", str(tmp_path / "a.png"), "--json"])
+    a = runner.invoke(
+        app, ["sample", "--steps", "8", "--budget", "8", "--per-class", "1", "--out", str(tmp_path / "a.png"), "--json"]
+    )
     b = runner.invoke(app, ["sample", "--steps", "8", "--per-class", "1", "--out", str(tmp_path / "b.png"), "--json"])
     assert a.exit_code == 0 and b.exit_code == 0 and json.loads(a.stdout)["predictor"] == "vanilla"
     assert json.loads(a.stdout)["full_steps"] == list(range(8))
@@ -99,12 +138,35 @@ def test_budget_without_a_predictor_is_vanilla_at_n_and_refused_below(tmp_path):
 
 def test_bench_writes_table_json_and_plot(zoo, tmp_path):
     out = tmp_path / "bench"
-    result = runner.invoke(app, ["bench", "--shortcut", str(zoo), "--configs", "N4,N6,N6B3", "--samples", "20",
-                                 "--repeats", "1", "--batch-size", "10", "--out", str(out), "--quiet"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            "--shortcut",
+            str(zoo),
+            "--configs",
+            "N4,N6,N6B3",
+            "--samples",
+            "20",
+            "--repeats",
+            "1",
+            "--batch-size",
+            "10",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads((out / "results.json").read_text())
     methods = [(r["config"], r["method"]) for r in data["rows"]]
-    assert methods == [("N4", "vanilla"), ("N6", "vanilla"), ("N6B3", "shortcut:tt"), ("N6B3", "cache"), ("N6B3", "taylor")]
+    assert methods == [
+        ("N4", "vanilla"),
+        ("N6", "vanilla"),
+        ("N6B3", "shortcut:tt"),
+        ("N6B3", "cache"),
+        ("N6B3", "taylor"),
+    ]
     for r in data["rows"]:
         assert r["latency_s"] > 0 and r["measured_over_ideal"] > 0 and 0 <= r["token_agreement"] <= 1
     assert data["where"]["threads"] >= 1 and "| N6B3 | cache |" in (out / "results.md").read_text()
@@ -112,8 +174,11 @@ def test_bench_writes_table_json_and_plot(zoo, tmp_path):
 
 
 def test_bench_bad_input(tmp_path):
-    for args, message in [(["--configs", "N8X"], "configs look like"), (["--configs", "N8B9", "--predictors", "cache"], "budget must satisfy"),
-                          (["--configs", "N8B4", "--predictors", "shortcut"], "needs --shortcut")]:  # fmt: skip
+    for args, message in [
+        (["--configs", "N8X"], "configs look like"),
+        (["--configs", "N8B9", "--predictors", "cache"], "budget must satisfy"),
+        (["--configs", "N8B4", "--predictors", "shortcut"], "needs --shortcut"),
+    ]:
         result = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), *args])
         assert result.exit_code == 2 and message in result.stderr, (args, result.output)
         assert not (tmp_path / "b").exists()

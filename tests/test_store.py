@@ -51,7 +51,9 @@ def test_lossless_round_trip_equals_the_rollout(dumps, fmt):
     assert len(ds) == 20 and ds.dims.N == 5
     rows = ds.rows(0, len(ds))
     assert np.array_equal(rows["features"], feats)
-    assert np.array_equal(rows["tokens"][::2], result.tokens.numpy()) and np.array_equal(rows["order"][1::2], result.order.numpy())
+    assert np.array_equal(rows["tokens"][::2], result.tokens.numpy()) and np.array_equal(
+        rows["order"][1::2], result.order.numpy()
+    )
     assert rows["branch"].tolist() == [0, 1] * 10 and rows["sample_id"].tolist() == [i // 2 for i in range(20)]
     assert rows["cond"].tolist() == [(i // 2) % 10 for i in range(20)]
     assert rows["seed"][::2].tolist() == sample_seeds(7, 0, 10)
@@ -143,7 +145,13 @@ def test_verify_names_a_flipped_byte_and_a_truncated_shard(dumps, tmp_path):
         assert verify_dataset(copy)["ok"]
         m = json.loads((copy / "dataset.json").read_text())
         victim = copy / m["shards"][1]["name"]
-        files = [victim] if victim.is_file() else sorted(p for p in victim.rglob("*") if p.is_file() and "features" in str(p) and "zarr.json" not in p.name)
+        files = (
+            [victim]
+            if victim.is_file()
+            else sorted(
+                p for p in victim.rglob("*") if p.is_file() and "features" in str(p) and "zarr.json" not in p.name
+            )
+        )
         data = bytearray(files[0].read_bytes())
         data[len(data) // 2] ^= 0xFF
         files[0].write_bytes(bytes(data))

@@ -40,8 +40,13 @@ def inputs(D=64, B=3, K=5, T=65):
     g = torch.Generator().manual_seed(0)
     valid = torch.ones(B, K, dtype=torch.bool)
     valid[0, 3:] = False
-    return (torch.randn(B, T, D, generator=g), torch.randn(B, K, D, generator=g),
-            torch.randint(0, T - 1, (B, K), generator=g), valid, torch.rand(B, generator=g))  # fmt: skip
+    return (
+        torch.randn(B, T, D, generator=g),
+        torch.randn(B, K, D, generator=g),
+        torch.randint(0, T - 1, (B, K), generator=g),
+        valid,
+        torch.rand(B, generator=g),
+    )
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
@@ -57,9 +62,6 @@ def test_arch_contract_and_padding(arch):
     emb2 = emb.clone()
     emb2[0, 3:] = 100.0
     assert torch.allclose(model(feat, emb2, pos, valid, ratio)[0], out[0], atol=1e-5)
-
-
-
 
 
 def test_published_shortcut_layout_loads_strictly_and_runs():
@@ -102,9 +104,32 @@ def test_resume_is_bit_for_bit(data, tmp_path):
 
 def test_two_cpu_ranks_train_and_their_checkpoint_loads_in_one_process(data, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "cli.main", "train",
-           "--data", str(data), "--out", str(out), "--steps", "24", "--batch-size", "8", "--lr", "3e-3",
-           "--val-fraction", "0.25", "--save-every", "12", "--device", "cpu", "--json"]  # fmt: skip
+    cmd = [
+        str(BIN / "torchrun"),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "cli.main",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--steps",
+        "24",
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-3",
+        "--val-fraction",
+        "0.25",
+        "--save-every",
+        "12",
+        "--device",
+        "cpu",
+        "--json",
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-3000:]
     config = json.loads((out / "config.json").read_text())
@@ -112,7 +137,9 @@ def test_two_cpu_ranks_train_and_their_checkpoint_loads_in_one_process(data, tmp
     losses = json.loads((out / "checkpoint" / "train_state.json").read_text())["losses"]
     assert sum(losses[-6:]) < sum(losses[:6])
     # the 2-rank checkpoint resumes in one process
-    more = train(TrainConfig(data=str(data), out=str(out), steps=30, batch_size=8, lr=3e-3, val_fraction=0.25), CPU, resume=True)  # fmt: skip
+    more = train(
+        TrainConfig(data=str(data), out=str(out), steps=30, batch_size=8, lr=3e-3, val_fraction=0.25), CPU, resume=True
+    )
     assert len(more["losses"]) == 30 and more["training"]["processes"] == 1
 
 
@@ -135,12 +162,35 @@ def copy_of(folder, tmp_path):
     "tamper, message",
     [
         (lambda p: (p / "config.json").write_text("{nope"), "not valid JSON"),
-        (lambda p: (p / "config.json").write_text(json.dumps({**json.loads((p / "config.json").read_text()), "arch": "lstm"})), "unknown arch 'lstm'"),
-        (lambda p: (p / "config.json").write_text(json.dumps({**json.loads((p / "config.json").read_text()), "arch_config": {"dim": 64, "depth": "x"}})), "depth must be int"),
+        (
+            lambda p: (p / "config.json").write_text(
+                json.dumps({**json.loads((p / "config.json").read_text()), "arch": "lstm"})
+            ),
+            "unknown arch 'lstm'",
+        ),
+        (
+            lambda p: (p / "config.json").write_text(
+                json.dumps({**json.loads((p / "config.json").read_text()), "arch_config": {"dim": 64, "depth": "x"}})
+            ),
+            "depth must be int",
+        ),
         (lambda p: (p / "model.safetensors").unlink(), "has no model.safetensors"),
-        (lambda p: ((p / "model.safetensors").unlink(), torch.save({}, p / "model.bin")), "pickled weights are never loaded"),
+        (
+            lambda p: ((p / "model.safetensors").unlink(), torch.save({}, p / "model.bin")),
+            "pickled weights are never loaded",
+        ),
         (lambda p: torch.save({"w": torch.zeros(1)}, p / "model.safetensors"), "not a safetensors file"),
-        (lambda p: (p / "config.json").write_text(json.dumps({**json.loads((p / "config.json").read_text()), "base": {"name": "maskgit-digits", "fingerprint": "0" * 64}})), "use --force"),
+        (
+            lambda p: (p / "config.json").write_text(
+                json.dumps(
+                    {
+                        **json.loads((p / "config.json").read_text()),
+                        "base": {"name": "maskgit-digits", "fingerprint": "0" * 64},
+                    }
+                )
+            ),
+            "use --force",
+        ),
     ],
 )
 def test_a_bad_zoo_folder_is_refused(zoo_folder, tmp_path, tamper, message):

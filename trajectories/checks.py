@@ -97,8 +97,10 @@ def check_repo_id(repo_id: str) -> str:
     try:
         validate_repo_id(repo_id)
     except HFValidationError:
-        raise MigmError(f"repo id {inert(repr(repo_id))} is not one the Hub accepts: 'user/name', at most 96 "
-                        "characters of letters, digits, '-', '_' and '.', no '--' or '..'") from None  # fmt: skip
+        raise MigmError(
+            f"repo id {inert(repr(repo_id))} is not one the Hub accepts: 'user/name', at most 96 "
+            "characters of letters, digits, '-', '_' and '.', no '--' or '..'"
+        ) from None
     return repo_id
 
 

@@ -311,8 +311,9 @@ def dump_shard(base, plan: Plan, k: int, out: Path, batch_size: int, progress: C
         raise
 
 
-def dump_trajectories(cfg: DumpConfig, base, overwrite: bool = False,
-                      progress: Callable[[int], None] | None = None) -> Manifest:  # fmt: skip
+def dump_trajectories(
+    cfg: DumpConfig, base, overwrite: bool = False, progress: Callable[[int], None] | None = None
+) -> Manifest:
     """Dump `cfg.num_samples` trajectories of the loaded `base` to `cfg.out`; returns the manifest.
     Under torchrun each rank loads its base on its own device (`resolve_device` reads LOCAL_RANK)."""
     from accelerate import PartialState
@@ -377,8 +378,13 @@ def finish(out: Path, plan: Plan, processes: int) -> Manifest:
         if sha is None:
             raise MigmError(f"shard {plan.shard_name(k)!r} has no recorded checksum; rerun the dump to rebuild it")
         shards.append(Shard(name=plan.shard_name(k), rows=plan.shard_rows(k), sha256=sha, bytes=path_size(path)))
-    manifest = Manifest(**vars(plan), shards=shards, rows=sum(s.rows for s in shards),
-                        created_by=f"migm {__version__}", processes=processes)  # fmt: skip
+    manifest = Manifest(
+        **vars(plan),
+        shards=shards,
+        rows=sum(s.rows for s in shards),
+        created_by=f"migm {__version__}",
+        processes=processes,
+    )
     try:
         (out / "README.md").write_text(dataset_card(manifest))
     except OSError as e:

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -31,9 +31,14 @@ class Samples:
 
 
 def sample_many(
-    base, labels: torch.Tensor, config: SamplerConfig, seed: int, batch_size: int = 250,
-    predictor: Predictor | None = None, progress: Callable[[int], None] | None = None,
-) -> Samples:  # fmt: skip
+    base,
+    labels: torch.Tensor,
+    config: SamplerConfig,
+    seed: int,
+    batch_size: int = 250,
+    predictor: Predictor | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Samples:
     """Roll out `labels` in batches; sample i always gets the seed derived from (seed, i)."""
     seeds = sample_seeds(seed, 0, len(labels))
     tokens, seconds, step_seconds, full = [], 0.0, [0.0] * config.steps, list(range(config.steps))
@@ -65,9 +70,16 @@ def save_grid(images: torch.Tensor, rows: int, path: Path, scale: int | None = N
 
 
 def generate(
-    base, classes: list[int], per_class: int, config: SamplerConfig, seed: int, out: str | Path,
-    batch_size: int = 250, predictor: Predictor | None = None, progress: Callable[[int], None] | None = None,
-) -> dict:  # fmt: skip
+    base,
+    classes: list[int],
+    per_class: int,
+    config: SamplerConfig,
+    seed: int,
+    out: str | Path,
+    batch_size: int = 250,
+    predictor: Predictor | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
     """Sample `per_class` images of each class and write them as a PNG grid, one row per class.
     `predictor` runs the shortcut steps (None: vanilla sampling, every step full)."""
     out = output_file(out, IMAGE_EXTENSIONS, "--out")
@@ -84,12 +96,23 @@ def generate(
     images = torch.cat([base.decode(t.to(base.device)).cpu() for t in s.tokens.split(8)])
     writable_dir(out.parent, "folder")
     save_grid(images, rows=len(classes), path=out)
-    return {"out": str(out), "images": len(labels), "full_steps": s.full, "latency_per_image_s": s.latency_per_image,
-            "sampler": config.to_dict()}  # fmt: skip
+    return {
+        "out": str(out),
+        "images": len(labels),
+        "full_steps": s.full,
+        "latency_per_image_s": s.latency_per_image,
+        "sampler": config.to_dict(),
+    }
 
 
-def score(base, samples: int, config: SamplerConfig, seed: int, batch_size: int = 250,
-          progress: Callable[[int], None] | None = None) -> dict:  # fmt: skip
+def score(
+    base,
+    samples: int,
+    config: SamplerConfig,
+    seed: int,
+    batch_size: int = 250,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
     """Sample `samples` images with classes spread evenly and score them with the base's scorer."""
     if samples < 2:
         raise MigmError(f"samples must be at least 2 (the Fréchet distance needs a covariance), got {samples}")

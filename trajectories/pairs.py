@@ -63,9 +63,18 @@ class PairStream(IterableDataset):
     disjoint blocks. Each epoch yields every pair of this rank's rows exactly once.
     """
 
-    def __init__(self, root: str | Path | TrajectoryDataset, batch_size: int = 64, rows: Sequence[int] | None = None,
-                 seed: int = 0, rank: int = 0, world: int = 1, block_rows: int = 16, buffer_blocks: int = 4,
-                 shuffle: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        root: str | Path | TrajectoryDataset,
+        batch_size: int = 64,
+        rows: Sequence[int] | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        block_rows: int = 16,
+        buffer_blocks: int = 4,
+        shuffle: bool = True,
+    ):
         # every shard's checksum is checked here, once, before any batch; DataLoader workers inherit it
         self.ds: TrajectoryDataset = root if isinstance(root, TrajectoryDataset) else open_dataset(root)
         self.ds.ensure_whole()

@@ -8,8 +8,9 @@ does not depend on which batch it ran in (dataset resume and sharding rely on th
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -34,8 +35,9 @@ class SamplerConfig:
         """Finite, in-range values, checked wherever a config is made (options, manifests, zoo
         configs), so NaN or a negative temperature never reaches the loop or a file."""
         check_int("steps", self.steps, low=1)
-        if self.budget is not None and (isinstance(self.budget, bool) or not isinstance(self.budget, int)
-                                        or not 1 <= self.budget <= self.steps):  # fmt: skip
+        if self.budget is not None and (
+            isinstance(self.budget, bool) or not isinstance(self.budget, int) or not 1 <= self.budget <= self.steps
+        ):
             raise MigmError(f"budget must satisfy 1 <= budget <= steps ({self.steps}), got {self.budget!r}")
         check_finite("guidance", self.guidance, low=0)
         check_finite("r-temp", self.r_temp, low=0)
@@ -47,7 +49,7 @@ class SamplerConfig:
         return asdict(self)
 
     @classmethod
-    def for_base(cls, base, steps: int, budget: int | None = None, **overrides: float | None) -> "SamplerConfig":
+    def for_base(cls, base, steps: int, budget: int | None = None, **overrides: float | None) -> SamplerConfig:
         """The base's own sampler defaults, overridden by what the user set (None: not set); steps and
         budget checked against the base's L."""
         token_schedule(base.L, steps)
@@ -93,7 +95,9 @@ class RolloutResult:
 
 def sample_seeds(seed: int, start: int, count: int) -> list[int]:
     """Per-sample seeds derived from the run seed and the sample's global index."""
-    return [int(np.random.SeedSequence([seed, i]).generate_state(1, np.uint64)[0] >> 1) for i in range(start, start + count)]
+    return [
+        int(np.random.SeedSequence([seed, i]).generate_state(1, np.uint64)[0] >> 1) for i in range(start, start + count)
+    ]
 
 
 def _noise(seeds: list[int], N: int, L: int, device: torch.device) -> torch.Tensor:
@@ -216,4 +220,3 @@ def rollout(
             clock.mark()
 
     return RolloutResult(tokens=tokens, order=order, step_times=clock.durations(), full=full)
-

@@ -47,7 +47,9 @@ def train_classifier(data: dict, seed: int, epochs: int = 60, log=print) -> tupl
             sched.step()
     clf.eval()
     with torch.no_grad():
-        acc = (clf(torch.from_numpy(data["x_test"])).argmax(-1) == torch.from_numpy(data["y_test"])).float().mean().item()
+        acc = (
+            (clf(torch.from_numpy(data["x_test"])).argmax(-1) == torch.from_numpy(data["y_test"])).float().mean().item()
+        )
     log(f"classifier: held-out accuracy {acc:.4f}")
     return clf.requires_grad_(False), acc
 
@@ -85,13 +87,22 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 200) -> float:
 def train_base(data: dict, args, log=print) -> MaskTransformer:
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
-    cfg = MaskGITConfig(grid=8, codebook_size=LEVELS, num_classes=10, hidden_dim=args.width, depth=args.depth,
-                        heads=args.heads, mlp_dim=4 * args.width, dropout=args.dropout)  # fmt: skip
+    cfg = MaskGITConfig(
+        grid=8,
+        codebook_size=LEVELS,
+        num_classes=10,
+        hidden_dim=args.width,
+        depth=args.depth,
+        heads=args.heads,
+        mlp_dim=4 * args.width,
+        dropout=args.dropout,
+    )
     net = MaskTransformer(cfg).train()
     decay = [p for n, p in net.named_parameters() if p.ndim >= 2 and "emb" not in n]
     rest = [p for n, p in net.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.95))  # fmt: skip
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95)
+    )
     x = torch.from_numpy(data["x_train"]).view(-1, 8, 8)
     y = torch.from_numpy(data["y_train"])
     x_te, y_te = torch.from_numpy(data["x_test"]).view(-1, 64), torch.from_numpy(data["y_test"])
@@ -109,8 +120,10 @@ def train_base(data: dict, args, log=print) -> MaskTransformer:
         opt.step()
         if step % args.eval_every == 0 or step == args.steps - 1:
             gap = conditioning_gap(net, x_te, y_te)
-            log(f"step {step:5d} loss {loss.item():.3f} | held-out @95% mask: right {gap['right']:.3f} "
-                f"wrong {gap['wrong']:.3f} null {gap['null']:.3f} | {time.time() - t0:.0f}s")  # fmt: skip
+            log(
+                f"step {step:5d} loss {loss.item():.3f} | held-out @95% mask: right {gap['right']:.3f} "
+                f"wrong {gap['wrong']:.3f} null {gap['null']:.3f} | {time.time() - t0:.0f}s"
+            )
     return net.eval().requires_grad_(False)
 
 
@@ -126,11 +139,17 @@ def sweep_sampler(base: MaskGIT, clf: DigitClassifier, per_class: int, log=print
         for r_temp in (3.0, 6.0, 9.0):
             for sm_temp in (0.5, 0.6, 0.7, 0.8, 1.0):
                 cfg = SamplerConfig(steps=16, guidance=w, r_temp=r_temp, sm_temp=sm_temp)
-                tokens = torch.cat([rollout(base, labels[i:i + 250], seeds[i:i + 250], cfg).tokens
-                                    for i in range(0, len(labels), 250)])  # fmt: skip
+                tokens = torch.cat(
+                    [
+                        rollout(base, labels[i : i + 250], seeds[i : i + 250], cfg).tokens
+                        for i in range(0, len(labels), 250)
+                    ]
+                )
                 s = score_digits(tokens, labels, clf)
                 results.append({"guidance": w, "r_temp": r_temp, "sm_temp": sm_temp, **s})
-                log(f"  w={w:<4} r_temp={r_temp:<3} sm_temp={sm_temp:<3} acc {s['accuracy']:.3f} frechet {s['frechet']:.3f}")
+                log(
+                    f"  w={w:<4} r_temp={r_temp:<3} sm_temp={sm_temp:<3} acc {s['accuracy']:.3f} frechet {s['frechet']:.3f}"
+                )
     good = [r for r in results if r["accuracy"] >= 0.95]
     best = min(good, key=lambda r: r["frechet"]) if good else max(results, key=lambda r: r["accuracy"])
     return {"chosen": {k: best[k] for k in ("guidance", "r_temp", "sm_temp")}, "sweep": results}
@@ -150,7 +169,9 @@ def main() -> None:
     p.add_argument("--label-drop", type=float, default=0.1)
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--sweep-per-class", type=int, default=50)
-    p.add_argument("--sweep-only", action="store_true", help="re-sweep the sampler of the weights in --out; no training")
+    p.add_argument(
+        "--sweep-only", action="store_true", help="re-sweep the sampler of the weights in --out; no training"
+    )
     args = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(args.out)
@@ -169,8 +190,12 @@ def main() -> None:
     sweep = sweep_sampler(base, clf, args.sweep_per_class)
     print("chosen sampler defaults:", sweep["chosen"])
     save_file(net.state_dict(), str(out / "maskgit-digits.safetensors"))
-    meta = {"model": asdict(net.cfg), "sampler": sweep["chosen"], "training": vars(args) | {"out": None},
-            "sampler_sweep": sweep["sweep"]}  # fmt: skip
+    meta = {
+        "model": asdict(net.cfg),
+        "sampler": sweep["chosen"],
+        "training": vars(args) | {"out": None},
+        "sampler_sweep": sweep["sweep"],
+    }
     (out / "maskgit-digits.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 

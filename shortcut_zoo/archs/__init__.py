@@ -8,7 +8,7 @@ K varies by step; padded new tokens have `new_valid = False`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 ARCHS: dict[str, tuple[type, type]] = {}  # name -> (module class, config dataclass)
 
@@ -64,8 +64,10 @@ def build(name: str, **config):
         with torch.device("meta"):  # count the parameters without allocating them
             parameters = sum(p.numel() for p in cls(cfg).parameters())
         if parameters > MAX_PARAMETERS:
-            raise MigmError(f"bad config for arch {name!r}: {parameters:,} parameters, more than the "
-                            f"{MAX_PARAMETERS:,} a shortcut may have; use fewer blocks or a larger bottleneck")  # fmt: skip
+            raise MigmError(
+                f"bad config for arch {name!r}: {parameters:,} parameters, more than the "
+                f"{MAX_PARAMETERS:,} a shortcut may have; use fewer blocks or a larger bottleneck"
+            )
         return cls(cfg)
     except (TypeError, ValueError, RuntimeError, AssertionError, ZeroDivisionError) as e:
         raise MigmError(f"bad config for arch {name!r}: {e}") from None

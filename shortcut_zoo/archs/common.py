@@ -9,7 +9,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def scatter_new_tokens(new_emb: torch.Tensor, new_pos: torch.Tensor, new_valid: torch.Tensor, positions: int) -> torch.Tensor:
+def scatter_new_tokens(
+    new_emb: torch.Tensor, new_pos: torch.Tensor, new_valid: torch.Tensor, positions: int
+) -> torch.Tensor:
     """[B, K, D] embeddings of new tokens -> [B, positions, D], zero where nothing was unmasked.
 
     Positions index the feature's image positions, which come first in MaskGIT's layout."""

@@ -91,7 +91,11 @@ def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], wh
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
-    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
     problems = []
     if missing:
         problems.append("missing keys: " + ", ".join(missing[:8]) + (" …" if len(missing) > 8 else ""))

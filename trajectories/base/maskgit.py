@@ -7,8 +7,8 @@ Sequence: L image tokens, then 1 class token. The feature is the output of `last
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -57,7 +57,9 @@ class Attention(nn.Module):
         super().__init__()
         self.mha = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True, bias=True)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, pad: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, pad: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Self-attention, or cross-attention to `context` whose `pad` positions are ignored."""
         kv = x if context is None else context
         return self.mha(x, kv, kv, key_padding_mask=pad, need_weights=False)[0]
@@ -78,7 +80,9 @@ class TransformerEncoder(nn.Module):
     def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int, dropout: float = 0.0):
         super().__init__()
         self.layers = nn.ModuleList(
-            nn.ModuleList([PreNorm(dim, Attention(dim, heads, dropout)), PreNorm(dim, FeedForward(dim, mlp_dim, dropout))])
+            nn.ModuleList(
+                [PreNorm(dim, Attention(dim, heads, dropout)), PreNorm(dim, FeedForward(dim, mlp_dim, dropout))]
+            )
             for _ in range(depth)
         )
 
@@ -97,9 +101,14 @@ class MaskTransformer(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, D)
         self.pos_emb = nn.Parameter(torch.zeros(1, cfg.L + 1, D))
         self.first_layer = nn.Sequential(
-            nn.LayerNorm(D, eps=1e-12), nn.Dropout(p), nn.Linear(D, D), nn.GELU(),
-            nn.LayerNorm(D, eps=1e-12), nn.Dropout(p), nn.Linear(D, D),
-        )  # fmt: skip
+            nn.LayerNorm(D, eps=1e-12),
+            nn.Dropout(p),
+            nn.Linear(D, D),
+            nn.GELU(),
+            nn.LayerNorm(D, eps=1e-12),
+            nn.Dropout(p),
+            nn.Linear(D, D),
+        )
         self.transformer = TransformerEncoder(D, cfg.depth, cfg.heads, cfg.mlp_dim, p)
         self.last_layer = nn.Sequential(
             nn.LayerNorm(D, eps=1e-12), nn.Dropout(p), nn.Linear(D, D), nn.GELU(), nn.LayerNorm(D, eps=1e-12)
@@ -164,7 +173,7 @@ class MaskGIT:
             self._fingerprint = fingerprint(config, self.net.state_dict())
         return self._fingerprint
 
-    def to(self, device: str | torch.device) -> "MaskGIT":
+    def to(self, device: str | torch.device) -> MaskGIT:
         self.net.to(device)
         return self
 
@@ -189,7 +198,9 @@ class MaskGIT:
         return self.decoder(tokens)
 
 
-def masked_token_loss(net: MaskTransformer, tokens: torch.Tensor, cond: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+def masked_token_loss(
+    net: MaskTransformer, tokens: torch.Tensor, cond: torch.Tensor, masked: torch.Tensor
+) -> torch.Tensor:
     """Cross-entropy of the true codes at masked positions (the MaskGIT training objective)."""
     inp = tokens.masked_fill(masked, net.cfg.codebook_size)
     logits = net.head(net.features(net.input_ids(inp, cond)))
@@ -221,7 +232,9 @@ def infer_config(state: dict[str, torch.Tensor], heads: int = 16, codebook_size:
     if heads < 1 or D % heads:
         raise MigmError(f"--heads must divide the hidden size {D}, got {heads}")
     mlp = state["transformer.layers.0.1.fn.net.0.weight"].shape[0]
-    return MaskGITConfig(grid=grid, codebook_size=V, num_classes=classes, hidden_dim=D, depth=depth, heads=heads, mlp_dim=mlp)
+    return MaskGITConfig(
+        grid=grid, codebook_size=V, num_classes=classes, hidden_dim=D, depth=depth, heads=heads, mlp_dim=mlp
+    )
 
 
 def read_maskgit_state(path: str) -> dict[str, torch.Tensor]:
@@ -231,8 +244,9 @@ def read_maskgit_state(path: str) -> dict[str, torch.Tensor]:
     return load_state_dict(path, "model_state_dict", "MaskGIT checkpoint")
 
 
-def load_maskgit(checkpoint: str | None = None, vqgan: str | None = None, heads: int | None = None,
-                 pixels: str | None = None) -> MaskGIT:  # fmt: skip
+def load_maskgit(
+    checkpoint: str | None = None, vqgan: str | None = None, heads: int | None = None, pixels: str | None = None
+) -> MaskGIT:
     """A published MaskGIT ImageNet checkpoint, with the taming VQGAN folder for decoding (optional
     for commands that never decode, such as dump-trajectories). `pixels` maps decoded images to
     [0, 1]: `minmax` (default, per image, as the published sampler and FID evaluation) or `clamp`."""

@@ -41,13 +41,20 @@ def config_from_yaml(path: Path) -> VQGANConfig:
         params = yaml.safe_load(path.read_text())["model"]["params"]
         dd = params["ddconfig"]
         return VQGANConfig(
-            n_embed=int(params["n_embed"]), embed_dim=int(params["embed_dim"]), z_channels=int(dd["z_channels"]),
-            resolution=int(dd["resolution"]), out_ch=int(dd["out_ch"]), ch=int(dd["ch"]),
-            ch_mult=[int(m) for m in dd["ch_mult"]], num_res_blocks=int(dd["num_res_blocks"]),
+            n_embed=int(params["n_embed"]),
+            embed_dim=int(params["embed_dim"]),
+            z_channels=int(dd["z_channels"]),
+            resolution=int(dd["resolution"]),
+            out_ch=int(dd["out_ch"]),
+            ch=int(dd["ch"]),
+            ch_mult=[int(m) for m in dd["ch_mult"]],
+            num_res_blocks=int(dd["num_res_blocks"]),
             attn_resolutions=[int(r) for r in dd.get("attn_resolutions", [])],
-        )  # fmt: skip
+        )
     except (yaml.YAMLError, KeyError, TypeError, ValueError) as e:
-        raise MigmError(f"{path}: not a taming VQGAN model.yaml (need model.params.n_embed, embed_dim, ddconfig): {e}") from None
+        raise MigmError(
+            f"{path}: not a taming VQGAN model.yaml (need model.params.n_embed, embed_dim, ddconfig): {e}"
+        ) from None
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -79,7 +86,9 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         h = self.norm(x)
-        q, k, v = (conv(h).flatten(2).transpose(1, 2).unsqueeze(1) for conv in (self.q, self.k, self.v))  # [B, 1, HW, C]
+        q, k, v = (
+            conv(h).flatten(2).transpose(1, 2).unsqueeze(1) for conv in (self.q, self.k, self.v)
+        )  # [B, 1, HW, C]
         h = F.scaled_dot_product_attention(q, k, v).squeeze(1).transpose(1, 2).reshape(B, C, H, W)
         return x + self.proj_out(h)
 

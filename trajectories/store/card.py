@@ -13,22 +13,26 @@ def dataset_card(manifest: Manifest) -> str:
 
     dims, codec, s = manifest.dims, manifest.codec, manifest.sampler
     parquet = manifest.format == "parquet"
-    return render_dataset_card({
-        "name": manifest.base.name,
-        "fingerprint": manifest.base.fingerprint,
-        "created_by": manifest.created_by,
-        "num_samples": manifest.num_samples,
-        "rows": manifest.rows,
-        "branches": manifest.branches,
-        "classes": list(manifest.classes),
-        "sampler": f"N={s.steps}, w={s.guidance}, r_temp={s.r_temp}, sm_temp={s.sm_temp}",
-        "seed": manifest.seed,
-        "format": manifest.format,
-        "shards": len(manifest.shards),
-        "codec": codec.spec,
-        "bytes": manifest.bytes,
-        "raw_bytes_per_row": dims.N * dims.T * dims.D * 2,  # float16 features
-        "fields": [(name, dtype.name, list(shape)) for name, (shape, dtype) in field_specs(dims, codec).items()],
-        "hub_features": hf_features(dims, codec)._to_yaml_list() if parquet else None,  # Parquet: the Hub's viewer reads them
-        "dims": {"N": dims.N, "L": dims.L, "C": dims.C, "D": dims.D, "V": dims.V},
-    })  # fmt: skip
+    return render_dataset_card(
+        {
+            "name": manifest.base.name,
+            "fingerprint": manifest.base.fingerprint,
+            "created_by": manifest.created_by,
+            "num_samples": manifest.num_samples,
+            "rows": manifest.rows,
+            "branches": manifest.branches,
+            "classes": list(manifest.classes),
+            "sampler": f"N={s.steps}, w={s.guidance}, r_temp={s.r_temp}, sm_temp={s.sm_temp}",
+            "seed": manifest.seed,
+            "format": manifest.format,
+            "shards": len(manifest.shards),
+            "codec": codec.spec,
+            "bytes": manifest.bytes,
+            "raw_bytes_per_row": dims.N * dims.T * dims.D * 2,  # float16 features
+            "fields": [(name, dtype.name, list(shape)) for name, (shape, dtype) in field_specs(dims, codec).items()],
+            "hub_features": hf_features(dims, codec)._to_yaml_list()
+            if parquet
+            else None,  # Parquet: the Hub's viewer reads them
+            "dims": {"N": dims.N, "L": dims.L, "C": dims.C, "D": dims.D, "V": dims.V},
+        }
+    )

@@ -45,8 +45,15 @@ def push_dataset(
     return upload_files(root, dataset_files(root), repo_id, "dataset", private, dry_run, token=token)
 
 
-def upload_files(root: str | Path, files: list[str], repo_id: str, repo_type: str, private: bool = True,
-                 dry_run: bool = False, token: str | None = None) -> dict:  # fmt: skip
+def upload_files(
+    root: str | Path,
+    files: list[str],
+    repo_id: str,
+    repo_type: str,
+    private: bool = True,
+    dry_run: bool = False,
+    token: str | None = None,
+) -> dict:
     """Upload exactly `files` (plain names inside `root`, no links) in one commit, to a repo created
     private unless asked otherwise. With `dry_run`, only report what would go up."""
     root = Path(root)
@@ -59,8 +66,14 @@ def upload_files(root: str | Path, files: list[str], repo_id: str, repo_type: st
             what = "a link" if path.is_symlink() else "missing or not a file"
             raise MigmError(f"{path} is {what}; push uploads plain files only")
     card = (root / "README.md").read_text() if "README.md" in files else ""
-    result = {"repo_id": repo_id, "repo_type": repo_type, "private": private, "files": list(files),
-              "bytes": sum((root / f).stat().st_size for f in files), "card": card}  # fmt: skip
+    result = {
+        "repo_id": repo_id,
+        "repo_type": repo_type,
+        "private": private,
+        "files": list(files),
+        "bytes": sum((root / f).stat().st_size for f in files),
+        "card": card,
+    }
     if dry_run:
         return {**result, "dry_run": True}
     from huggingface_hub import CommitOperationAdd, HfApi
@@ -68,8 +81,12 @@ def upload_files(root: str | Path, files: list[str], repo_id: str, repo_type: st
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-        commit = api.create_commit(repo_id, repo_type=repo_type, commit_message="Upload with migm",
-                                   operations=[CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(root / f)) for f in files])  # fmt: skip
+        commit = api.create_commit(
+            repo_id,
+            repo_type=repo_type,
+            commit_message="Upload with migm",
+            operations=[CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(root / f)) for f in files],
+        )
     except Exception as e:  # network, auth and permission errors all end the same way for the user
         raise MigmError(f"upload to {repo_id} failed: {type(e).__name__}: {e}") from None
     return {**result, "dry_run": False, "url": str(url), "commit": getattr(commit, "oid", None)}

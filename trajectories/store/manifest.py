@@ -103,8 +103,13 @@ class Manifest(Plan):
     processes: int
 
     def to_dict(self) -> dict:
-        return {**self.plan_dict(), "shards": [asdict(s) for s in self.shards], "rows": self.rows,
-                "created_by": self.created_by, "processes": self.processes}  # fmt: skip
+        return {
+            **self.plan_dict(),
+            "shards": [asdict(s) for s in self.shards],
+            "rows": self.rows,
+            "created_by": self.created_by,
+            "processes": self.processes,
+        }
 
     @property
     def bytes(self) -> int:
@@ -125,8 +130,19 @@ BASE_KEYS = {"name": str, "fingerprint": str, "precision": str}
 SAMPLER_KEYS = {"steps": int, "budget": "int?", "guidance": float, "r_temp": float, "sm_temp": float}
 DIMS_KEYS = {"N": int, "L": int, "C": int, "D": int, "V": int}
 SHARD_KEYS = {"name": str, "rows": int, "sha256": str, "bytes": int}
-PLAN_KEYS = {"schema_version": int, "format": str, "base": dict, "sampler": dict, "dims": dict, "codec": dict,
-             "num_samples": int, "shard_size": int, "seed": int, "classes": list, "branches": int}  # fmt: skip
+PLAN_KEYS = {
+    "schema_version": int,
+    "format": str,
+    "base": dict,
+    "sampler": dict,
+    "dims": dict,
+    "codec": dict,
+    "num_samples": int,
+    "shard_size": int,
+    "seed": int,
+    "classes": list,
+    "branches": int,
+}
 MANIFEST_KEYS = {**PLAN_KEYS, "shards": list, "rows": int, "created_by": str, "processes": int}
 
 
@@ -153,8 +169,14 @@ def _keys(obj, spec: dict, where: str) -> dict:
         raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))}{inside}")
     for key, kind in spec.items():
         if not _is(obj[key], kind):
-            want = {"int?": "an integer or null", int: "an integer", float: "a finite number", str: "a string",
-                    list: "a list", dict: "an object"}[kind]  # fmt: skip
+            want = {
+                "int?": "an integer or null",
+                int: "an integer",
+                float: "a finite number",
+                str: "a string",
+                list: "a list",
+                dict: "an object",
+            }[kind]
             raise ValueError(f"{where}{'.' if where else ''}{key} must be {want}, got {obj[key]!r}")
     return obj
 
@@ -197,10 +219,18 @@ def _plan(d: dict, keys: dict) -> Plan:
     if d["branches"] != (2 if sampler.guidance > 0 else 1):
         raise ValueError(f"branches {d['branches']} do not match guidance {sampler.guidance}")
     return Plan(
-        schema_version=version, format=d["format"], base=BaseInfo(**_keys(d["base"], BASE_KEYS, "base")),
-        sampler=sampler, dims=Dims(**dims), codec=_codec(d["codec"]), num_samples=d["num_samples"],
-        shard_size=d["shard_size"], seed=d["seed"], classes=list(d["classes"]), branches=d["branches"],
-    )  # fmt: skip
+        schema_version=version,
+        format=d["format"],
+        base=BaseInfo(**_keys(d["base"], BASE_KEYS, "base")),
+        sampler=sampler,
+        dims=Dims(**dims),
+        codec=_codec(d["codec"]),
+        num_samples=d["num_samples"],
+        shard_size=d["shard_size"],
+        seed=d["seed"],
+        classes=list(d["classes"]),
+        branches=d["branches"],
+    )
 
 
 def plain_shard_name(name: str, fmt: str) -> bool:

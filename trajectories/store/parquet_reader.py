@@ -48,8 +48,10 @@ class ParquetShardReader:
         for level, size in enumerate(shape):
             lengths = pc.list_value_length(col)
             if len(lengths) and (pc.min(lengths).as_py() != size or pc.max(lengths).as_py() != size):
-                raise MigmError(f"shard {self.name!r}: field {field} does not have the manifest's shape {list(shape)} "
-                                f"(axis {level}); dims or codec disagree with the data")  # fmt: skip
+                raise MigmError(
+                    f"shard {self.name!r}: field {field} does not have the manifest's shape {list(shape)} "
+                    f"(axis {level}); dims or codec disagree with the data"
+                )
             col = col.flatten()
         if col.type != pa.from_numpy_dtype(dtype):
             raise MigmError(f"shard {self.name!r}: field {field} holds {col.type}, the manifest says {dtype}")

@@ -66,9 +66,15 @@ class ParquetShardWriter:
         self.schema = arrow_schema(dims, codec)
         self.rows_per_group = rows_per_group
         self.written = 0
-        self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd", compression_level=level,
-                                       use_dictionary=False, write_statistics=False,
-                                       write_page_checksum=True)  # fmt: skip
+        self.writer = pq.ParquetWriter(
+            self.tmp,
+            self.schema,
+            compression="zstd",
+            compression_level=level,
+            use_dictionary=False,
+            write_statistics=False,
+            write_page_checksum=True,
+        )
 
     def write(self, start: int, fields: dict[str, np.ndarray]) -> None:
         """Rows are appended in order (Parquet cannot seek); `start` must follow the last write."""

@@ -28,11 +28,15 @@ class ZarrShardReader:
         for field, (shape, dtype) in specs.items():
             a = arrays[field]
             if tuple(a.shape) != (rows, *shape) or a.dtype != dtype:
-                raise MigmError(f"shard {self.name!r}: field {field} is {a.dtype}{list(a.shape)}, the manifest says "
-                                f"{dtype}{[rows, *shape]} (dims, codec or rows disagree with the data)")  # fmt: skip
+                raise MigmError(
+                    f"shard {self.name!r}: field {field} is {a.dtype}{list(a.shape)}, the manifest says "
+                    f"{dtype}{[rows, *shape]} (dims, codec or rows disagree with the data)"
+                )
             if a.nchunks_initialized < a.nchunks:  # with sharding, counted per stored shard object
-                raise MigmError(f"shard {self.name!r} is damaged: field {field} has missing chunks "
-                                f"({a.nchunks_initialized} of {a.nchunks} present)")  # fmt: skip
+                raise MigmError(
+                    f"shard {self.name!r} is damaged: field {field} has missing chunks "
+                    f"({a.nchunks_initialized} of {a.nchunks} present)"
+                )
         try:
             self.arrays = {f: a for f, a in arrays.items() if f.startswith("features")}
             self.small = {f: a[:] for f, a in arrays.items() if not f.startswith("features")}
