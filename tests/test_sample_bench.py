@@ -178,6 +178,9 @@ def test_bench_bad_input(tmp_path):
         (["--configs", "N8X"], "configs look like"),
         (["--configs", "N8B9", "--predictors", "cache"], "budget must satisfy"),
         (["--configs", "N8B4", "--predictors", "shortcut"], "needs --shortcut"),
+        (["--configs", ",,"], "names no config"),  # issue 16 item 10
+        (["--configs", "N4", "--repeats", "0"], "--repeats must be at least 1"),
+        (["--configs", "N4", "--seed", "-1"], "--seed must be at least 0"),
     ]:
         result = runner.invoke(app, ["bench", "--out", str(tmp_path / "b"), *args])
         assert result.exit_code == 2 and message in result.stderr, (args, result.output)
