@@ -78,38 +78,46 @@ def figure(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def render_model_card(config: dict, path: str) -> str:
-    if "origin" in config:
-        return render_imported_card(config, path)
-    m, cost, t = config["metrics"]["overall"], config["cost"], config["training"]
-    per_step = config["metrics"]["per_step"]
+def shortcut_fields(config: dict, path: str) -> dict:
+    """What every model card shows: the YAML header, the arch, the base and the counted cost."""
     meta = {
         "library_name": "migm",
         "tags": ["migm", "feature-shortcut", config["arch"], config["base"]["name"]],
         "license": "other",
     }
-    N = config["sampler"]["steps"]
+    cost = config["cost"]
+    return {
+        "yaml": yaml.safe_dump(meta, sort_keys=False).rstrip(),
+        "name": Path(path).name,
+        "path": path,
+        "arch": config["arch"],
+        "arch_config": ", ".join(f"{k}={v}" for k, v in config["arch_config"].items()),
+        "version": config["version"],
+        "base_name": config["base"]["name"],
+        "fingerprint": config["base"]["fingerprint"],
+        "N": config["sampler"]["steps"],
+        "parameters": cost["parameters"],
+        "relative_cost": cost["relative_cost"],
+        "shortcut_mflops": cost["shortcut_flops"] / 1e6,
+        "base_mflops": cost["base_flops"] / 1e6,
+    }
+
+
+def render_model_card(config: dict, path: str) -> str:
+    if "origin" in config:
+        return render_imported_card(config, path)
+    m, t = config["metrics"]["overall"], config["training"]
+    per_step = config["metrics"]["per_step"]
+    fields = shortcut_fields(config, path)
     return (
         (TEMPLATES / "model.md")
         .read_text()
         .format(
-            yaml=yaml.safe_dump(meta, sort_keys=False).rstrip(),
-            name=Path(path).name,
-            path=path,
-            arch=config["arch"],
-            arch_config=", ".join(f"{k}={v}" for k, v in config["arch_config"].items()),
-            version=config["version"],
-            base_name=config["base"]["name"],
-            fingerprint=config["base"]["fingerprint"],
+            **fields,
             dataset_fingerprint=config["dataset"]["fingerprint"][:16],
             samples=config["dataset"]["num_samples"],
             codec=config["dataset"]["codec"],
-            N=N,
-            budget_hint=max(1, N // 3),
-            parameters=cost["parameters"],
-            relative_cost=cost["relative_cost"],
-            shortcut_mflops=cost["shortcut_flops"] / 1e6,
-            base_mflops=cost["base_flops"] / 1e6,
+            budget_hint=max(1, fields["N"] // 3),
             steps=t["steps"],
             batch_size=t["batch_size"],
             lr=t["lr"],
@@ -126,38 +134,17 @@ def render_model_card(config: dict, path: str) -> str:
             cache_agree=figure(m["cache_agree"], ".4f"),
             step_header=" | ".join(str(r["step"]) for r in per_step),
             step_rule="---|" * len(per_step),
-            step_cos=" | ".join(f"{r['cos']:.4f}" for r in per_step),
-            step_cache=" | ".join(f"{r['cache_cos']:.4f}" for r in per_step),
+            step_cos=" | ".join(figure(r["cos"], ".4f") for r in per_step),
+            step_cache=" | ".join(figure(r["cache_cos"], ".4f") for r in per_step),
         )
     )
 
 
 def render_imported_card(config: dict, path: str) -> str:
     """Card of a published shortcut wrapped by `migm zoo import`: origin and cost, no training figures."""
-    cost, origin = config["cost"], config["origin"]
-    meta = {
-        "library_name": "migm",
-        "tags": ["migm", "feature-shortcut", config["arch"], config["base"]["name"]],
-        "license": "other",
-    }
+    origin = config["origin"]
     return (
         (TEMPLATES / "imported.md")
         .read_text()
-        .format(
-            yaml=yaml.safe_dump(meta, sort_keys=False).rstrip(),
-            name=Path(path).name,
-            path=path,
-            arch=config["arch"],
-            arch_config=", ".join(f"{k}={v}" for k, v in config["arch_config"].items()),
-            version=config["version"],
-            base_name=config["base"]["name"],
-            fingerprint=config["base"]["fingerprint"],
-            published=origin["published"],
-            sha256=origin["sha256"],
-            N=config["sampler"]["steps"],
-            parameters=cost["parameters"],
-            relative_cost=cost["relative_cost"],
-            shortcut_mflops=cost["shortcut_flops"] / 1e6,
-            base_mflops=cost["base_flops"] / 1e6,
-        )
+        .format(**shortcut_fields(config, path), published=origin["published"], sha256=origin["sha256"])
     )

@@ -17,7 +17,7 @@ def test_classifier_is_accurate_on_held_out_digits():
 
 def test_base_samples_are_the_requested_class():
     base = load_base(BaseSpec("maskgit-digits", device="cpu"))
-    metrics = score(base, 1000, SamplerConfig.for_base(base, 16), seed=0)
+    metrics = score(base, 400, SamplerConfig.for_base(base, 16), seed=0)  # 40 per class; `make demo` scores 1000
     assert metrics["accuracy"] >= 0.90, metrics
 
 
