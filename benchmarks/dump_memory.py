@@ -31,7 +31,7 @@ out, ckpt, n, batch, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys
 base = load_base(BaseSpec("maskgit", checkpoint=ckpt, device="cpu"))
 m = dump_trajectories(DumpConfig(num_samples=n, steps=steps, out=out, shard_size=n, batch_size=batch), base)
 peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
-print(peak, sum(s["bytes"] for s in m["shards"]))
+print(peak, sum(s.bytes for s in m.shards))
 """
 
 

@@ -24,6 +24,7 @@ from shortcut_zoo.train import TrainConfig, split_rows, train
 from trajectories.base import BaseSpec, load_base
 from trajectories.dump import DumpConfig, dump_trajectories
 from trajectories.pairs import PairStream, pair_loader
+from trajectories.store.manifest import read_manifest
 
 DIGITS = load_base(BaseSpec("maskgit-digits", device="cpu"))
 CPU = BaseSpec(device="cpu")  # train: the base the dataset names, on the CPU
@@ -55,7 +56,7 @@ def main() -> None:
         dump_trajectories(DumpConfig(num_samples=args.samples, steps=args.steps, out=str(path), codec=codec), DIGITS)
 
     base = load_base(BaseSpec("maskgit-digits"))
-    manifest = json.loads((dumps["lossless"] / "dataset.json").read_text())
+    manifest = read_manifest(dumps["lossless"])
     _, val_rows = split_rows(manifest, 0.05, 0)
 
     def heldout(zoo: Path) -> dict:
