@@ -41,3 +41,25 @@ def test_more_steps_than_tokens_is_a_user_error():
         token_schedule(64, 65)
     with pytest.raises(MigmError):
         token_schedule(64, 0)
+
+
+def test_token_schedule_equals_the_published_rule_in_float32():
+    """The published `adap_sche` (arccos, torch float32, `round` half to even, zeros raised to 1, the
+    last step absorbing the remainder) at every N <= 64 for the grids in use, ties included."""
+    import math
+
+    import torch
+
+    def published(N: int, L: int) -> list[int]:
+        r = torch.linspace(1, 0, N)
+        weights = torch.arccos(r) / (math.pi * 0.5)
+        counts = (weights / weights.sum() * L).round()
+        counts[counts == 0] = 1
+        counts[-1] += L - counts.sum()
+        return [int(c) for c in counts.tolist()]
+
+    for L in (9, 36, 64, 256, 1024):
+        for N in range(2, min(L, 64) + 1):
+            expected = published(N, L)
+            if min(expected) >= 1:  # where the published rule leaves a step empty, ours repairs it
+                assert token_schedule(L, N) == expected, (L, N)
