@@ -17,7 +17,6 @@ checkpoint. A resume checks every file against its recorded sha256, then each st
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -33,6 +32,7 @@ from safetensors.torch import save_file
 from trajectories.base.checkpoints import load_state_dict_strict
 from trajectories.checks import inert
 from trajectories.errors import MigmError
+from trajectories.store.schema import sha256_path
 
 CHECKPOINT = "checkpoint"
 PARTIAL = "checkpoint.partial"
@@ -86,11 +86,6 @@ def _remove(folder: Path) -> None:
             raise MigmError(inert(f"{folder} holds {p.name}, which migm did not write; move it away and retry"))
         p.unlink()
     folder.rmdir()
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -166,7 +161,7 @@ def save_checkpoint(out: Path, accelerator, model, opt, ema, state: dict, proven
                 "processes": accelerator.num_processes,
                 "ema": {"decay": ema.decay, "updates": ema.updates},
                 "optimizer": {"param_groups": groups},
-                "files": {p.name: _sha256(p) for p in sorted(partial.iterdir())},
+                "files": {p.name: sha256_path(p) for p in sorted(partial.iterdir())},
             }
             with open(partial / STATE, "w") as f:
                 f.write(json.dumps(record, indent=1) + "\n")
@@ -269,7 +264,7 @@ def _check_files(ckpt: Path, record: dict, rank: int) -> None:
         path = ckpt / name
         if path.is_symlink() or not path.is_file():
             raise MigmError(inert(f"{ckpt} is missing {name}; the checkpoint is not whole"))
-        if _sha256(path) != digest:
+        if sha256_path(path) != digest:
             raise MigmError(inert(f"{path} does not match the sha256 in {STATE}; the checkpoint is torn or damaged"))
     for name in (MODEL, EMA_WEIGHTS, OPTIMIZER):
         if name not in record["files"]:

@@ -21,6 +21,7 @@ from shortcut_zoo.train import TrainConfig, train
 from trajectories.base import BaseSpec, load_base
 from trajectories.dump import DumpConfig, dump_trajectories
 from trajectories.errors import MigmError
+from trajectories.store.schema import sha256_path
 
 DIGITS = load_base(BaseSpec("maskgit-digits", device="cpu"))
 CPU = BaseSpec(device="cpu")
@@ -82,7 +83,7 @@ def same_weights(a: Path, b: Path) -> bool:
 def rerecord(ckpt: Path) -> None:
     """Re-record every file's sha256 in train_state.json, as a tamperer who knows the format would."""
     state = json.loads((ckpt / "train_state.json").read_text())
-    state["files"] = {p.name: ckpt_module._sha256(p) for p in sorted(ckpt.iterdir()) if p.name != "train_state.json"}
+    state["files"] = {p.name: sha256_path(p) for p in sorted(ckpt.iterdir()) if p.name != "train_state.json"}
     (ckpt / "train_state.json").write_text(json.dumps(state))
 
 
