@@ -269,3 +269,87 @@ def write_vqgan(folder: Path, drop: str | None = None) -> Path:
         for name in names:
             del sys.modules[name]
     return folder
+
+
+# --- tiny Lumina-DiMOO folders --------------------------------------------------------------------
+
+DIMOO_FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "published" / "dimoo"
+
+
+def write_tiny_dimoo(
+    folder: Path,
+    d_model: int = 32,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    n_kv_heads: int = 2,
+    mlp: int = 64,
+    shards: int = 2,
+    seed: int = 0,
+) -> Path:
+    """A Lumina-DiMOO folder in the released layout with random LLaDA weights (keys `model.transformer.*`,
+    split into `shards` safetensors files with an index), the published fixture's tokenizer files,
+    special_tokens.json (vocabulary 256 text ids + 32 image codes) and vqvae/. Skips the calling
+    test when ../shared is absent."""
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from trajectories.base.dimoo import VQ_WEIGHTS
+
+    source = DIMOO_FIXTURE / "checkpoint"
+    if not source.is_dir():
+        pytest.skip(f"published DiMOO fixture not found at {source}")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vqvae").mkdir(exist_ok=True)
+    # copyfile, not copy: the fixture is read-only and tests remove pieces of their copy
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens.json", "vqvae/config.json"):
+        shutil.copyfile(source / name, folder / name)
+    shutil.copyfile(source / "vqvae" / VQ_WEIGHTS, folder / "vqvae" / VQ_WEIGHTS)
+    vocab = 288
+    hf = json.loads((source / "config.json").read_text())
+    hf |= {
+        "d_model": d_model,
+        "n_layers": n_layers,
+        "n_heads": n_heads,
+        "n_kv_heads": n_kv_heads,
+        "mlp_hidden_size": mlp,
+        "vocab_size": vocab,
+        "embedding_size": vocab,
+    }
+    (folder / "config.json").write_text(json.dumps(hf, indent=2))
+    g = torch.Generator().manual_seed(seed)
+    kv = d_model // n_heads * n_kv_heads
+
+    def linear(out_dim: int, in_dim: int) -> torch.Tensor:
+        return torch.randn(out_dim, in_dim, generator=g) / in_dim**0.5
+
+    state = {"transformer.wte.weight": torch.randn(vocab, d_model, generator=g)}
+    for i in range(n_layers):
+        p = f"transformer.blocks.{i}"
+        state |= {
+            f"{p}.attn_norm.weight": 1 + 0.1 * torch.randn(d_model, generator=g),
+            f"{p}.q_proj.weight": linear(d_model, d_model),
+            f"{p}.k_proj.weight": linear(kv, d_model),
+            f"{p}.v_proj.weight": linear(kv, d_model),
+            f"{p}.attn_out.weight": linear(d_model, d_model),
+            f"{p}.ff_norm.weight": 1 + 0.1 * torch.randn(d_model, generator=g),
+            f"{p}.ff_proj.weight": linear(mlp, d_model),
+            f"{p}.up_proj.weight": linear(mlp, d_model),
+            f"{p}.ff_out.weight": linear(d_model, mlp),
+        }
+    state |= {
+        "transformer.ln_f.weight": 1 + 0.1 * torch.randn(d_model, generator=g),
+        "transformer.ff_out.weight": linear(vocab, d_model),
+    }
+    state = {"model." + k: v for k, v in state.items()}
+    keys = sorted(state)
+    weight_map = {}
+    for s in range(shards):
+        name = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        part = keys[s::shards]
+        save_file({k: state[k].contiguous() for k in part}, str(folder / name))
+        weight_map |= {k: name for k in part}
+    index = {"metadata": {"total_size": sum(v.numel() * 4 for v in state.values())}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return folder

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from trajectories.base.digits import load_maskgit_digits, score_digits
+from trajectories.base.dimoo import load_dimoo
 from trajectories.base.maskgit import load_maskgit
 from trajectories.errors import MigmError
 
@@ -27,6 +28,10 @@ BASES: dict[str, tuple[Callable, str]] = {
     "maskgit": (
         load_maskgit,
         "published MaskGIT ImageNet checkpoint: --checkpoint FILE [--vqgan DIR to decode] [--heads 16]",
+    ),
+    "dimoo": (
+        load_dimoo,
+        "Lumina-DiMOO text-to-image (LLaDA): --checkpoint DIR (its Hugging Face folder) [--height/--width 1024]",
     ),
 }
 
@@ -46,12 +51,21 @@ class BaseSpec:
     vqgan: str | None = None
     heads: int | None = None
     pixels: str | None = None  # MaskGIT image mapping: minmax (published) or clamp
-    precision: str = "fp32"
+    height: int | None = None  # text-to-image bases: image size in pixels (None: not given)
+    width: int | None = None
+    precision: str | None = None  # None: the base's default (fp32; DiMOO: bf16 on CUDA, fp32 on CPU)
     device: str = "auto"
 
     def paths(self) -> dict:
         """The loader's keyword arguments the user set."""
-        given = {"checkpoint": self.checkpoint, "vqgan": self.vqgan, "heads": self.heads, "pixels": self.pixels}
+        given = {
+            "checkpoint": self.checkpoint,
+            "vqgan": self.vqgan,
+            "heads": self.heads,
+            "pixels": self.pixels,
+            "height": self.height,
+            "width": self.width,
+        }
         return {k: v for k, v in given.items() if v is not None}
 
 
@@ -76,12 +90,14 @@ def resolve_device(device: str) -> str:
 
 def load_base(spec: BaseSpec):
     """Load the base a spec names, on its device and precision (bf16 / fp16 run the transformer
-    under autocast); unknown names, options the base does not take and bad values are user errors."""
+    under autocast); unknown names, options the base does not take and bad values are user errors.
+    A loader that takes `device` and `precision` loads its weights straight onto the device in that
+    dtype and resolves its own default precision (None); the others load on the CPU and move."""
     if spec.name is None:
         raise MigmError(f"--model is needed; known models: {', '.join(sorted(BASES))}")
     if spec.name not in BASES:
         raise MigmError(f"unknown model {spec.name!r}; known models: {', '.join(sorted(BASES))}")
-    if spec.precision not in PRECISIONS:
+    if spec.precision is not None and spec.precision not in PRECISIONS:
         raise MigmError(f"precision must be one of {', '.join(PRECISIONS)}, got {spec.precision!r}")
     if spec.heads is not None and spec.heads < 1:
         raise MigmError(f"--heads must be at least 1, got {spec.heads}")
@@ -90,11 +106,14 @@ def load_base(spec: BaseSpec):
         raise MigmError("--precision fp16 needs a CUDA device (on CPU use bf16 or fp32)")
     loader = BASES[spec.name][0]
     paths = spec.paths()
-    unknown = sorted(set(paths) - set(inspect.signature(loader).parameters))
+    params = inspect.signature(loader).parameters
+    unknown = sorted(set(paths) - set(params))
     if unknown:
         options = ", ".join("--" + k.replace("_", "-") for k in unknown)
         why = " (it ships its own weights and decoder)" if spec.name == "maskgit-digits" else ""
         raise MigmError(f"{options} not used by --model {spec.name}{why}")
+    if "device" in params and "precision" in params:
+        return loader(**paths, device=device, precision=spec.precision)
     base = loader(**paths).to(device)
-    base.precision = spec.precision
+    base.precision = spec.precision or "fp32"
     return base
