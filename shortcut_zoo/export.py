@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from shortcut_zoo.archs import ARCHS, build
+from shortcut_zoo.archs import ARCHS, build, build_for_base
 from trajectories import __version__
 from trajectories.base.checkpoints import load_state_dict_strict
 from trajectories.checks import writable_dir
@@ -109,6 +109,38 @@ def published_arch_config(state: dict[str, torch.Tensor], what: str) -> dict:
     return config
 
 
+def published_dimoo_arch_config(state: dict[str, torch.Tensor], what: str) -> dict:
+    """dimoo-transformer config fields read off a published `MDMShortcut` state dict's keys and shapes:
+    width and bottleneck (no `proj_in`: bottleneck 1, identity projections), blocks, and mask-ratio
+    conditioning (`time_embedder` present) with its frequencies. The block shape comes from the base."""
+    need = ("ln_f.weight", "blocks.0.cross_attn.q_proj.weight", "blocks.0.self_attn.q_proj.weight")
+    missing = [k for k in need if k not in state]
+    if missing:
+        raise MigmError(f"{what}: not a DiMOO MDMShortcut state dict (missing {', '.join(missing)})")
+    H = state["ln_f.weight"].shape[0]
+    D = state["proj_in.weight"].shape[1] if "proj_in.weight" in state else H
+    bottleneck = max(1, round(D / H))
+    if round(D / bottleneck) != H:  # the published hidden width is round(D / bottleneck_ratio)
+        raise MigmError(f"{what}: hidden width {H} is not round({D} / k) for any whole bottleneck k")
+    config = {
+        "dim": D,
+        "bottleneck": bottleneck,
+        "blocks": len({k.split(".")[1] for k in state if k.startswith("blocks.")}),
+        "time": "time_embedder.mlp.0.weight" in state,
+    }
+    if config["time"]:
+        config["time_freq"] = state["time_embedder.mlp.0.weight"].shape[1]
+    return config
+
+
+def is_dimoo_base(base) -> bool:
+    """A DiMOO-architecture base: a text base, or one whose network carries a LLaDA config."""
+    from trajectories.base.llada import LLaDAConfig
+
+    cfg = getattr(getattr(base, "net", None), "cfg", None)
+    return bool(getattr(base, "text", False)) or isinstance(cfg, LLaDAConfig)
+
+
 def import_published(
     file: str | Path,
     out: str | Path,
@@ -119,9 +151,11 @@ def import_published(
     steps: int = 32,
 ) -> dict:
     """Wrap a published MIGM-Shortcut state dict (a torch pickle, read weights-only) into a zoo folder
-    bound to the loaded `base`: tiny-transformer arch, bottleneck, blocks and
-    time conditioning read off the keys and shapes (`bottleneck` / `blocks`, when given, are checked
-    against them), `shortcut_heads` heads (not in the file; 16 as released), safetensors weights."""
+    bound to the loaded `base`: bottleneck, blocks and time conditioning read off the keys and shapes
+    (`bottleneck` / `blocks`, when given, are checked against them), safetensors weights. A MaskGIT
+    base takes a `MaskGITShortcut` as tiny-transformer with `shortcut_heads` heads (not in the file;
+    16 as released); a DiMOO base takes an `MDMShortcut` as dimoo-transformer, its block shape
+    (heads included) the base's."""
     from shortcut_zoo.evaluate import relative_cost
     from trajectories.base.checkpoints import load_state_dict
     from trajectories.rollout import SamplerConfig
@@ -132,21 +166,28 @@ def import_published(
     if out.exists() and any(out.iterdir()):
         raise MigmError(f"{out} is not empty; choose a new zoo folder")
     state = load_state_dict(file, "state_dict", "shortcut state dict")
-    found = published_arch_config(state, str(file))
+    dimoo = is_dimoo_base(base)
+    if not dimoo and "ln_f.weight" in state:
+        raise MigmError(f"{file} is a DiMOO shortcut (MDMShortcut); import it with --base dimoo")
+    arch = "dimoo-transformer" if dimoo else "tiny-transformer"
+    found = published_dimoo_arch_config(state, str(file)) if dimoo else published_arch_config(state, str(file))
     for name, given in (("bottleneck", bottleneck), ("blocks", blocks)):
         if given is not None and given != found[name]:
             raise MigmError(f"{file} has {name} {found[name]}, not the --{name} {given} asked for")
-    H = found["dim"] // found["bottleneck"]
-    if shortcut_heads < 1 or H % shortcut_heads:
-        raise MigmError(f"--shortcut-heads must divide the shortcut's hidden width {H}, got {shortcut_heads}")
     if found["dim"] != base.D:
         raise MigmError(f"{file} has width {found['dim']}; the base has D = {base.D}")
-    shortcut = build("tiny-transformer", **found, heads=shortcut_heads)
+    if dimoo:
+        shortcut = build_for_base(arch, base, **found)
+    else:
+        H = found["dim"] // found["bottleneck"]
+        if shortcut_heads < 1 or H % shortcut_heads:
+            raise MigmError(f"--shortcut-heads must divide the shortcut's hidden width {H}, got {shortcut_heads}")
+        shortcut = build(arch, **found, heads=shortcut_heads)
     load_state_dict_strict(shortcut, state, str(file))
     shortcut = shortcut.to(base.device).eval()
     config = {
         "zoo_format": ZOO_FORMAT,
-        "arch": "tiny-transformer",
+        "arch": arch,
         "arch_config": asdict(shortcut.cfg),
         "base": {"name": base.name, "fingerprint": base.fingerprint},
         "origin": {"published": file.name, "sha256": sha256_path(file)},
@@ -208,7 +249,7 @@ def load_shortcut(path: str | Path, base, force: bool = False) -> torch.nn.Modul
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise MigmError(f"{weights} is not a safetensors file ({e}); pickled weights are never loaded") from None
-    model = build(config["arch"], **config["arch_config"])
+    model = build_for_base(config["arch"], base, **config["arch_config"])
     load_state_dict_strict(model, state, str(weights))
     return model.to(base.device).eval().requires_grad_(False)
 

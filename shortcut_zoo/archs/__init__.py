@@ -1,8 +1,11 @@
 """Shortcut architectures, registered by name. Every one has the same forward contract:
 
-    forward(feat [B, L+C, D], new_emb [B, K, D], new_pos [B, K], new_valid [B, K], mask_ratio [B]) -> next_feat
+    forward(feat [B, T, D], new_emb [B, K, D], new_pos [B, K], new_valid [B, K], mask_ratio [B],
+            feat_valid [B, T] | None = None) -> next_feat
 
-K varies by step; padded new tokens have `new_valid = False`.
+T = L + C positions (text bases: the longest row). K varies by step; padded new tokens have
+`new_valid = False`. `new_pos` are positions in the feature's sequence. Rows are right-padded;
+`feat_valid` marks their real positions (None: all real; archs without token mixing ignore it).
 """
 
 from __future__ import annotations
@@ -73,4 +76,22 @@ def build(name: str, **config):
         raise MigmError(f"bad config for arch {name!r}: {e}") from None
 
 
-from shortcut_zoo.archs import gru, mlp, tiny_transformer  # noqa: E402,F401  (each registers itself)
+def build_for_base(name: str, base, **config):
+    """`build` for a loaded base: `dim` is the base's D, and an arch whose config class has a
+    classmethod `base_fields(base) -> dict` takes those fields from the base (the DiMOO shortcut's block
+    shape), where the user gave none (or 0, "from the base"); the user's other fields win."""
+    from trajectories.errors import MigmError
+
+    if name not in ARCHS:
+        raise MigmError(f"unknown arch {name!r}; known archs: {', '.join(sorted(ARCHS))}")
+    if config.get("dim", base.D) != base.D:
+        raise MigmError(f"arch {name!r}: dim {config['dim']} given, but the base has D = {base.D}")
+    fields = {"dim": base.D}
+    config_cls = ARCHS[name][1]
+    if hasattr(config_cls, "base_fields"):
+        fields.update(config_cls.base_fields(base))
+    unset = [k for k in fields if config.get(k) is None or (config[k] == 0 and not isinstance(config[k], bool))]
+    return build(name, **{**config, **{k: fields[k] for k in unset}})
+
+
+from shortcut_zoo.archs import dimoo_transformer, gru, mlp, tiny_transformer  # noqa: E402,F401  (each registers itself)

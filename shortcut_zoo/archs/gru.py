@@ -42,7 +42,7 @@ class GRU(nn.Module):
         nn.init.zeros_(self.proj_out.weight)  # start as the cache predictor
         nn.init.zeros_(self.proj_out.bias)
 
-    def forward(self, feat, new_emb, new_pos, new_valid, mask_ratio):
+    def forward(self, feat, new_emb, new_pos, new_valid, mask_ratio, feat_valid=None):
         B, T, D = feat.shape
         valid = new_valid[..., None].to(new_emb.dtype)
         pooled = (new_emb * valid).sum(1) / valid.sum(1).clamp(min=1)

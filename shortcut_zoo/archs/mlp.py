@@ -52,7 +52,7 @@ class MLP(nn.Module):
         nn.init.zeros_(self.proj_out.weight)  # start as the cache predictor
         nn.init.zeros_(self.proj_out.bias)
 
-    def forward(self, feat, new_emb, new_pos, new_valid, mask_ratio):
+    def forward(self, feat, new_emb, new_pos, new_valid, mask_ratio, feat_valid=None):
         new = scatter_new_tokens(new_emb, new_pos, new_valid, feat.shape[1])
         x = self.proj_in(feat) + self.new_token_proj_in(new) + self.time_embedder(1000 * mask_ratio)[:, None]
         return feat + self.proj_out(self.norm_out(self.layers(x)))

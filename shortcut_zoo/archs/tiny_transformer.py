@@ -119,7 +119,7 @@ class TinyTransformer(nn.Module):
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
 
-    def forward(self, feat, new_emb, new_pos, new_valid, mask_ratio):
+    def forward(self, feat, new_emb, new_pos, new_valid, mask_ratio, feat_valid=None):
         x = self.proj_in(feat)
         new = self.new_token_proj_in(new_emb)
         for block in self.blocks:
