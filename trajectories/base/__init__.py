@@ -2,7 +2,8 @@
 
 A base has `name`, `fingerprint`, `L`, `C`, `D`, `V`, `mask_id`, `num_classes`, `sampler_defaults`,
 `precision` and `forward(tokens, cond) -> (logits, feature)`, `head(feature)`, `embed(ids, positions)`,
-`null_cond(batch)`, `decode(tokens)` (see DESIGN.md, Contracts).
+`null_cond(batch)`, `decode(tokens)` (see DESIGN.md, Contracts). Text bases (`text = True`, DiMOO) take
+prompt ids as `cond` and add `feature_valid(cond)` and `new_tokens(new_ids, new_pos, cond, branch)`.
 """
 
 from __future__ import annotations

@@ -137,7 +137,8 @@ class DiMOO:
     `cond` is prompt ids [R, P] (markup included, right-padded with -1): `encode_prompts` for the cond
     branch, `null_cond` for the uncond branch. `C` counts the non-image positions of the cond row of
     an empty prompt (markup, boa/boi, newlines, eoi/eoa); real rows are longer by their prompt words,
-    and their length is `sequence_length(prompt_len, h, w)`.
+    and their length is `sequence_length(prompt_len, h, w)`. The fingerprint covers the config, the
+    special ids and the stored weights, not the image size (L says that) nor the loaded precision.
     """
 
     name = "dimoo"
