@@ -63,6 +63,14 @@ def train(
         str, typer.Option("--loss", help="mse, or mse+kl (adds KL between the base head's distributions).")
     ] = "mse",
     mse_weight: Annotated[float, typer.Option("--mse-weight", help="Weight of the feature MSE.")] = 1.0,
+    mse_positions: Annotated[
+        str,
+        typer.Option(
+            "--mse-positions",
+            help="Where the MSE is taken: masked (image cells still masked after the step) or all (every real "
+            "position, as the published DiMOO trainer).",
+        ),
+    ] = "masked",
     kl_weight: Annotated[float, typer.Option("--kl-weight", help="Weight of the KL term (--loss mse+kl).")] = 0.1,
     kl_temperature: Annotated[
         float, typer.Option("--kl-temperature", help="T of the KL term: softmax(logits / T), loss scaled by T^2.")
@@ -108,6 +116,7 @@ def train(
         ema=ema,
         loss=loss,
         mse_weight=mse_weight,
+        mse_positions=mse_positions,
         kl_weight=kl_weight,
         kl_temperature=kl_temperature,
         val_fraction=val_fraction,
@@ -212,7 +221,10 @@ def zoo_import(
     model: Annotated[str, typer.Option("--base", "--model", help="Base the shortcut belongs to.")] = "maskgit",
     heads: HeadsOpt = None,
     shortcut_heads: Annotated[
-        int, typer.Option("--shortcut-heads", help="Attention heads of the shortcut (released file: 16).")
+        int,
+        typer.Option(
+            "--shortcut-heads", help="Attention heads of a MaskGIT shortcut (released: 16; DiMOO: the base's)."
+        ),
     ] = 16,
     bottleneck: Annotated[
         Optional[int], typer.Option("--bottleneck", help="Expected D / hidden (checked against the file).")
@@ -243,7 +255,7 @@ def zoo_import(
         return
     a = config["arch_config"]
     console.print(
-        f"wrote {out} (tiny-transformer, bottleneck {a['bottleneck']}, {a['blocks']} block(s), "
+        f"wrote {out} ({config['arch']}, bottleneck {a['bottleneck']}, {a['blocks']} block(s), "
         f"{a['heads']} heads, mask-ratio conditioning {'on' if a['time'] else 'off'}, "
         f"{config['cost']['parameters']:,} parameters, {config['cost']['relative_cost']:.3f}x a base forward, "
         f"base {config['base']['name']} {config['base']['fingerprint'][:12]})"

@@ -8,15 +8,23 @@ import torch
 import torch.nn.functional as F
 
 
+def at_cells(values: torch.Tensor, batch: dict[str, torch.Tensor], T: int) -> torch.Tensor:
+    """Per-cell values [B, L] placed at the cells' feature positions of a [B, T] map (zero elsewhere)."""
+    cells = batch.get("cells")
+    if cells is None:  # class rows: the L cells come first
+        cells = torch.arange(values.shape[1], device=values.device).expand_as(values)
+    return values.new_zeros(values.shape[0], T).scatter(1, cells, values)
+
+
 def masked_positions(batch: dict[str, torch.Tensor], T: int) -> torch.Tensor:
     """[B, T] bool: image positions still masked after the step (the ones whose logits matter next)."""
-    m = batch["still_masked"]
-    return torch.cat([m, m.new_zeros(m.shape[0], T - m.shape[1])], dim=1)
+    return at_cells(batch["still_masked"], batch, T)
 
 
 def predict(model: torch.nn.Module, base, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     new_emb = base.embed(batch["new_ids"], batch["new_pos"])
-    return model(batch["feature"], new_emb, batch["new_pos"], batch["new_valid"], batch["mask_ratio"])
+    padding = {"feat_valid": batch["feat_valid"]} if "feat_valid" in batch else {}  # text rows are right-padded
+    return model(batch["feature"], new_emb, batch["new_pos"], batch["new_valid"], batch["mask_ratio"], **padding)
 
 
 @torch.no_grad()
@@ -32,13 +40,12 @@ def validate(
         pred = predict(model, base, batch).float()
         true, cache = batch["target"], batch["feature"]
         keep = masked_positions(batch, true.shape[1])
-        true_top = base.head(true).argmax(-1)
-        L = true_top.shape[1]
+        true_top = base.head(true, batch["cond"]).argmax(-1)
         rows = []
         for guess in (pred, cache):
             cos = F.cosine_similarity(guess, true, dim=-1)
             mse = ((guess - true) ** 2).mean(-1)
-            agree = F.pad((base.head(guess).argmax(-1) == true_top).double(), (0, true.shape[1] - L))
+            agree = at_cells((base.head(guess, batch["cond"]).argmax(-1) == true_top).double(), batch, true.shape[1])
             rows += [cos, mse, agree]
         for s in batch["step"].unique().tolist():
             sel = keep & (batch["step"] == s)[:, None]
@@ -73,22 +80,20 @@ def count_flops(fn, *args) -> int:
 
 def relative_cost(model: torch.nn.Module, base, steps: int) -> dict:
     """Counted FLOPs of one shortcut call (K = L/N new tokens) and of one base forward, per sample."""
-    L, T, D = base.L, base.L + base.C, base.D
+    L, device = base.L, base.device
     K = max(1, L // steps)
-    device = base.device
-    feat = torch.zeros(1, T, D, device=device)
-    args = (
-        feat,
-        torch.zeros(1, K, D, device=device),
+    cond = base.null_cond(1).to(device)  # a stand-in condition: class or (short) prompt
+    tokens = torch.full((1, L), base.mask_id, device=device)
+    feat = base.forward(tokens, cond)[1].float()
+    new = base.new_tokens(
+        torch.zeros(1, K, dtype=torch.long, device=device),
         torch.arange(K, device=device)[None],
-        torch.ones(1, K, dtype=torch.bool, device=device),
-        torch.full((1,), 0.5, device=device),
+        cond,
+        torch.zeros(1, dtype=torch.long, device=device),
     )
-    shortcut = count_flops(model, *args)
-    full = count_flops(
-        base.forward, torch.full((1, L), base.mask_id, device=device), torch.zeros(1, dtype=torch.long, device=device)
-    )
-    head = count_flops(base.head, feat)
+    shortcut = count_flops(model, feat, *new, torch.full((1,), 0.5, device=device))
+    full = count_flops(base.forward, tokens, cond)
+    head = count_flops(base.head, feat, cond)
     return {
         "shortcut_flops": shortcut,
         "base_flops": full,

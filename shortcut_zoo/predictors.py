@@ -24,8 +24,9 @@ class ShortcutPredictor:
         pass
 
     @torch.no_grad()
-    def predict(self, step, feature, new_emb, new_pos, new_valid, mask_ratio):
-        return self.model(feature, new_emb.to(feature.dtype), new_pos, new_valid, mask_ratio.to(feature.dtype))
+    def predict(self, step, feature, new_emb, new_pos, new_valid, mask_ratio, feat_valid=None):
+        new_emb, mask_ratio = new_emb.to(feature.dtype), mask_ratio.to(feature.dtype)
+        return self.model(feature, new_emb, new_pos, new_valid, mask_ratio, feat_valid=feat_valid)
 
 
 class CachePredictor:
@@ -35,7 +36,7 @@ class CachePredictor:
     def observe(self, step: int, feature: torch.Tensor) -> None:
         pass
 
-    def predict(self, step, feature, new_emb, new_pos, new_valid, mask_ratio):
+    def predict(self, step, feature, new_emb, new_pos, new_valid, mask_ratio, feat_valid=None):
         return feature
 
 
@@ -52,7 +53,7 @@ class TaylorPredictor:
     def observe(self, step: int, feature: torch.Tensor) -> None:
         self.history = (self.history + [(step, feature)])[-(self.order + 1) :]
 
-    def predict(self, step, feature, new_emb, new_pos, new_valid, mask_ratio):
+    def predict(self, step, feature, new_emb, new_pos, new_valid, mask_ratio, feat_valid=None):
         pts = self.history
         (a, fa) = pts[-1]
         if len(pts) == 1:

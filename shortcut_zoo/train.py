@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shortcut_zoo.archs import build
+from shortcut_zoo.archs import build_for_base
 from shortcut_zoo.checkpoint import CHECKPOINT, check_out_folder, load_checkpoint, save_checkpoint
 from shortcut_zoo.evaluate import masked_positions, predict, relative_cost, validate
 from trajectories.base import BaseSpec, load_base
@@ -47,6 +47,7 @@ class TrainConfig:
     ema: float = 0.999
     loss: str = "mse"  # mse | mse+kl
     mse_weight: float = 1.0
+    mse_positions: str = "masked"  # masked: image cells still masked after the step | all: every real position
     kl_weight: float = 0.1  # with loss mse+kl
     kl_temperature: float = 1.0  # T: KL between softmax(logits / T), scaled by T² (as published)
     val_fraction: float = 0.05
@@ -106,19 +107,23 @@ def shortcut_loss(pred: torch.Tensor, batch: dict, base, cfg: TrainConfig) -> to
     `mse+kl` kl_weight · T² · KL(target ‖ prediction) of the base head's softmax(logits / T), per
     position (the published `loss_fn`; T² keeps the gradient scale independent of T)."""
     keep = masked_positions(batch, pred.shape[1])
+    if cfg.mse_positions == "all":  # every real position of the sequence, as the published DiMOO trainer
+        keep = batch.get("feat_valid", torch.ones_like(keep))
     loss = cfg.mse_weight * ((pred - batch["target"]) ** 2).mean(-1)[keep].mean()
     if cfg.loss == "mse+kl":
-        L, T = batch["still_masked"].shape[1], cfg.kl_temperature
-        log_p = F.log_softmax(base.head(pred).float() / T, -1)
-        log_q = F.log_softmax(base.head(batch["target"]).float() / T, -1)
+        T = cfg.kl_temperature
+        log_p = F.log_softmax(base.head(pred, batch.get("cond")).float() / T, -1)
+        log_q = F.log_softmax(base.head(batch["target"], batch.get("cond")).float() / T, -1)
         kl = F.kl_div(log_p, log_q, log_target=True, reduction="none").sum(-1)
-        loss = loss + cfg.kl_weight * T * T * kl[keep[:, :L]].mean()
+        loss = loss + cfg.kl_weight * T * T * kl[batch["still_masked"]].mean()
     return loss
 
 
 def check_config(cfg: TrainConfig) -> None:
     if cfg.loss not in ("mse", "mse+kl"):
         raise MigmError(f"loss must be mse or mse+kl, got {cfg.loss!r}")
+    if cfg.mse_positions not in ("masked", "all"):
+        raise MigmError(f"mse-positions must be masked or all, got {cfg.mse_positions!r}")
     check_int("--workers", cfg.workers, low=0, high=256)
     check_int("--save-every", cfg.save_every)
     check_int("--stop-at", cfg.stop_at)
@@ -177,7 +182,7 @@ def train(
             f"{manifest.base.fingerprint[:12]}, but the base given has fingerprint "
             f"{base.fingerprint[:12]} ({base.name}); pass the same --model / --checkpoint as the dump"
         )
-    model = build(cfg.arch, dim=base.D, **cfg.arch_config)
+    model = build_for_base(cfg.arch, base, **cfg.arch_config)
     # What a checkpoint must match to be continued by this run.
     provenance = {"dataset": manifest.fingerprint(), "arch": cfg.arch, "arch_config": asdict(model.cfg)}
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -245,7 +250,7 @@ def train(
 
     result = None
     if accelerator.is_main_process:
-        final = build(cfg.arch, dim=base.D, **cfg.arch_config).to(accelerator.device)
+        final = build_for_base(cfg.arch, base, **cfg.arch_config).to(accelerator.device)
         final.load_state_dict(ema.shadow)
         val = PairStream(ds, batch_size=256, rows=val_rows, shuffle=False)
         metrics = validate(final, base, pair_loader(val), manifest.dims.N - 1, accelerator.device)

@@ -22,7 +22,7 @@ import torch
 from trajectories import __version__
 from trajectories.checks import check_int, check_removable_dir, check_seed, check_writable_dir, writable_dir
 from trajectories.errors import MigmError
-from trajectories.rollout import SamplerConfig, rollout, sample_seeds
+from trajectories.rollout import SamplerConfig, rollout, sample_seeds, stack_cond
 from trajectories.store.codecs import parse_codec
 from trajectories.store.manifest import (
     SUBDIR,
@@ -55,9 +55,11 @@ class DumpConfig:
     batch_size: int = 64
     seed: int = 0
     classes: list[int] | None = None  # default: every class of the base
+    prompts: list[str] | None = None  # text bases: sample i is conditioned on prompts[i % len(prompts)]
     guidance: float | None = None
     r_temp: float | None = None
     sm_temp: float | None = None
+    temperature: float | None = None
 
 
 def plan(cfg: DumpConfig, base) -> Plan:
@@ -68,24 +70,49 @@ def plan(cfg: DumpConfig, base) -> Plan:
         check_int(name.replace("_", "-"), getattr(cfg, name), low=1)
     check_seed(cfg.seed)
     codec = parse_codec(cfg.codec)
-    sampler = SamplerConfig.for_base(base, cfg.steps, guidance=cfg.guidance, r_temp=cfg.r_temp, sm_temp=cfg.sm_temp)
-    classes = sorted(set(cfg.classes)) if cfg.classes else list(range(base.num_classes))
-    bad = [c for c in classes if not 0 <= c < base.num_classes]
-    if bad:
-        raise MigmError(f"classes must be in 0-{base.num_classes - 1}, got {bad}")
+    sampler = SamplerConfig.for_base(
+        base, cfg.steps, guidance=cfg.guidance, r_temp=cfg.r_temp, sm_temp=cfg.sm_temp, temperature=cfg.temperature
+    )
+    branches = 2 if sampler.guidance > 0 else 1
+    if base.text:
+        classes, text, dims = text_layout(cfg, base, branches)
+    else:
+        if cfg.prompts:
+            raise MigmError(f"--model {base.name} is class-conditional: give --classes, not prompts")
+        classes = sorted(set(cfg.classes)) if cfg.classes else list(range(base.num_classes))
+        bad = [c for c in classes if not 0 <= c < base.num_classes]
+        if bad:
+            raise MigmError(f"classes must be in 0-{base.num_classes - 1}, got {bad}")
+        text, dims = None, Dims(N=cfg.steps, L=base.L, C=base.C, D=base.D, V=base.V)
     return Plan(
         schema_version=SCHEMA_VERSION,
         format=cfg.format,
         base=BaseInfo(name=base.name, fingerprint=base.fingerprint, precision=base.precision),
         sampler=sampler,
-        dims=Dims(N=cfg.steps, L=base.L, C=base.C, D=base.D, V=base.V),
+        dims=dims,
         codec=codec,
         num_samples=cfg.num_samples,
         shard_size=cfg.shard_size,
         seed=cfg.seed,
         classes=classes,
-        branches=2 if sampler.guidance > 0 else 1,
+        branches=branches,
+        text=text,
     )
+
+
+def text_layout(cfg: DumpConfig, base, branches: int) -> tuple[list[int], dict, Dims]:
+    """A text base's prompts as the plan stores them: classes index the prompts, features are padded
+    to the longest row of any prompt (either branch), prompt ids to the widest branch prompt."""
+    if cfg.classes:
+        raise MigmError(f"--model {base.name} is text-to-image: give prompts (--prompt / --prompts FILE), not --classes")
+    if not cfg.prompts:
+        raise MigmError(f"--model {base.name} is text-to-image: give --prompt TEXT or --prompts FILE")
+    ids = base.encode_prompts(list(cfg.prompts))
+    rows = stack_cond(ids, base.null_cond(len(ids))) if branches == 2 else ids
+    T = int(base.feature_valid(rows).shape[1])
+    dims = Dims(N=cfg.steps, L=base.L, C=T - base.L, D=base.D, V=base.V, P=int(rows.shape[1]))
+    text = {"prompts": list(cfg.prompts), "image_offset": int(base.special.image_offset)}
+    return list(range(len(cfg.prompts))), text, dims
 
 
 # ---- the output folder: what this tool wrote there, and nothing else, may be replaced -------------
@@ -251,18 +278,38 @@ def keep_shard(out: Path, plan: Plan, k: int) -> bool:
     return False
 
 
+def sample_major(a: np.ndarray, branches: int) -> np.ndarray:
+    """Rollout rows are branch-major (all conditional, then all unconditional); dataset rows are
+    sample-major (each sample's branches side by side)."""
+    return a.reshape(branches, -1, *a.shape[1:]).swapaxes(0, 1).reshape(a.shape)
+
+
 class StepRecorder:
-    """Collects every step's feature of one batch as float16 [samples·branches, N, L+C, D] on the host,
-    sample-major (rollout rows are branch-major: all conditional, then all unconditional). The batch
-    is the only thing held in memory: peak host memory is set by --batch-size, not the dataset."""
+    """Collects every step's feature of one batch as float16 [samples·branches, N, T, D] on the host,
+    sample-major; text rows shorter than T stay zero-padded. The batch is the only thing held in
+    memory: peak host memory is set by --batch-size, not the dataset."""
 
     def __init__(self, samples: int, branches: int, dims: Dims):
         self.samples, self.branches = samples, branches
-        self.features = np.empty((samples * branches, dims.N, dims.T, dims.D), dtype=np.float16)
+        self.features = np.zeros((samples * branches, dims.N, dims.T, dims.D), dtype=np.float16)
 
     def __call__(self, step: int, feature: torch.Tensor, new_ids: torch.Tensor, new_pos: torch.Tensor) -> None:
         f = feature.to(torch.float16).cpu().numpy()
-        self.features[:, step] = f.reshape(self.branches, self.samples, *f.shape[1:]).swapaxes(0, 1).reshape(f.shape)
+        self.features[:, step, : f.shape[1]] = sample_major(f, self.branches)
+
+
+def text_fields(base, cond: torch.Tensor, branches: int, dims: Dims) -> dict[str, np.ndarray]:
+    """Per row of a text batch (sample-major): its length, the feature position of each image cell,
+    and its branch's prompt ids padded to P with -1."""
+    rows = stack_cond(cond, base.null_cond(len(cond))) if branches == 2 else cond
+    rows = rows.to(base.device)
+    ids = torch.nn.functional.pad(rows, (0, dims.P - rows.shape[1]), value=-1)
+    fields = {
+        "length": base.feature_valid(rows).sum(1),
+        "cells": base.cells(rows),
+        "prompt_ids": ids,
+    }
+    return {k: sample_major(v.cpu().numpy(), branches).astype(np.int32) for k, v in fields.items()}
 
 
 def dump_shard(base, plan: Plan, k: int, out: Path, batch_size: int, progress: Callable[[int], None] | None) -> None:
@@ -272,6 +319,7 @@ def dump_shard(base, plan: Plan, k: int, out: Path, batch_size: int, progress: C
     first, last = samples.start, samples.stop
     branches, classes, dims, codec = plan.branches, plan.classes, plan.dims, plan.codec
     path = out / plan.shard_name(k)
+    prompt_ids = base.encode_prompts(plan.text["prompts"]) if plan.text is not None else None
     writer = None
     try:
         writer = WRITERS[plan.format](path, plan.shard_rows(k), dims, codec)
@@ -279,16 +327,18 @@ def dump_shard(base, plan: Plan, k: int, out: Path, batch_size: int, progress: C
             stop = min(start + batch_size, last)
             ids = np.arange(start, stop)
             seeds = sample_seeds(plan.seed, start, stop - start)
-            cond = torch.tensor([classes[i % len(classes)] for i in ids])
+            labels = torch.tensor([classes[i % len(classes)] for i in ids])
+            cond = prompt_ids[labels] if plan.text is not None else labels
             b = stop - start
             rec = StepRecorder(b, branches, dims)
             result = rollout(base, cond, seeds, plan.sampler, recorder=rec)
             rep = lambda a: np.repeat(np.asarray(a), branches, axis=0)  # noqa: E731
             fields = {
                 **codec.encode(rec.features),
+                **(text_fields(base, cond, branches, dims) if plan.text is not None else {}),
                 "tokens": rep(result.tokens.cpu().numpy()).astype(np.int16),
                 "order": rep(result.order.cpu().numpy()).astype(np.int16),
-                "cond": rep(cond.numpy()).astype(np.int32),
+                "cond": rep(labels.numpy()).astype(np.int32),
                 "branch": np.tile(np.arange(branches), b).astype(np.uint8),
                 "sample_id": rep(ids).astype(np.int64),
                 "seed": rep(np.array(seeds, dtype=np.uint64)),

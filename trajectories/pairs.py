@@ -18,22 +18,41 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from trajectories.store.dataset import TrajectoryDataset, open_dataset
 
 
-def pair_batch(rows: dict[str, np.ndarray], r: np.ndarray, s: np.ndarray, mask_id: int) -> dict[str, torch.Tensor]:
-    """Pairs (row r[i], step s[i]) of decoded `rows` as one batch of tensors."""
+def pair_batch(
+    rows: dict[str, np.ndarray], r: np.ndarray, s: np.ndarray, mask_id: int, image_offset: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Pairs (row r[i], step s[i]) of decoded `rows` as one batch of tensors.
+
+    Class rows: new tokens are the cells committed at step s (ids are codes, positions cell indices).
+    Text rows (`image_offset` given): ids are sequence ids (code + image_offset) at the cells'
+    absolute positions, and conditional rows also see every prompt token (as the DiMOO sampler does);
+    features are right-padded, `feat_valid` marks each row's own length and `cond` is the row's prompt ids."""
     order = rows["order"][r].astype(np.int64)  # [P, L]
     tokens = rows["tokens"][r].astype(np.int64)
     s_col = s[:, None]
     is_new = order == s_col
-    counts = is_new.sum(1)
+    L = order.shape[1]
+    if image_offset is None:
+        cells = np.broadcast_to(np.arange(L), order.shape)
+        ids, pos, candidates = tokens, cells, is_new
+    else:
+        cells = rows["cells"][r].astype(np.int64)
+        prompt = rows["prompt_ids"][r].astype(np.int64)
+        in_prompt = (prompt >= 0) & (rows["branch"][r] == 0)[:, None]
+        prompt_pos = np.broadcast_to(np.arange(prompt.shape[1]), prompt.shape)
+        ids = np.concatenate([prompt, tokens + image_offset], 1)
+        pos = np.concatenate([prompt_pos, cells], 1)
+        candidates = np.concatenate([in_prompt, is_new], 1)
+    counts = candidates.sum(1)
     K = int(counts.max())
-    new_pos = np.argsort(~is_new, axis=1, kind="stable")[:, :K]  # positions unmasked at step s first
+    pick = np.argsort(~candidates, axis=1, kind="stable")[:, :K]  # the new tokens first, in sequence order
     new_valid = np.arange(K)[None] < counts[:, None]
-    new_pos = np.where(new_valid, new_pos, 0)
-    new_ids = np.where(new_valid, np.take_along_axis(tokens, new_pos, 1), 0)
+    new_ids = np.where(new_valid, np.take_along_axis(ids, pick, 1), 0)
+    new_pos = np.where(new_valid, np.take_along_axis(pos, pick, 1), 0)
     still_masked = order > s_col
     feats = torch.from_numpy(rows["features"])
     r_t, s_t = torch.from_numpy(r), torch.from_numpy(s)
-    return {
+    batch = {
         "feature": feats[r_t, s_t].float(),
         "target": feats[r_t, s_t + 1].float(),
         "new_ids": torch.from_numpy(new_ids),
@@ -41,18 +60,24 @@ def pair_batch(rows: dict[str, np.ndarray], r: np.ndarray, s: np.ndarray, mask_i
         "new_valid": torch.from_numpy(new_valid),
         "mask_ratio": torch.from_numpy(still_masked.mean(1, dtype=np.float32)),
         "still_masked": torch.from_numpy(still_masked),
+        "cells": torch.from_numpy(np.ascontiguousarray(cells)),  # feature position of each image cell
         "tokens": torch.from_numpy(np.where(still_masked, mask_id, tokens)),  # the token state after step s
         "step": torch.from_numpy(s.astype(np.int64)),
         "cond": torch.from_numpy(rows["cond"][r].astype(np.int64)),
         "branch": torch.from_numpy(rows["branch"][r].astype(np.int64)),
     }
+    if image_offset is not None:
+        T = batch["feature"].shape[1]
+        batch["feat_valid"] = torch.arange(T)[None] < torch.from_numpy(rows["length"][r].astype(np.int64))[:, None]
+        batch["cond"] = torch.from_numpy(rows["prompt_ids"][r].astype(np.int64))
+    return batch
 
 
-def all_pairs(rows: dict[str, np.ndarray], mask_id: int) -> dict[str, torch.Tensor]:
+def all_pairs(rows: dict[str, np.ndarray], mask_id: int, image_offset: int | None = None) -> dict[str, torch.Tensor]:
     """Every pair of every row, in (row, step) order."""
     R, N = rows["features"].shape[:2]
     r, s = np.divmod(np.arange(R * (N - 1)), N - 1)
-    return pair_batch(rows, r, s, mask_id)
+    return pair_batch(rows, r, s, mask_id, image_offset)
 
 
 class PairStream(IterableDataset):
@@ -85,6 +110,8 @@ class PairStream(IterableDataset):
         self.blocks = np.unique(self.rows // block_rows)
         self.epoch = 0
         self.mask_id = self.ds.dims.V
+        text = self.ds.manifest.text
+        self.image_offset = None if text is None else text["image_offset"]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -127,7 +154,7 @@ class PairStream(IterableDataset):
             for j in range(0, len(pairs), self.batch_size):
                 chunk = pairs[j : j + self.batch_size]
                 r, s = np.divmod(chunk, steps)
-                yield pair_batch(data, r, s, self.mask_id)
+                yield pair_batch(data, r, s, self.mask_id, self.image_offset)
 
 
 def pair_loader(stream: PairStream, workers: int = 0) -> DataLoader:

@@ -17,16 +17,18 @@ import torch
 
 from trajectories.checks import check_finite, check_int
 from trajectories.errors import MigmError
-from trajectories.schedule import full_steps, token_schedule
+from trajectories.schedule import RULES, cfg_weight, choose_tokens, full_steps, unmask_counts
 
 
 @dataclass
 class SamplerConfig:
     steps: int = 16  # N
     budget: int | None = None  # B full steps; None means every step is full
-    guidance: float = 2.8  # w: CFG weight reached at the last step (linear ramp from 0)
-    r_temp: float = 7.0  # Gumbel noise on confidence, annealed to 0
-    sm_temp: float = 1.0  # softmax temperature multiplier on logits
+    guidance: float = 2.8  # CFG weight: MaskGIT's w reached at the last step (linear ramp), DiMOO's constant s
+    r_temp: float = 7.0  # MaskGIT: Gumbel noise on confidence, annealed to 0
+    sm_temp: float = 1.0  # MaskGIT: softmax temperature multiplier on logits
+    rule: str = "maskgit"  # the family's sampling rule (see schedule.py): maskgit or dimoo
+    temperature: float = 1.0  # DiMOO: Gumbel-max sampling temperature τ, also the confidence noise scale
 
     def __post_init__(self) -> None:
         self.validate()
@@ -42,20 +44,27 @@ class SamplerConfig:
         check_finite("guidance", self.guidance, low=0)
         check_finite("r-temp", self.r_temp, low=0)
         check_finite("sm-temp", self.sm_temp)
+        check_finite("temperature", self.temperature, low=0)
+        if self.rule not in RULES:
+            raise MigmError(f"sampling rule must be one of {', '.join(RULES)}, got {self.rule!r}")
         if self.sm_temp <= 0:  # a multiplier on the logits: 0 or below ignores or inverts the model
             raise MigmError(f"sm-temp must be above 0, got {self.sm_temp}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.rule == "maskgit" and self.temperature == 1.0:  # MaskGIT files keep their keys (and fingerprints)
+            del d["rule"], d["temperature"]
+        return d
 
     @classmethod
     def for_base(cls, base, steps: int, budget: int | None = None, **overrides: float | None) -> SamplerConfig:
         """The base's own sampler defaults, overridden by what the user set (None: not set); steps and
         budget checked against the base's L."""
-        token_schedule(base.L, steps)
+        values = {**base.sampler_defaults, **{k: v for k, v in overrides.items() if v is not None}}
+        values.pop("steps", None)  # the base's default N is the command's business
+        unmask_counts(values.get("rule", "maskgit"), base.L, steps)
         if budget is not None:
             full_steps(steps, budget)
-        values = {**base.sampler_defaults, **{k: v for k, v in overrides.items() if v is not None}}
         return cls(steps=steps, budget=budget, **values)
 
 
@@ -72,12 +81,14 @@ class Predictor(Protocol):
         new_pos: torch.Tensor,
         new_valid: torch.Tensor,
         mask_ratio: torch.Tensor,
+        feat_valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Feature of `step` from the previous step's feature and the tokens unmasked there."""
+        """Feature of `step` from the previous step's feature and the tokens unmasked there
+        (`feat_valid` [R, T]: the real positions of right-padded text rows; None: all real)."""
         ...
 
 
-# recorder(step, feature [B·branches, L+C, D], new_ids [B, k], new_pos [B, k]) after each step
+# recorder(step, feature [B·branches, T, D], new_ids [B, k], new_pos [B, k]) after each step
 Recorder = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
@@ -130,6 +141,15 @@ class _StepClock:
         return [b - a for a, b in zip(self.marks, self.marks[1:])]
 
 
+def stack_cond(cond: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
+    """Conditional rows then unconditional rows; prompt ids of different lengths are right-padded with -1."""
+    if cond.dim() == 2 and cond.shape[1] != null.shape[1]:
+        width = max(cond.shape[1], null.shape[1])
+        cond = torch.nn.functional.pad(cond, (0, width - cond.shape[1]), value=-1)
+        null = torch.nn.functional.pad(null, (0, width - null.shape[1]), value=-1)
+    return torch.cat([cond, null])
+
+
 def autocast(base) -> torch.autocast:
     """Autocast for the base's precision (a no-op at fp32); logits are sampled in fp32 regardless."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(getattr(base, "precision", "fp32"))
@@ -145,14 +165,15 @@ def rollout(
     predictor: Predictor | None = None,
     recorder: Recorder | None = None,
 ) -> RolloutResult:
-    """Sample `len(cond)` token grids with `config.steps` steps.
+    """Sample `len(cond)` token grids with `config.steps` steps under the base's rule.
 
-    With CFG (guidance > 0) the conditional and unconditional branches run as one batch of 2B,
-    conditional first; features handed to the predictor and recorder cover both branches.
+    `cond` is class ids [B] or, for text bases, prompt ids [B, P] right-padded with -1. With CFG
+    (guidance > 0) the conditional and unconditional branches run as one batch of 2B, conditional
+    first; features handed to the predictor and recorder cover both branches.
     """
     N, L, device = config.steps, base.L, base.device
     B_full = config.budget if config.budget is not None else N
-    counts = token_schedule(L, N)
+    counts = unmask_counts(config.rule, L, N)
     full = full_steps(N, B_full)
     if predictor is None and B_full < N:
         raise MigmError(f"a budget of {B_full} full steps below N = {N} needs a predictor (--shortcut or --predictor)")
@@ -162,8 +183,11 @@ def rollout(
     batch = len(cond)
     cond = cond.to(device)
     cfg = config.guidance > 0
-    branch_cond = torch.cat([cond, base.null_cond(batch)]) if cfg else cond
     branches = 2 if cfg else 1
+    branch_cond = stack_cond(cond, base.null_cond(batch).to(device)) if cfg else cond
+    branch = torch.arange(branches, device=device).repeat_interleave(batch)  # 0 conditional, 1 unconditional
+    feat_valid = base.feature_valid(branch_cond)
+    padding = {} if feat_valid is None else {"feat_valid": feat_valid}  # only text rows are padded
     noise = _noise(seeds, N, L, device)
     tokens = torch.full((batch, L), base.mask_id, dtype=torch.long, device=device)
     order = torch.full((batch, L), -1, dtype=torch.long, device=device)
@@ -184,23 +208,16 @@ def rollout(
                 if predictor is not None:
                     predictor.observe(s, feature)
             else:
-                feature = predictor.predict(s, feature, *step_input)
-                logits = base.head(feature)
+                feature = predictor.predict(s, feature, *step_input, **padding)
+                logits = base.head(feature, branch_cond)
 
-            frac = s / (N - 1) if N > 1 else 0.0
             logits = logits.float()
             if cfg:
-                w = config.guidance * frac
+                w = cfg_weight(config.rule, config.guidance, s, N)
                 logits = (1 + w) * logits[:batch] - w * logits[batch:]
 
-            # Sample a token everywhere by inverse CDF, then keep the k most confident masked positions.
-            log_probs = torch.log_softmax(logits * config.sm_temp, dim=-1)
-            cdf = log_probs.exp().cumsum(-1)
-            u = noise[:, s, 0].unsqueeze(-1) * cdf[..., -1:]
-            sampled = (cdf < u).sum(-1).clamp_(max=base.V - 1)
-            confidence = log_probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
-            gumbel = -torch.log(-torch.log(noise[:, s, 1]))
-            confidence = confidence + config.r_temp * (1 - frac) * gumbel
+            # Sample a code at every cell, then commit the k most confident masked cells.
+            sampled, confidence = choose_tokens(config, logits, noise[:, s, 0], noise[:, s, 1], s)
             confidence = confidence.masked_fill(tokens != base.mask_id, -torch.inf)
             k = counts[s]
             new_pos = confidence.topk(k, dim=-1).indices
@@ -212,9 +229,7 @@ def rollout(
             if recorder is not None:
                 recorder(s, feature, new_ids, new_pos)
             if s + 1 < N and not is_full[s + 1]:
-                new_emb = base.embed(new_ids, new_pos).repeat(branches, 1, 1)
-                pos = new_pos.repeat(branches, 1)
-                valid = torch.ones_like(pos, dtype=torch.bool)
+                new_emb, pos, valid = base.new_tokens(new_ids, new_pos, branch_cond, branch)
                 ratio = torch.full((batch * branches,), remaining / L, device=device)
                 step_input = (new_emb, pos, valid, ratio)
             clock.mark()

@@ -139,6 +139,7 @@ class MaskGIT:
     """A class-conditional MaskGIT as a `BaseModel` (see DESIGN.md, Contracts)."""
 
     C = 1  # one class token after the L image tokens
+    text = False  # class-conditional: cond is class ids [B]
 
     def __init__(
         self,
@@ -182,13 +183,25 @@ class MaskGIT:
         feature = self.net.features(self.net.input_ids(tokens, cond))
         return self.net.head(feature), feature
 
-    def head(self, feature: torch.Tensor) -> torch.Tensor:
-        # no `no_grad` here: a shortcut's KL loss trains through the (frozen) head
+    def head(self, feature: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        # no `no_grad` here: a shortcut's KL loss trains through the (frozen) head; every row has the
+        # same layout, so `cond` is not needed to find the image cells
         return self.net.head(feature)
+
+    def feature_valid(self, cond: torch.Tensor) -> None:
+        return None  # no padding: every row is L image tokens + the class token
 
     @torch.no_grad()
     def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return self.net.tok_emb(ids.long()) + self.net.pos_emb[0, positions.long()]
+
+    def new_tokens(
+        self, new_ids: torch.Tensor, new_pos: torch.Tensor, cond: torch.Tensor, branch: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Both branches see the same new tokens: the cells committed at the step, embedded with position."""
+        reps = len(cond) // len(new_ids)
+        pos = new_pos.repeat(reps, 1)
+        return self.embed(new_ids, new_pos).repeat(reps, 1, 1), pos, torch.ones_like(pos, dtype=torch.bool)
 
     def null_cond(self, batch: int) -> torch.Tensor:
         return torch.full((batch,), self.cfg.num_classes, dtype=torch.long, device=self.device)

@@ -53,8 +53,9 @@ class Plan:
     num_samples: int
     shard_size: int  # samples per shard
     seed: int
-    classes: list[int]
+    classes: list[int]  # sample i is conditioned on classes[i % len(classes)] (text: a prompt index)
     branches: int  # rows per sample: 2 with classifier-free guidance (conditional first), else 1
+    text: dict | None  # text bases: {"prompts": [...], "image_offset": id of image code 0}; else None
 
     @property
     def num_shards(self) -> int:
@@ -77,13 +78,15 @@ class Plan:
             "format": self.format,
             "base": asdict(self.base),
             "sampler": self.sampler.to_dict(),
-            "dims": asdict(self.dims),
+            "dims": {k: v for k, v in asdict(self.dims).items() if k != "P" or v},
             "codec": self.codec.to_dict(),
             "num_samples": self.num_samples,
             "shard_size": self.shard_size,
             "seed": self.seed,
             "classes": list(self.classes),
             "branches": self.branches,
+            # class datasets keep the keys they had before text bases (and so their fingerprints)
+            **({"text": self.text} if self.text is not None else {}),
         }
 
     def to_dict(self) -> dict:
@@ -119,7 +122,9 @@ class Manifest(Plan):
         """sha256 over what defines the content: the plan (less format and layout) and every shard's checksum."""
         d = self.to_dict()
         keys = ("base", "sampler", "dims", "codec", "num_samples", "seed", "classes")
-        content = {k: d[k] for k in keys} | {"shards": [s.sha256 for s in self.shards]}
+        content = {k: d[k] for k in keys if k in d} | {"shards": [s.sha256 for s in self.shards]}
+        if "text" in d:
+            content["text"] = d["text"]
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
@@ -127,8 +132,18 @@ class Manifest(Plan):
 
 # key -> kind: int, float (int accepted), str, list, dict, "int?" (int or null)
 BASE_KEYS = {"name": str, "fingerprint": str, "precision": str}
-SAMPLER_KEYS = {"steps": int, "budget": "int?", "guidance": float, "r_temp": float, "sm_temp": float}
-DIMS_KEYS = {"N": int, "L": int, "C": int, "D": int, "V": int}
+SAMPLER_KEYS = {
+    "steps": int,
+    "budget": "int?",
+    "guidance": float,
+    "r_temp": float,
+    "sm_temp": float,
+    "rule": str,
+    "temperature": float,
+}
+SAMPLER_DEFAULTS = {"rule": "maskgit", "temperature": 1.0}  # absent from datasets written before DiMOO
+DIMS_KEYS = {"N": int, "L": int, "C": int, "D": int, "V": int, "P": int}
+TEXT_KEYS = {"prompts": list, "image_offset": int}
 SHARD_KEYS = {"name": str, "rows": int, "sha256": str, "bytes": int}
 PLAN_KEYS = {
     "schema_version": int,
@@ -142,6 +157,7 @@ PLAN_KEYS = {
     "seed": int,
     "classes": list,
     "branches": int,
+    "text": "dict?",
 }
 MANIFEST_KEYS = {**PLAN_KEYS, "shards": list, "rows": int, "created_by": str, "processes": int}
 
@@ -149,6 +165,8 @@ MANIFEST_KEYS = {**PLAN_KEYS, "shards": list, "rows": int, "created_by": str, "p
 def _is(value, kind) -> bool:
     if kind == "int?":
         return value is None or _is(value, int)
+    if kind == "dict?":
+        return value is None or isinstance(value, dict)
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if kind is float:
@@ -171,6 +189,7 @@ def _keys(obj, spec: dict, where: str) -> dict:
         if not _is(obj[key], kind):
             want = {
                 "int?": "an integer or null",
+                "dict?": "an object or null",
                 int: "an integer",
                 float: "a finite number",
                 str: "a string",
@@ -196,15 +215,28 @@ def _plan(d: dict, keys: dict) -> Plan:
     version = d.get("schema_version")
     if version != SCHEMA_VERSION:  # first: a newer file is named as such, not as a list of odd keys
         raise ValueError(f"schema version {version!r} is not supported (this migm reads {SCHEMA_VERSION})")
+    d = {"text": None, **d}  # absent from datasets written before text bases
     _keys(d, keys, "")
     if d["format"] not in FORMATS:
         raise ValueError(f"unknown format {d['format']!r}")
-    dims = _keys(d["dims"], DIMS_KEYS, "dims")
-    bad = [k for k, v in dims.items() if v < 1]
+    dims = _keys({"P": 0, **d["dims"]} if isinstance(d["dims"], dict) else d["dims"], DIMS_KEYS, "dims")
+    bad = [k for k, v in dims.items() if v < (0 if k == "P" else 1)]
     if bad:
         raise ValueError(f"dims {', '.join(bad)} must be at least 1")
+    text = d["text"]
+    if text is not None:
+        _keys(text, TEXT_KEYS, "text")
+        if not text["prompts"] or not all(isinstance(p, str) for p in text["prompts"]):
+            raise ValueError("text.prompts must be a non-empty list of strings")
+        if text["image_offset"] < 0 or dims["P"] < 1:
+            raise ValueError("a text dataset needs image_offset >= 0 and dims P >= 1")
+        if any(c >= len(text["prompts"]) for c in d["classes"] if _is(c, int)):
+            raise ValueError("classes of a text dataset index its prompts")
+    elif dims["P"]:
+        raise ValueError("dims P is set but the dataset has no text section")
     try:
-        sampler = SamplerConfig(**_keys(d["sampler"], SAMPLER_KEYS, "sampler"))
+        given = d["sampler"] if not isinstance(d["sampler"], dict) else {**SAMPLER_DEFAULTS, **d["sampler"]}
+        sampler = SamplerConfig(**_keys(given, SAMPLER_KEYS, "sampler"))
     except MigmError as e:
         raise ValueError(f"sampler: {e}") from None
     if sampler.steps != dims["N"]:
@@ -230,6 +262,7 @@ def _plan(d: dict, keys: dict) -> Plan:
         seed=d["seed"],
         classes=list(d["classes"]),
         branches=d["branches"],
+        text=text,
     )
 
 

@@ -1,7 +1,8 @@
 """The trajectory dataset schema: fields, shard names, checksums (the manifest is in `manifest.py`).
 
 One row is one trajectory (one sample, one CFG branch): `features` [N, L+C, D] (through the codec),
-`tokens` [L], `order` [L], `cond`, `branch` (0 conditional, 1 unconditional), `sample_id`, `seed`.
+`tokens` [L], `order` [L], `cond` (class id, or prompt index for text bases), `branch` (0 conditional,
+1 unconditional), `sample_id`, `seed`; text rows also `length`, `cells` [L] and `prompt_ids` [P].
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ class Dims:
     C: int
     D: int
     V: int
+    P: int = 0  # text bases: width of the stored prompt ids (0: class-conditional)
 
     @property
-    def T(self) -> int:  # positions in a feature: image + condition
+    def T(self) -> int:  # positions in a feature: image + condition (text rows: the longest row)
         return self.L + self.C
 
 
@@ -43,8 +45,18 @@ def field_specs(dims: Dims, codec: Codec) -> dict[str, tuple[tuple[int, ...], np
             "features_q": ((dims.N, dims.T, dims.D), np.dtype(np.int8)),
             "features_scale": ((dims.N, dims.T), np.dtype(np.float16)),
         }
+    # Text rows differ in length: features are right-padded to T with zeros, and each row carries its
+    # length, the feature position of each image cell, and its branch's prompt ids (-1 padded to P).
+    text = {}
+    if dims.P:
+        text = {
+            "length": ((), np.dtype(np.int32)),
+            "cells": ((dims.L,), np.dtype(np.int32)),
+            "prompt_ids": ((dims.P,), np.dtype(np.int32)),
+        }
     return {
         **feats,
+        **text,
         "tokens": ((dims.L,), np.dtype(np.int16)),
         "order": ((dims.L,), np.dtype(np.int16)),
         "cond": ((), np.dtype(np.int32)),
