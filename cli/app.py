@@ -34,7 +34,10 @@ _state = {"debug": False}
 
 # Options shared by several commands.
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Base model name (see `migm models`).")]
-StepsOpt = Annotated[int, typer.Option("--steps", "-n", help="Total sampling steps N.")]
+StepsOpt = Annotated[
+    Optional[int],
+    typer.Option("--steps", "-n", help="Total sampling steps N (default: the base's, else the command's)."),
+]
 BudgetOpt = Annotated[
     Optional[int],
     typer.Option("--budget", "-b", help="Full steps B (1..N) that run the base; below N needs a predictor."),
@@ -49,6 +52,22 @@ RTempOpt = Annotated[
 SmTempOpt = Annotated[
     Optional[float], typer.Option("--sm-temp", help="Softmax temperature multiplier (default: the base's).")
 ]
+TemperatureOpt = Annotated[
+    Optional[float],
+    typer.Option("--temperature", help="DiMOO-family bases: Gumbel-max sampling temperature τ (default: the base's)."),
+]
+# Text-to-image bases (--model dimoo) take prompts instead of classes.
+PromptOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--prompt", help="Prompt of a text-to-image base (repeatable; one grid row each)."),
+]
+PromptsFileOpt = Annotated[Optional[str], typer.Option("--prompts", help="File of prompts, one per line.")]
+HeightOpt = Annotated[
+    Optional[int], typer.Option("--height", help="Image height in pixels, a multiple of 16 (--model dimoo).")
+]
+WidthOpt = Annotated[
+    Optional[int], typer.Option("--width", help="Image width in pixels, a multiple of 16 (--model dimoo).")
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 # Real bases (--model maskgit) load from local files.
@@ -62,7 +81,11 @@ HeadsOpt = Annotated[
     Optional[int], typer.Option("--heads", help="Attention heads of the checkpoint (--model maskgit, default 16).")
 ]
 PrecisionOpt = Annotated[
-    str, typer.Option("--precision", help="fp32, bf16 or fp16: autocast for the transformer (fp16 on cuda).")
+    Optional[str],
+    typer.Option(
+        "--precision",
+        help="fp32, bf16 or fp16 (fp16 on cuda); default: the base's (fp32; dimoo: bf16 on cuda).",
+    ),
 ]
 PixelsOpt = Annotated[
     Optional[str],
@@ -79,13 +102,63 @@ def base_spec(
     vqgan: str | None = None,
     heads: int | None = None,
     pixels: str | None = None,
-    precision: str = "fp32",
+    precision: str | None = None,
     device: str = "auto",
+    height: int | None = None,
+    width: int | None = None,
 ) -> BaseSpec:
     """The base options of a command, parsed once into the spec that `load_base` loads."""
     return BaseSpec(
-        model, checkpoint=checkpoint, vqgan=vqgan, heads=heads, pixels=pixels, precision=precision, device=device
+        model,
+        checkpoint=checkpoint,
+        vqgan=vqgan,
+        heads=heads,
+        pixels=pixels,
+        precision=precision,
+        device=device,
+        height=height,
+        width=width,
     )
+
+
+def condition_args(
+    base, classes: str | None, prompt: list[str] | None, prompts_file: str | None
+) -> tuple[list[int] | None, list[str] | None]:
+    """(class ids, prompts) of a sampling command: a text base takes prompts, a class base classes (default 0-9)."""
+    prompts = parse_prompts(prompt, prompts_file)
+    if base.text:
+        if classes is not None:
+            raise MigmError(
+                f"--model {base.name} is text-to-image: give --prompt TEXT or --prompts FILE, not --classes"
+            )
+        return None, prompts
+    return parse_classes(classes or "0-9"), prompts
+
+
+def steps_for(base, steps: int | None, fallback: int) -> int:
+    """--steps, else the base's own default N (DiMOO: 64), else the command's."""
+    return steps if steps is not None else base.sampler_defaults.get("steps", fallback)
+
+
+def parse_prompts(prompt: list[str] | None, prompts_file: str | None) -> list[str] | None:
+    """--prompt (repeatable) and --prompts FILE (one per line, blank lines skipped) -> prompts, or None."""
+    out = list(prompt or [])
+    if prompts_file is not None:
+        try:
+            with open(prompts_file, encoding="utf-8") as f:
+                lines = [line.strip() for line in f]
+        except (OSError, UnicodeDecodeError) as e:
+            raise MigmError(
+                f"cannot read the prompt file {prompts_file}: {getattr(e, 'strerror', None) or e}"
+            ) from None
+        lines = [line for line in lines if line]
+        if not lines:
+            raise MigmError(f"the prompt file {prompts_file} holds no prompt")
+        out += lines
+    for i, text in enumerate(out):
+        if not text.strip():
+            raise MigmError(f"prompt {i + 1} is empty")
+    return out or None
 
 
 def parse_classes(spec: str) -> list[int]:

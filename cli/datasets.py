@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Annotated, Optional
 
 import typer
@@ -13,22 +14,29 @@ from cli.app import (
     DeviceOpt,
     GuidanceOpt,
     HeadsOpt,
+    HeightOpt,
     JsonOpt,
     ModelOpt,
     PrecisionOpt,
+    PromptOpt,
+    PromptsFileOpt,
     QuietOpt,
     RTempOpt,
     SeedOpt,
     SmTempOpt,
     StepsOpt,
+    TemperatureOpt,
+    WidthOpt,
     app,
     base_spec,
     call,
     console,
     parse_classes,
+    parse_prompts,
     plain,
     print_metrics,
     progress_bar,
+    steps_for,
 )
 from trajectories.checks import check_writable_dir, inert
 
@@ -40,7 +48,7 @@ def dump_trajectories(
     num_samples: Annotated[
         int, typer.Option("--num-samples", help="Samples to roll out (one row per CFG branch).")
     ] = 2048,
-    steps: StepsOpt = 16,
+    steps: StepsOpt = None,
     format: Annotated[
         str, typer.Option("--format", help="zarr (local random access) or parquet (the Hub's layout).")
     ] = "zarr",
@@ -53,14 +61,19 @@ def dump_trajectories(
     classes: Annotated[
         Optional[str], typer.Option("--classes", help="Classes to sample, e.g. 0-9 (default: all).")
     ] = None,
+    prompt: PromptOpt = None,
+    prompts: PromptsFileOpt = None,
     guidance: GuidanceOpt = None,
     r_temp: RTempOpt = None,
     sm_temp: SmTempOpt = None,
+    temperature: TemperatureOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an output made with another config.")] = False,
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "fp32",
+    precision: PrecisionOpt = None,
     checkpoint: CheckpointOpt = None,
     heads: HeadsOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -71,7 +84,7 @@ def dump_trajectories(
 
     cfg = DumpConfig(
         num_samples=num_samples,
-        steps=steps,
+        steps=steps or 16,  # replaced by the base's default below when --steps is not given
         out=out,
         format=format,
         codec=codec,
@@ -79,12 +92,16 @@ def dump_trajectories(
         batch_size=batch_size,
         seed=seed,
         classes=call(parse_classes, classes) if classes else None,
+        prompts=call(parse_prompts, prompt, prompts),
         guidance=guidance,
         r_temp=r_temp,
         sm_temp=sm_temp,
+        temperature=temperature,
     )
     call(check_writable_dir, out, "--out")  # before loading the base: a bad --out never wastes a load
-    base = call(load_base, base_spec(model, checkpoint, heads=heads, precision=precision, device=device))
+    spec = base_spec(model, checkpoint, heads=heads, precision=precision, device=device, height=height, width=width)
+    base = call(load_base, spec)
+    cfg = replace(cfg, steps=steps_for(base, steps, 16))
     with progress_bar(num_samples, "dumping samples", quiet or as_json) as bar:
         manifest = call(run, cfg, base, overwrite=overwrite, progress=bar)
     summary = {

@@ -15,24 +15,31 @@ from cli.app import (
     DeviceOpt,
     GuidanceOpt,
     HeadsOpt,
+    HeightOpt,
     JsonOpt,
     ModelOpt,
     PixelsOpt,
     PrecisionOpt,
+    PromptOpt,
+    PromptsFileOpt,
     QuietOpt,
     RTempOpt,
     SeedOpt,
     SmTempOpt,
     StepsOpt,
+    TemperatureOpt,
     VqganOpt,
+    WidthOpt,
     app,
     base_spec,
     call,
+    condition_args,
     console,
     err_console,
-    parse_classes,
+    parse_prompts,
     print_metrics,
     progress_bar,
+    steps_for,
 )
 
 
@@ -54,27 +61,34 @@ def models(as_json: JsonOpt = False) -> None:
 ImageOutOpt = Annotated[
     str, typer.Option("--out", "-o", help="Image file to write (.png, .jpg, …); missing folders are created.")
 ]
-ClassesOpt = Annotated[str, typer.Option("--classes", help="Classes, e.g. 0-9 or 1,4,7; one grid row each.")]
-PerClassOpt = Annotated[int, typer.Option("--per-class", help="Samples per class.")]
+ClassesOpt = Annotated[
+    Optional[str], typer.Option("--classes", help="Classes, e.g. 0-9 or 1,4,7; one grid row each (default 0-9).")
+]
+PerClassOpt = Annotated[int, typer.Option("--per-class", help="Samples per class (or prompt).")]
 
 
 @app.command()
 def generate(
     out: ImageOutOpt = "grid.png",
     model: ModelOpt = "maskgit-digits",
-    classes: ClassesOpt = "0-9",
+    classes: ClassesOpt = None,
+    prompt: PromptOpt = None,
+    prompts: PromptsFileOpt = None,
     per_class: PerClassOpt = 8,
-    steps: StepsOpt = 16,
+    steps: StepsOpt = None,
     seed: SeedOpt = 0,
     guidance: GuidanceOpt = None,
     r_temp: RTempOpt = None,
     sm_temp: SmTempOpt = None,
+    temperature: TemperatureOpt = None,
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "fp32",
+    precision: PrecisionOpt = None,
     checkpoint: CheckpointOpt = None,
     vqgan: VqganOpt = None,
     pixels: PixelsOpt = None,
     heads: HeadsOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
     batch_size: BatchOpt = 250,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -84,11 +98,17 @@ def generate(
     from trajectories.generate import generate as run
     from trajectories.rollout import SamplerConfig
 
-    class_ids = call(parse_classes, classes)
-    base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device))
-    config = call(SamplerConfig.for_base, base, steps, guidance=guidance, r_temp=r_temp, sm_temp=sm_temp)
-    with progress_bar(len(class_ids) * per_class, "sampling", quiet or as_json) as bar:
-        result = call(run, base, class_ids, per_class, config, seed, out, batch_size=batch_size, progress=bar)
+    base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device, height, width))
+    class_ids, prompt_list = call(condition_args, base, classes, prompt, prompts)
+    steps = steps_for(base, steps, 16)
+    config = call(
+        SamplerConfig.for_base, base, steps, guidance=guidance, r_temp=r_temp, sm_temp=sm_temp, temperature=temperature
+    )
+    rows = len(prompt_list or class_ids or [])
+    with progress_bar(rows * per_class, "sampling", quiet or as_json) as bar:
+        result = call(
+            run, base, class_ids, per_class, config, seed, out, batch_size=batch_size, progress=bar, prompts=prompt_list
+        )
     if as_json:
         print(json.dumps(result, indent=2))
     else:
@@ -103,17 +123,22 @@ def generate(
 def score(
     model: ModelOpt = "maskgit-digits",
     samples: Annotated[int, typer.Option("--samples", help="Samples to score, classes spread evenly.")] = 1000,
-    steps: StepsOpt = 16,
+    prompt: PromptOpt = None,
+    prompts: PromptsFileOpt = None,
+    steps: StepsOpt = None,
     seed: SeedOpt = 0,
     guidance: GuidanceOpt = None,
     r_temp: RTempOpt = None,
     sm_temp: SmTempOpt = None,
+    temperature: TemperatureOpt = None,
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "fp32",
+    precision: PrecisionOpt = None,
     checkpoint: CheckpointOpt = None,
     vqgan: VqganOpt = None,
     pixels: PixelsOpt = None,
     heads: HeadsOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
     batch_size: BatchOpt = 250,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -123,10 +148,14 @@ def score(
     from trajectories.generate import score as run
     from trajectories.rollout import SamplerConfig
 
-    base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device))
-    config = call(SamplerConfig.for_base, base, steps, guidance=guidance, r_temp=r_temp, sm_temp=sm_temp)
+    base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device, height, width))
+    steps = steps_for(base, steps, 16)
+    config = call(
+        SamplerConfig.for_base, base, steps, guidance=guidance, r_temp=r_temp, sm_temp=sm_temp, temperature=temperature
+    )
+    prompt_list = call(parse_prompts, prompt, prompts)
     with progress_bar(samples, "sampling", quiet or as_json) as bar:
-        result = call(run, base, samples, config, seed, batch_size=batch_size, progress=bar)
+        result = call(run, base, samples, config, seed, batch_size=batch_size, progress=bar, prompts=prompt_list)
     print_metrics(f"{model}, N={steps}", result, as_json)
 
 
@@ -138,23 +167,28 @@ def sample(
     predictor: Annotated[
         Optional[str], typer.Option("--predictor", help="shortcut (default with --shortcut), cache, taylor or taylor2.")
     ] = None,
-    classes: ClassesOpt = "0-9",
+    classes: ClassesOpt = None,
+    prompt: PromptOpt = None,
+    prompts: PromptsFileOpt = None,
     per_class: PerClassOpt = 8,
-    steps: StepsOpt = 32,
+    steps: StepsOpt = None,
     budget: BudgetOpt = None,
     seed: SeedOpt = 0,
     guidance: GuidanceOpt = None,
     r_temp: RTempOpt = None,
     sm_temp: SmTempOpt = None,
+    temperature: TemperatureOpt = None,
     force: Annotated[
         bool, typer.Option("--force", help="Use a shortcut trained for another base fingerprint.")
     ] = False,
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "fp32",
+    precision: PrecisionOpt = None,
     checkpoint: CheckpointOpt = None,
     vqgan: VqganOpt = None,
     pixels: PixelsOpt = None,
     heads: HeadsOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
     batch_size: BatchOpt = 250,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -164,10 +198,21 @@ def sample(
     from trajectories.base import load_base
     from trajectories.rollout import SamplerConfig
 
-    class_ids = call(parse_classes, classes)
-    base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device))
-    config = call(SamplerConfig.for_base, base, steps, budget, guidance=guidance, r_temp=r_temp, sm_temp=sm_temp)
-    with progress_bar(len(class_ids) * per_class, "sampling", quiet or as_json) as bar:
+    base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device, height, width))
+    class_ids, prompt_list = call(condition_args, base, classes, prompt, prompts)
+    steps = steps_for(base, steps, 32)
+    config = call(
+        SamplerConfig.for_base,
+        base,
+        steps,
+        budget,
+        guidance=guidance,
+        r_temp=r_temp,
+        sm_temp=sm_temp,
+        temperature=temperature,
+    )
+    rows = len(prompt_list or class_ids or [])
+    with progress_bar(rows * per_class, "sampling", quiet or as_json) as bar:
         result = call(
             run,
             base,
@@ -181,6 +226,7 @@ def sample(
             force=force,
             batch_size=batch_size,
             progress=bar,
+            prompts=prompt_list,
         )
     if as_json:
         print(json.dumps(result, indent=2))
@@ -203,17 +249,23 @@ def bench(
     predictors: Annotated[
         str, typer.Option("--predictors", help="Comma-separated: shortcut, cache, taylor, taylor2.")
     ] = "shortcut,cache,taylor",
-    samples: Annotated[int, typer.Option("--samples", help="Samples per point (classes spread evenly).")] = 1000,
+    samples: Annotated[
+        int, typer.Option("--samples", help="Samples per point (classes, or prompts, spread evenly).")
+    ] = 1000,
+    prompt: PromptOpt = None,
+    prompts: PromptsFileOpt = None,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed batches per point, after a warm-up.")] = 5,
     out: Annotated[str, typer.Option("--out", "-o", help="Folder for results.json, results.md, pareto.png.")] = "bench",
     seed: SeedOpt = 0,
     force: Annotated[bool, typer.Option("--force", help="Use shortcuts trained for another base fingerprint.")] = False,
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "fp32",
+    precision: PrecisionOpt = None,
     checkpoint: CheckpointOpt = None,
     vqgan: VqganOpt = None,
     pixels: PixelsOpt = None,
     heads: HeadsOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
     batch_size: BatchOpt = 250,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -232,8 +284,9 @@ def bench(
         repeats=repeats,
         out=out,
         force=force,
+        prompts=call(parse_prompts, prompt, prompts),
     )
-    base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device))
+    base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device, height, width))
     if quiet or as_json:
         result = call(run_bench, cfg, base)
     else:

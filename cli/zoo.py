@@ -13,10 +13,12 @@ from cli.app import (
     CheckpointOpt,
     DeviceOpt,
     HeadsOpt,
+    HeightOpt,
     JsonOpt,
     PrecisionOpt,
     QuietOpt,
     SeedOpt,
+    WidthOpt,
     app,
     base_spec,
     call,
@@ -25,6 +27,7 @@ from cli.app import (
     parse_overrides,
     plain,
     print_metrics,
+    steps_for,
 )
 
 
@@ -88,7 +91,9 @@ def train(
     ] = None,
     checkpoint: CheckpointOpt = None,
     heads: HeadsOpt = None,
-    precision: PrecisionOpt = "fp32",
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    precision: PrecisionOpt = None,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -125,7 +130,7 @@ def train(
         stop_at=stop_at,
         seed=seed,
     )
-    spec = base_spec(model, checkpoint, heads=heads, precision=precision, device=device)
+    spec = base_spec(model, checkpoint, heads=heads, precision=precision, device=device, height=height, width=width)
     if not (quiet or as_json):
         columns = [
             TextColumn("training"),
@@ -232,14 +237,22 @@ def zoo_import(
     blocks: Annotated[
         Optional[int], typer.Option("--blocks", help="Expected blocks (checked against the file).")
     ] = None,
-    steps: Annotated[int, typer.Option("--steps", help="N the shortcut is meant for (cost accounting, card).")] = 32,
+    steps: Annotated[
+        Optional[int],
+        typer.Option(
+            "--steps", help="N the shortcut is meant for (cost accounting, card); default: the base's, else 32."
+        ),
+    ] = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Wrap a published shortcut into a zoo folder bound to its base's fingerprint."""
     from shortcut_zoo.export import import_published
     from trajectories.base import load_base
 
-    base = call(load_base, base_spec(model, checkpoint, heads=heads, device="cpu"))
+    base = call(load_base, base_spec(model, checkpoint, heads=heads, device="cpu", height=height, width=width))
+    steps = steps_for(base, steps, 32)
     config = call(
         import_published,
         published,

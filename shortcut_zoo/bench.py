@@ -26,8 +26,8 @@ from shortcut_zoo.predictors import check_predictor_name, make_predictor
 from trajectories.base import SCORERS
 from trajectories.checks import check_int, check_seed, check_writable_dir, writable_dir
 from trajectories.errors import MigmError
-from trajectories.generate import sample_many
-from trajectories.rollout import SamplerConfig, autocast, rollout, sample_seeds
+from trajectories.generate import sample_many, spread
+from trajectories.rollout import SamplerConfig, autocast, rollout, sample_seeds, stack_cond
 
 
 @dataclass
@@ -41,6 +41,7 @@ class BenchConfig:
     repeats: int = 5
     out: str = "bench"
     force: bool = False
+    prompts: list[str] | None = None  # text bases: samples cycle over these
 
 
 def parse_config(spec: str) -> tuple[int, int | None]:
@@ -71,24 +72,25 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def call_fns(base, shortcuts: dict[str, torch.nn.Module], batch: int, N: int) -> dict[str, Callable[[], object]]:
-    """One base forward, one head and one call of each shortcut on `batch` images (both CFG branches),
-    as functions to time beside the rollouts."""
-    B2, L, device = 2 * batch, base.L, base.device
+def call_fns(
+    base, shortcuts: dict[str, torch.nn.Module], cond: torch.Tensor, N: int
+) -> dict[str, Callable[[], object]]:
+    """One base forward, one head and one call of each shortcut on the `cond` batch (both CFG
+    branches), as functions to time beside the rollouts."""
+    batch, L, device = len(cond), base.L, base.device
+    rows = stack_cond(cond.to(device), base.null_cond(batch).to(device))
+    B2 = len(rows)
     tokens = torch.full((B2, L), base.mask_id, device=device)
-    cond = torch.zeros(B2, dtype=torch.long, device=device)
-    feature = base.forward(tokens, cond)[1]
+    feature = base.forward(tokens, rows)[1]
     K = max(1, L // N)
-    new_emb = base.embed(
-        torch.zeros(B2, K, dtype=torch.long, device=device), torch.arange(K, device=device).expand(B2, K)
+    new = base.new_tokens(
+        torch.zeros(batch, K, dtype=torch.long, device=device),
+        torch.arange(K, device=device).expand(batch, K),
+        rows,
+        torch.arange(2, device=device).repeat_interleave(batch),
     )
-    args = (
-        feature,
-        new_emb,
-        torch.arange(K, device=device).expand(B2, K),
-        torch.ones(B2, K, dtype=torch.bool, device=device),
-        torch.full((B2,), 0.5, device=device),
-    )
+    padding = {} if (valid := base.feature_valid(rows)) is None else {"feat_valid": valid}
+    args = (feature, *new, torch.full((B2,), 0.5, device=device))
 
     def under_autocast(fn: Callable[[], object]) -> Callable[[], object]:
         def run():
@@ -97,8 +99,8 @@ def call_fns(base, shortcuts: dict[str, torch.nn.Module], batch: int, N: int) ->
 
         return run
 
-    fns = {"t_full": lambda: base.forward(tokens, cond), "t_head": lambda: base.head(feature)}
-    fns |= {f"t_shortcut:{name}": (lambda m=m: m(*args)) for name, m in shortcuts.items()}
+    fns = {"t_full": lambda: base.forward(tokens, rows), "t_head": lambda: base.head(feature, rows)}
+    fns |= {f"t_shortcut:{name}": (lambda m=m: m(*args, **padding)) for name, m in shortcuts.items()}
     return {key: under_autocast(fn) for key, fn in fns.items()}
 
 
@@ -134,24 +136,24 @@ def run_bench(cfg: BenchConfig, base, progress: Callable[[str], None] | None = N
     # Without a scorer for this base (real ImageNet models: no classifier ships), quality is token agreement only.
     scorer = SCORERS.get(base.name)
     score = scorer or (lambda tokens, labels: {"accuracy": None, "frechet": None})
-    labels = torch.arange(cfg.samples) % base.num_classes
-    timing_labels = labels[: cfg.batch_size]
-    timing_seeds = sample_seeds(cfg.seed + 10_000, 0, len(timing_labels))
+    labels, cond = spread(base, cfg.samples, cfg.prompts)
+    timing_cond = cond[: cfg.batch_size]
+    timing_seeds = sample_seeds(cfg.seed + 10_000, 0, len(timing_cond))
 
     rows, vanilla, timed = [], {}, []  # timed: what each row's latency runs, timed after all sampling
 
     def timer(config, predictor) -> Callable[[], object]:
-        return lambda: rollout(base, timing_labels, timing_seeds, config, predictor=predictor)
+        return lambda: rollout(base, timing_cond, timing_seeds, config, predictor=predictor)
 
     steps_needed = sorted({N for N, _ in configs})
     for N in steps_needed:  # vanilla at every N: the reference for speed-up and agreement
         config = SamplerConfig.for_base(base, N)
         if progress:
             progress(f"vanilla N{N}")
-        s = sample_many(base, labels, config, cfg.seed, cfg.batch_size)
+        s = sample_many(base, labels, config, cfg.seed, cfg.batch_size, cond=cond)
         m = score(s.tokens, s.labels)
         if scorer:  # a second seed gives the run-to-run spread of the Fréchet distance
-            again = sample_many(base, labels, config, cfg.seed + 1, cfg.batch_size)
+            again = sample_many(base, labels, config, cfg.seed + 1, cfg.batch_size, cond=cond)
             m2 = score(again.tokens, again.labels)
         vanilla[N] = {"tokens": s.tokens}
         timed.append(timer(config, None))
@@ -179,7 +181,7 @@ def run_bench(cfg: BenchConfig, base, progress: Callable[[str], None] | None = N
         for method, predictor in methods:
             if progress:
                 progress(f"{method} N{N}B{B}")
-            s = sample_many(base, labels, config, cfg.seed, cfg.batch_size, predictor=predictor)
+            s = sample_many(base, labels, config, cfg.seed, cfg.batch_size, predictor=predictor, cond=cond)
             m = score(s.tokens, s.labels)
             timed.append(timer(config, predictor))
             rows.append(
@@ -197,8 +199,8 @@ def run_bench(cfg: BenchConfig, base, progress: Callable[[str], None] | None = N
     # Latency: every rollout and the per-call costs of the overhead accounting, timed round-robin.
     if progress:
         progress("latency, all points round-robin")
-    n = len(timing_labels)
-    cost_fns = call_fns(base, shortcuts, n, max(steps_needed))
+    n = len(timing_cond)
+    cost_fns = call_fns(base, shortcuts, timing_cond, max(steps_needed))
     times = _interleaved_times(timed + list(cost_fns.values()), cfg.repeats)
     for r, (med, lo, hi) in zip(rows, times):
         r.update(latency_s=med / n, latency_min_s=lo / n, latency_max_s=hi / n)

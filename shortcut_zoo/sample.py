@@ -29,7 +29,7 @@ def make_sampling_predictor(base, predictor: str | None, shortcut: str | None, f
 
 def sample(
     base,
-    classes: list[int],
+    classes: list[int] | None,
     per_class: int,
     config: SamplerConfig,
     seed: int,
@@ -39,10 +39,20 @@ def sample(
     force: bool = False,
     batch_size: int = 250,
     progress: Callable[[int], None] | None = None,
+    prompts: list[str] | None = None,
 ) -> dict:
     """Sample a PNG grid; B of the N steps run the base, the rest the predictor."""
     runner = make_sampling_predictor(base, predictor, shortcut, force)
     result = generate(
-        base, classes, per_class, config, seed, out, batch_size=batch_size, predictor=runner, progress=progress
+        base,
+        classes,
+        per_class,
+        config,
+        seed,
+        out,
+        batch_size=batch_size,
+        predictor=runner,
+        progress=progress,
+        prompts=prompts,
     )
     return {**result, "predictor": (predictor or "shortcut") if runner is not None else "vanilla"}

@@ -182,6 +182,11 @@ def train(
             f"{manifest.base.fingerprint[:12]}, but the base given has fingerprint "
             f"{base.fingerprint[:12]} ({base.name}); pass the same --model / --checkpoint as the dump"
         )
+    if base.L != manifest.dims.L:
+        raise MigmError(
+            f"dataset {cfg.data} has L = {manifest.dims.L} image cells, the base given {base.L}; "
+            "pass the dump's --height / --width"
+        )
     model = build_for_base(cfg.arch, base, **cfg.arch_config)
     # What a checkpoint must match to be continued by this run.
     provenance = {"dataset": manifest.fingerprint(), "arch": cfg.arch, "arch_config": asdict(model.cfg)}

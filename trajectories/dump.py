@@ -104,7 +104,9 @@ def text_layout(cfg: DumpConfig, base, branches: int) -> tuple[list[int], dict, 
     """A text base's prompts as the plan stores them: classes index the prompts, features are padded
     to the longest row of any prompt (either branch), prompt ids to the widest branch prompt."""
     if cfg.classes:
-        raise MigmError(f"--model {base.name} is text-to-image: give prompts (--prompt / --prompts FILE), not --classes")
+        raise MigmError(
+            f"--model {base.name} is text-to-image: give prompts (--prompt / --prompts FILE), not --classes"
+        )
     if not cfg.prompts:
         raise MigmError(f"--model {base.name} is text-to-image: give --prompt TEXT or --prompts FILE")
     ids = base.encode_prompts(list(cfg.prompts))

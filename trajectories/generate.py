@@ -30,6 +30,30 @@ class Samples:
         return self.seconds / len(self.labels)
 
 
+def conditions(base, classes: list[int] | None = None, prompts: list[str] | None = None) -> tuple[list, torch.Tensor]:
+    """What a command samples from: the names (class ids or prompts) and the base's `cond` of each
+    (class ids [n], or prompt ids [n, P] right-padded with -1 for text bases)."""
+    if base.text:
+        if not prompts:
+            raise MigmError(f"--model {base.name} is text-to-image: give --prompt TEXT or --prompts FILE")
+        return list(prompts), base.encode_prompts(list(prompts)).cpu()
+    if prompts:
+        raise MigmError(f"--model {base.name} is class-conditional: give --classes, not prompts")
+    classes = list(range(base.num_classes)) if classes is None else list(classes)
+    bad = [c for c in classes if not 0 <= c < base.num_classes]
+    if bad:
+        raise MigmError(f"classes must be in 0-{base.num_classes - 1}, got {bad}")
+    return classes, torch.tensor(classes)
+
+
+def spread(base, samples: int, prompts: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`samples` labels cycling over every class (or prompt), and the cond of each."""
+    names, cond = conditions(base, prompts=prompts)
+    index = torch.arange(samples) % len(names)
+    labels = index if base.text else cond[index]
+    return labels, cond[index]
+
+
 def sample_many(
     base,
     labels: torch.Tensor,
@@ -38,12 +62,15 @@ def sample_many(
     batch_size: int = 250,
     predictor: Predictor | None = None,
     progress: Callable[[int], None] | None = None,
+    cond: torch.Tensor | None = None,
 ) -> Samples:
-    """Roll out `labels` in batches; sample i always gets the seed derived from (seed, i)."""
+    """Roll out `labels` in batches (conditioned on `cond`, default the labels themselves: class ids);
+    sample i always gets the seed derived from (seed, i)."""
+    cond = labels if cond is None else cond
     seeds = sample_seeds(seed, 0, len(labels))
     tokens, seconds, step_seconds, full = [], 0.0, [0.0] * config.steps, list(range(config.steps))
     for i in range(0, len(labels), batch_size):
-        r = rollout(base, labels[i : i + batch_size], seeds[i : i + batch_size], config, predictor=predictor)
+        r = rollout(base, cond[i : i + batch_size], seeds[i : i + batch_size], config, predictor=predictor)
         tokens.append(r.tokens.cpu())
         seconds += r.total_time
         step_seconds = [a + b for a, b in zip(step_seconds, r.step_times)]
@@ -71,7 +98,7 @@ def save_grid(images: torch.Tensor, rows: int, path: Path, scale: int | None = N
 
 def generate(
     base,
-    classes: list[int],
+    classes: list[int] | None,
     per_class: int,
     config: SamplerConfig,
     seed: int,
@@ -79,30 +106,39 @@ def generate(
     batch_size: int = 250,
     predictor: Predictor | None = None,
     progress: Callable[[int], None] | None = None,
+    prompts: list[str] | None = None,
 ) -> dict:
-    """Sample `per_class` images of each class and write them as a PNG grid, one row per class.
+    """Sample `per_class` images of each class (or prompt, for text bases) and write them as a PNG
+    grid, one row each; a text base's prompts are written beside it (OUT.txt, one line per row).
     `predictor` runs the shortcut steps (None: vanilla sampling, every step full)."""
     out = output_file(out, IMAGE_EXTENSIONS, "--out")
     check_int("--per-class", per_class)
     check_int("--batch-size", batch_size)
     check_seed(seed)
-    bad = [c for c in classes if not 0 <= c < base.num_classes]
-    if bad:
-        raise MigmError(f"classes must be in 0-{base.num_classes - 1}, got {bad}")
+    names, cond = conditions(base, classes, prompts)
     base.decode(torch.zeros(1, base.L, dtype=torch.long, device=base.device))  # no decoder: fail before sampling
-    labels = torch.tensor(classes).repeat_interleave(per_class)
-    s = sample_many(base, labels, config, seed, batch_size, predictor=predictor, progress=progress)
+    index = torch.arange(len(names)).repeat_interleave(per_class)
+    labels = index if base.text else cond[index]
+    s = sample_many(base, labels, config, seed, batch_size, predictor=predictor, progress=progress, cond=cond[index])
     # decode a few at a time: a 512-px VQGAN decode holds GiBs of activations per dozen images
     images = torch.cat([base.decode(t.to(base.device)).cpu() for t in s.tokens.split(8)])
     writable_dir(out.parent, "folder")
-    save_grid(images, rows=len(classes), path=out)
-    return {
+    save_grid(images, rows=len(names), path=out)
+    result = {
         "out": str(out),
         "images": len(labels),
         "full_steps": s.full,
         "latency_per_image_s": s.latency_per_image,
         "sampler": config.to_dict(),
     }
+    if base.text:
+        captions = out.with_suffix(".txt")
+        try:
+            captions.write_text("".join(f"row {i + 1}: {p}\n" for i, p in enumerate(names)))
+        except OSError as e:
+            raise MigmError(f"cannot write {captions}: {e.strerror or e}") from None
+        result["prompts"] = str(captions)
+    return result
 
 
 def score(
@@ -112,16 +148,17 @@ def score(
     seed: int,
     batch_size: int = 250,
     progress: Callable[[int], None] | None = None,
+    prompts: list[str] | None = None,
 ) -> dict:
-    """Sample `samples` images with classes spread evenly and score them with the base's scorer."""
+    """Sample `samples` images with classes (or prompts) spread evenly and score them with the base's scorer."""
     if samples < 2:
         raise MigmError(f"samples must be at least 2 (the Fréchet distance needs a covariance), got {samples}")
     check_int("--batch-size", batch_size)
     check_seed(seed)
     if base.name not in SCORERS:
         raise MigmError(f"no scorer for {base.name!r}; scoring works for: {', '.join(SCORERS)}")
-    labels = torch.arange(samples) % base.num_classes
-    s = sample_many(base, labels, config, seed, batch_size, progress=progress)
+    labels, cond = spread(base, samples, prompts)
+    s = sample_many(base, labels, config, seed, batch_size, progress=progress, cond=cond)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         metrics = SCORERS[base.name](s.tokens, s.labels)

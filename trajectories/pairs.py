@@ -60,7 +60,7 @@ def pair_batch(
         "new_valid": torch.from_numpy(new_valid),
         "mask_ratio": torch.from_numpy(still_masked.mean(1, dtype=np.float32)),
         "still_masked": torch.from_numpy(still_masked),
-        "cells": torch.from_numpy(np.ascontiguousarray(cells)),  # feature position of each image cell
+        "cells": torch.from_numpy(np.array(cells)),  # feature position of each image cell
         "tokens": torch.from_numpy(np.where(still_masked, mask_id, tokens)),  # the token state after step s
         "step": torch.from_numpy(s.astype(np.int64)),
         "cond": torch.from_numpy(rows["cond"][r].astype(np.int64)),

@@ -211,6 +211,10 @@ class DiMOO:
         ends = sequence_length(prompt_lengths(cond), *self.grid)
         return torch.arange(int(ends.max()), device=cond.device)[None, :] < ends[:, None]
 
+    def cells(self, cond: torch.Tensor) -> torch.Tensor:
+        """Feature position of each image cell [R, L] of the rows `cond` gives."""
+        return cell_positions(prompt_lengths(cond), *self.grid)
+
     @torch.no_grad()
     def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens [R, L], cond [R, P] -> (image-code logits [R, L, V], feature [R, T, D], padding zero)."""
