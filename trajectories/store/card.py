@@ -21,8 +21,12 @@ def dataset_card(manifest: Manifest) -> str:
             "num_samples": manifest.num_samples,
             "rows": manifest.rows,
             "branches": manifest.branches,
-            "classes": list(manifest.classes),
-            "sampler": f"N={s.steps}, w={s.guidance}, r_temp={s.r_temp}, sm_temp={s.sm_temp}",
+            "classes": list(manifest.classes)
+            if manifest.text is None
+            else [f"prompt {i}: {p!r}" for i, p in enumerate(manifest.text["prompts"])],
+            "sampler": f"N={s.steps}, w={s.guidance}, r_temp={s.r_temp}, sm_temp={s.sm_temp}"
+            if s.rule == "maskgit"
+            else f"N={s.steps}, {s.rule} rule, CFG scale {s.guidance}, temperature {s.temperature}",
             "seed": manifest.seed,
             "format": manifest.format,
             "shards": len(manifest.shards),

@@ -63,10 +63,14 @@ def inspect_dataset(root: str | Path, plot: str | Path | None = None, sample_row
     size = sum(path_size(ds.path(k)) for k in range(len(ds.shards)))
     raw = dims.N * dims.T * dims.D * 2
     rows = np.linspace(0, len(ds) - 1, min(sample_rows, len(ds))).round().astype(int)
-    feats = np.stack([ds[int(r)]["features"].astype(np.float32) for r in rows])  # [n, N, T, D]
+    picked = [ds[int(r)] for r in rows]
+    feats = np.stack([p["features"].astype(np.float32) for p in picked])  # [n, N, T, D]
+    # text rows are right-padded: only each row's own positions count
+    lengths = np.array([int(p["length"]) if "length" in p else dims.T for p in picked])
+    real = (np.arange(dims.T)[None] < lengths[:, None])[:, None, :]  # [n, 1, T]
     a, b = feats[:, :-1], feats[:, 1:]
     cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-8)
-    smooth = cos.mean(axis=(0, 2)).tolist()
+    smooth = ((cos * real).sum(axis=(0, 2)) / (real.sum() or 1)).tolist()
     info = {
         "dataset": str(root),
         "format": manifest.format,
