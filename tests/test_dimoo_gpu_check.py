@@ -1,0 +1,85 @@
+"""The prepared DiMOO GPU check (benchmarks/dimoo_gpu_check.py): its smoke run through gpu_check.sh
+after the MaskGIT check, its bf16 padded-batch phase, and its full-size model built on the meta device."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from shortcut_zoo.archs import build_for_base
+from trajectories.base.llada import LLaDA
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_check():
+    spec = importlib.util.spec_from_file_location("dimoo_gpu_check", ROOT / "benchmarks" / "dimoo_gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_sh_runs_maskgit_then_dimoo_smoke():
+    """Both prepared checks, MaskGIT first, each printing its JSON line."""
+    r = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--smoke", "--repeats", "1", "--batch", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
+    )
+    assert r.returncode == 0, r.stderr
+    results = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert [x["benchmark"] for x in results] == ["gpu_check", "dimoo_gpu_check"]
+    maskgit, dimoo = results
+    assert maskgit["smoke"] and maskgit["batch"] == 1  # the arguments reach both
+    assert set(maskgit["ms_per_batch"]) == {"N15", "N32", "N15B7", "N32B12"}
+    assert 0 < maskgit["logits_relative_error"]["bf16"] < 0.1
+    assert dimoo["smoke"] and dimoo["errors"] == {}
+    assert 0 < dimoo["logits_relative_error"]["bf16"] < 0.1
+    # fp32 on the CPU: a padded row computes what it computes alone
+    assert dimoo["padded"]["feature_relative_error"] < 1e-5
+    assert dimoo["padded"]["token_agreement"] == {"N8": 1.0, "N8B4": 1.0}
+    assert set(dimoo["latency"]) == {"batch 1"}  # --batch 1: batch 1 only
+    rows = dimoo["latency"]["batch 1"]["configs"]
+    assert set(rows) == {"N64", "N64B11", "N64B14"}
+    assert all(r["runs"] == 1 and r["ms_per_image"] > 0 for r in rows.values())
+    ideal = {k.split(": ")[1]: v["ideal"] for k, v in dimoo["speedups"].items()}
+    assert 1 < ideal["N64 / N64B14"] < ideal["N64 / N64B11"] < 64 / 11
+    assert {"1 logits bf16 vs fp32 (2 layers)", "2 padded batch vs alone", "3 latency batch 1"} < set(
+        dimoo["elapsed_s"]
+    )
+
+
+def test_padded_batch_phase_in_bf16():
+    check = load_check()
+    sizes = check.SMOKE
+    tokenizer = check.WordIds(sizes["text_vocab"])  # the stand-in used without ../shared
+    base = check.make_base(sizes, check.random_llada(sizes["llada"], "cpu", torch.bfloat16, seed=0), tokenizer, "bf16")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny bf16 ops: threads only add overhead
+    try:
+        out = check.padded_vs_alone(base, check.random_shortcut(base, seed=0), steps=4)
+    finally:
+        torch.set_num_threads(threads)
+    assert out["feature_relative_error"] < 0.02  # bf16 rounding, not a padding leak
+    assert set(out["token_agreement"]) == {"N4", "N4B2"}
+    assert all(v >= 0.5 for v in out["token_agreement"].values())
+
+
+def test_full_size_is_the_released_8b_model():
+    check = load_check()
+    sizes = check.FULL
+    with torch.device("meta"):
+        net = LLaDA(sizes["llada"])
+    assert 8.0e9 < sum(p.numel() for p in net.parameters()) < 8.2e9
+    base = check.make_base(sizes, net, check.WordIds(sizes["text_vocab"]), "bf16")
+    assert (base.L, base.V, base.D) == (64 * 64, 8192, 4096)
+    assert sizes["special"].image_offset + base.V <= sizes["llada"].vocab_size
+    assert max(base._encode_one(check.PROMPTS[0])) < min(v for v in vars(sizes["special"]).values() if v)
+    with torch.device("meta"):
+        shortcut = build_for_base("dimoo-transformer", base, **check.SHORTCUT)
+    assert shortcut.cfg.hidden == 2048 and shortcut.cfg.mlp_hidden == 12288
