@@ -71,9 +71,11 @@ def validate(
 
 def count_flops(fn, *args) -> int:
     """Floating-point operations of one call, counted by torch's FlopCounterMode (matmuls, convs, attention)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    # the math kernel: the counter has no formula for the CPU's fused attention, which it would skip
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         fn(*args)
     return counter.get_total_flops()
 
