@@ -141,11 +141,28 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         """Attention of normed q_in [B, Tq, D] over normed kv_in [B, Tk, D] at absolute positions
         q_pos / kv_pos; keys where kv_valid [B, Tk] is False are ignored. Returns attn_out(...)."""
-        B, Tq, D = q_in.shape
-        Tk = kv_in.shape[1]
-        q = self.q_proj(q_in).view(B, Tq, self.n_heads, -1).transpose(1, 2)
-        k = self.k_proj(kv_in).view(B, Tk, self.n_kv_heads, -1).transpose(1, 2)
-        v = self.v_proj(kv_in).view(B, Tk, self.n_kv_heads, -1).transpose(1, 2)
+        return self.attention(self.q_proj(q_in), *self.keys_values(kv_in), q_pos, kv_pos, kv_valid)
+
+    def keys_values(self, kv_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [B, T, n_kv_heads * head_dim] of normed kv_in, before RoPE (what a K/V cache keeps)."""
+        return self.k_proj(kv_in), self.v_proj(kv_in)
+
+    def attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        q_pos: torch.Tensor,
+        kv_pos: torch.Tensor,
+        kv_valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """attn_out of the attention of projected queries q [B, Tq, D] over un-rotated keys / values
+        k, v [B, Tk, n_kv_heads * head_dim]; RoPE is applied here at q_pos / kv_pos."""
+        B, Tq, D = q.shape
+        Tk = k.shape[1]
+        q = q.view(B, Tq, self.n_heads, -1).transpose(1, 2)
+        k = k.view(B, Tk, self.n_kv_heads, -1).transpose(1, 2)
+        v = v.view(B, Tk, self.n_kv_heads, -1).transpose(1, 2)
         q, k = rotate(q, q_pos, self.theta), rotate(k, kv_pos, self.theta)
         if self.n_kv_heads != self.n_heads:
             group = self.n_heads // self.n_kv_heads
@@ -158,9 +175,43 @@ class Block(nn.Module):
         h = self.ff_norm(x)
         return self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
+        """One block over every position; the layer's keys and values (before RoPE) are appended to
+        `kv` when it is given (ML-Cache records them at its refresh steps)."""
         h = self.attn_norm(x)
-        x = x + self.attend(h, h, positions, positions, valid)
+        k, v = self.keys_values(h)
+        if kv is not None:
+            kv.append((k, v))
+        x = x + self.attention(self.q_proj(h), k, v, positions, positions, valid)
+        return x + self.mlp(x)
+
+    def forward_rows(
+        self,
+        x: torch.Tensor,
+        rows: torch.Tensor,
+        keep: torch.Tensor,
+        kv: tuple[torch.Tensor, torch.Tensor],
+        valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One block over a subset of positions: x [B, K, D] are the residual streams at sequence
+        positions `rows` [B, K]; where `keep` [B, K] is True their keys and values are written into
+        the layer's cache kv = (k, v) [B, T, n_kv_heads * head_dim] (in place), then their queries
+        attend over the whole cache (every other position keeps its cached K/V). Entries where `keep`
+        is False are padding: computed, never written."""
+        h = self.attn_norm(x)
+        k_new, v_new = self.keys_values(h)
+        k, v = kv
+        b, j = keep.nonzero(as_tuple=True)
+        k[b, rows[b, j]] = k_new[b, j].to(k.dtype)
+        v[b, rows[b, j]] = v_new[b, j].to(v.dtype)
+        positions = torch.arange(k.shape[1], device=x.device)
+        x = x + self.attention(self.q_proj(h), k, v, rows, positions, valid)
         return x + self.mlp(x)
 
 
@@ -179,11 +230,35 @@ class LLaDA(nn.Module):
             )
         )
 
-    def features(self, ids: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """ids [B, T] (right-padded; `valid` [B, T] marks real tokens) -> feature ln_f(h) [B, T, D]."""
+    def features(
+        self,
+        ids: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
+        """ids [B, T] (right-padded; `valid` [B, T] marks real tokens) -> feature ln_f(h) [B, T, D].
+        With `kv` (an empty list), each layer's keys and values before RoPE are appended to it."""
         t = self.transformer
         positions = torch.arange(ids.shape[1], device=ids.device)
         x = t.wte(ids)
         for block in t.blocks:
-            x = block(x, positions, valid)
+            x = block(x, positions, valid, kv)
+        return t.ln_f(x)
+
+    def features_rows(
+        self,
+        ids: torch.Tensor,
+        rows: torch.Tensor,
+        keep: torch.Tensor,
+        kv: list[tuple[torch.Tensor, torch.Tensor]],
+        valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The features of a subset of positions only (ML-Cache's partial forward): ids [B, K] at
+        sequence positions `rows` [B, K] run through every layer against the cached keys / values of
+        all positions, `kv` as `features` recorded it; the rows' own K/V are written into it where
+        `keep` [B, K] is True (False: padding of rows with fewer positions). Returns ln_f(h) [B, K, D]."""
+        t = self.transformer
+        x = t.wte(ids)
+        for block, layer in zip(t.blocks, kv):
+            x = block.forward_rows(x, rows, keep, layer, valid)
         return t.ln_f(x)
