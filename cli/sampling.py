@@ -165,7 +165,12 @@ def sample(
     model: ModelOpt = "maskgit-digits",
     shortcut: Annotated[Optional[str], typer.Option("--shortcut", help="Zoo folder of a trained shortcut.")] = None,
     predictor: Annotated[
-        Optional[str], typer.Option("--predictor", help="shortcut (default with --shortcut), cache, taylor or taylor2.")
+        Optional[str],
+        typer.Option(
+            "--predictor",
+            help="shortcut (default with --shortcut), cache, taylor, taylor2, or ml-cache (DiMOO bases; picks its "
+            "own full steps, no --budget; knobs as ml-cache:warmup=0.3,period=5,quantile=0.1).",
+        ),
     ] = None,
     classes: ClassesOpt = None,
     prompt: PromptOpt = None,
@@ -247,7 +252,12 @@ def bench(
         str, typer.Option("--configs", help="Comma-separated N or NxBy configs.")
     ] = "N8,N12,N16,N32,N32B12,N32B8,N16B6",
     predictors: Annotated[
-        str, typer.Option("--predictors", help="Comma-separated: shortcut, cache, taylor, taylor2.")
+        str,
+        typer.Option(
+            "--predictors",
+            help="Comma-separated: shortcut, cache, taylor, taylor2, ml-cache (DiMOO bases, one row per N; "
+            "knobs as ml-cache:warmup=0.3,period=5,quantile=0.1).",
+        ),
     ] = "shortcut,cache,taylor",
     samples: Annotated[
         int, typer.Option("--samples", help="Samples per point (classes, or prompts, spread evenly).")
@@ -272,12 +282,13 @@ def bench(
 ) -> None:
     """Quality vs latency of vanilla, shortcut and training-free configs: table, JSON and Pareto plot."""
     from shortcut_zoo.bench import BenchConfig, results_table, run_bench
+    from shortcut_zoo.predictors import split_predictors
     from trajectories.base import load_base
 
     cfg = BenchConfig(
         shortcuts=shortcut or [],
         configs=[c for c in configs.split(",") if c.strip()],
-        predictors=[p for p in predictors.split(",") if p],
+        predictors=split_predictors(predictors),
         samples=samples,
         seed=seed,
         batch_size=batch_size,

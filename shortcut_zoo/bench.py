@@ -5,7 +5,9 @@ points: median and spread),
 speedup vs vanilla at the same N (same run), class accuracy and Fréchet distance (the base's
 scorer), token agreement with vanilla sampling of the same seeds, and measured / ideal latency,
 where ideal = B·t_full + (N−B)·(t_shortcut + t_head) + N·t_sampling from per-call costs measured in
-the same run. Writes results.json, results.md and pareto.png.
+the same run. Predictors that choose their own full steps (ml-cache) get one row per N (config N{N},
+B = their refresh steps); their non-full steps count as (recomputed fraction)·t_full + t_head, the
+fraction counted over the row's sampling. Writes results.json, results.md and pareto.png.
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ def parse_config(spec: str) -> tuple[int, int | None]:
     if not m:
         raise MigmError(f"configs look like N16 or N32B12, got {spec!r}")
     return int(m.group(1)), int(m.group(2)) if m.group(2) else None
+
+
+def own_steps(spec: str) -> bool:
+    """Whether the predictor `spec` names picks its own full steps (ml-cache) instead of a budget's."""
+    return spec != "shortcut" and hasattr(make_predictor(spec), "full_steps")
 
 
 def _interleaved_times(fns: list[Callable[[], object]], repeats: int) -> list[tuple[float, float, float]]:
@@ -126,7 +133,7 @@ def run_bench(cfg: BenchConfig, base, progress: Callable[[str], None] | None = N
     check_int("--batch-size", cfg.batch_size)
     check_seed(cfg.seed)
     for name in cfg.predictors:
-        check_predictor_name(name)
+        check_predictor_name(name, base)
     if "shortcut" in cfg.predictors and not cfg.shortcuts and any(b for _, b in configs):
         raise MigmError("the shortcut predictor needs --shortcut zoo/NAME (or leave it out of --predictors)")
     out = check_writable_dir(cfg.out, "--out")
@@ -177,7 +184,7 @@ def run_bench(cfg: BenchConfig, base, progress: Callable[[str], None] | None = N
             (f"shortcut:{name}", make_predictor("shortcut", model))
             for name, model in shortcuts.items()
             if "shortcut" in cfg.predictors
-        ] + [(p, make_predictor(p)) for p in cfg.predictors if p != "shortcut"]
+        ] + [(p, make_predictor(p)) for p in cfg.predictors if p != "shortcut" and not own_steps(p)]
         for method, predictor in methods:
             if progress:
                 progress(f"{method} N{N}B{B}")
@@ -190,6 +197,30 @@ def run_bench(cfg: BenchConfig, base, progress: Callable[[str], None] | None = N
                     "method": method,
                     "N": N,
                     "B": B,
+                    "accuracy": m["accuracy"],
+                    "frechet": m["frechet"],
+                    "token_agreement": (s.tokens == vanilla[N]["tokens"]).float().mean().item(),
+                }
+            )
+
+    for N in steps_needed:  # predictors that pick their own full steps: one row per N, B their count
+        for method in filter(own_steps, cfg.predictors):
+            predictor = make_predictor(method)
+            config = SamplerConfig.for_base(base, N)
+            if progress:
+                progress(f"{method} N{N}")
+            s = sample_many(base, labels, config, cfg.seed, cfg.batch_size, predictor=predictor, cond=cond)
+            m = score(s.tokens, s.labels)
+            recomputed = predictor.recomputed_fraction  # read before the timing runs add to it
+            timed.append(timer(config, predictor))
+            rows.append(
+                {
+                    "config": f"N{N}",
+                    "method": method,
+                    "N": N,
+                    "B": len(s.full),
+                    "full_steps": s.full,
+                    "recomputed": 0.0 if recomputed is None else recomputed,
                     "accuracy": m["accuracy"],
                     "frechet": m["frechet"],
                     "token_agreement": (s.tokens == vanilla[N]["tokens"]).float().mean().item(),
@@ -223,6 +254,8 @@ def run_bench(cfg: BenchConfig, base, progress: Callable[[str], None] | None = N
             per_shortcut_step = 0.0
         elif method.startswith("shortcut:"):
             per_shortcut_step = costs["t_shortcut"][method.split(":", 1)[1]] + costs["t_head"]
+        elif "recomputed" in r:  # ml-cache: that fraction of the positions through the whole base, then the head
+            per_shortcut_step = r["recomputed"] * costs["t_full"] + costs["t_head"]
         else:  # cache, taylor: a few elementwise ops, then the head
             per_shortcut_step = costs["t_head"]
         r["ideal_s"] = B * costs["t_full"] + (N - B) * per_shortcut_step + N * sampling[N]
@@ -262,11 +295,14 @@ def results_table(result: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
+        method = r["method"]
+        if "recomputed" in r:  # ml-cache picks its own full steps: say how many, and how much it recomputes
+            method += f" (B={r['B']}, {100 * r['recomputed']:.0f}% recomputed)"
         fd = "-" if r["frechet"] is None else f"{r['frechet']:.2f}"
         fd += f" ± {r['frechet_spread']:.2f}" if r.get("frechet_spread") is not None else ""
         acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
         lines.append(
-            f"| {r['config']} | {r['method']} | {1000 * r['latency_s']:.2f} | {1000 * r['latency_min_s']:.2f}-"
+            f"| {r['config']} | {method} | {1000 * r['latency_s']:.2f} | {1000 * r['latency_min_s']:.2f}-"
             f"{1000 * r['latency_max_s']:.2f} | {r['speedup']:.2f}x | {acc} | {fd} | "
             f"{r['token_agreement']:.3f} | {r['measured_over_ideal']:.2f} |"
         )

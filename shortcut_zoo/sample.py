@@ -21,7 +21,7 @@ def make_sampling_predictor(base, predictor: str | None, shortcut: str | None, f
         raise MigmError("the shortcut predictor needs --shortcut zoo/NAME")
     if name != "shortcut" and shortcut is not None:
         raise MigmError(f"--shortcut goes with --predictor shortcut, not {name!r}")
-    check_predictor_name(name)
+    check_predictor_name(name, base)
     if name == "shortcut":
         return make_predictor("shortcut", load_shortcut(shortcut, base, force=force))
     return make_predictor(name)

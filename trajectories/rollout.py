@@ -69,6 +69,11 @@ class SamplerConfig:
 
 
 class Predictor(Protocol):
+    """Optional hooks, looked up by name (a predictor without them is called as below):
+    `full_steps(N) -> list[int]` picks the full steps itself (then no budget is given);
+    `full_forward(base, tokens, cond) -> (logits, feature)` runs the full steps in place of `base.forward`;
+    `needs_state = True` adds base=, tokens= [R, L] and cond= [R, P] (both branches) to `predict`."""
+
     def reset(self) -> None: ...
 
     def observe(self, step: int, feature: torch.Tensor) -> None: ...
@@ -174,7 +179,10 @@ def rollout(
     N, L, device = config.steps, base.L, base.device
     B_full = config.budget if config.budget is not None else N
     counts = unmask_counts(config.rule, L, N)
-    full = full_steps(N, B_full)
+    own_steps = getattr(predictor, "full_steps", None)  # a predictor may choose its own full steps
+    if own_steps is not None and config.budget is not None:
+        raise MigmError("this predictor chooses its own full steps; leave the budget (--budget) unset")
+    full = own_steps(N) if own_steps is not None else full_steps(N, B_full)
     if predictor is None and B_full < N:
         raise MigmError(f"a budget of {B_full} full steps below N = {N} needs a predictor (--shortcut or --predictor)")
     if len(seeds) != len(cond):
@@ -204,11 +212,18 @@ def rollout(
     with autocast(base):  # fp32 unless the base was loaded with --precision bf16/fp16
         for s in range(N):
             if is_full[s]:
-                logits, feature = base.forward(tokens.repeat(branches, 1), branch_cond)
+                forward = getattr(predictor, "full_forward", None)  # a predictor may record the full steps
+                if forward is not None:
+                    logits, feature = forward(base, tokens.repeat(branches, 1), branch_cond)
+                else:
+                    logits, feature = base.forward(tokens.repeat(branches, 1), branch_cond)
                 if predictor is not None:
                     predictor.observe(s, feature)
             else:
-                feature = predictor.predict(s, feature, *step_input, **padding)
+                state = {}
+                if getattr(predictor, "needs_state", False):  # a predictor that recomputes from the tokens
+                    state = {"base": base, "tokens": tokens.repeat(branches, 1), "cond": branch_cond}
+                feature = predictor.predict(s, feature, *step_input, **padding, **state)
                 logits = base.head(feature, branch_cond)
 
             logits = logits.float()
