@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint format bench train-digits clean
+.PHONY: demo test lint format bench train-digits train-dimoo-digits clean
 
 $(BIN)/migm: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ bench: $(BIN)/migm
 # Re-trains the shipped digits base and classifier (seeded; about 25 minutes on 2 cores).
 train-digits: $(BIN)/migm
 	$(BIN)/python -m trajectories.train_digits --out trajectories/base/weights
+
+# Re-trains the shipped dimoo-digits base (seeded; the shipped classifier scores its sweep; TIME on 2 cores).
+train-dimoo-digits: $(BIN)/migm
+	$(BIN)/python -m trajectories.train_dimoo_digits --out trajectories/base/weights/dimoo-digits
 
 clean:
 	rm -rf $(VENV) demo

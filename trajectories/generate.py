@@ -47,10 +47,21 @@ def conditions(base, classes: list[int] | None = None, prompts: list[str] | None
 
 
 def spread(base, samples: int, prompts: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`samples` labels cycling over every class (or prompt), and the cond of each."""
-    names, cond = conditions(base, prompts=prompts)
+    """`samples` labels cycling over every class (or prompt), and the cond of each. A text base's
+    prompts default to its `default_prompts`; its labels are the classes its `label_of` reads from
+    the prompts (a scorer needs them), else the prompt indices."""
+    default = getattr(base, "default_prompts", None)
+    names, cond = conditions(base, prompts=prompts or default)
     index = torch.arange(samples) % len(names)
-    labels = index if base.text else cond[index]
+    label_of = getattr(base, "label_of", None)
+    if base.text and label_of is not None:
+        named = [label_of(p) for p in names]
+        unnamed = [p for p, c in zip(names, named) if c < 0]
+        if unnamed:
+            raise MigmError(f"prompt {unnamed[0]!r} names no class of --model {base.name} (it labels samples by that)")
+        labels = torch.tensor(named)[index]
+    else:
+        labels = index if base.text else cond[index]
     return labels, cond[index]
 
 

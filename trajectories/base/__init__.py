@@ -17,6 +17,7 @@ import torch
 
 from trajectories.base.digits import load_maskgit_digits, score_digits
 from trajectories.base.dimoo import load_dimoo
+from trajectories.base.dimoo_digits import load_dimoo_digits
 from trajectories.base.maskgit import load_maskgit
 from trajectories.errors import MigmError
 
@@ -25,6 +26,11 @@ BASES: dict[str, tuple[Callable, str]] = {
     "maskgit-digits": (
         load_maskgit_digits,
         "class-conditional MaskGIT on scikit-learn's 8x8 digits (L=64, V=17), shipped in the package",
+    ),
+    "dimoo-digits": (
+        load_dimoo_digits,
+        "text-to-image Lumina-DiMOO (LLaDA) on scikit-learn's 8x8 digits, prompts naming the digit "
+        '("a handwritten seven", "the digit 7"); shipped in the package',
     ),
     "maskgit": (
         load_maskgit,
@@ -39,7 +45,7 @@ BASES: dict[str, tuple[Callable, str]] = {
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 # base name -> scorer(tokens [n, L], labels [n]) -> metrics; bases without one report token agreement only
-SCORERS: dict[str, Callable] = {"maskgit-digits": score_digits}
+SCORERS: dict[str, Callable] = {"maskgit-digits": score_digits, "dimoo-digits": score_digits}
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,7 @@ def load_base(spec: BaseSpec):
     unknown = sorted(set(paths) - set(params))
     if unknown:
         options = ", ".join("--" + k.replace("_", "-") for k in unknown)
-        why = " (it ships its own weights and decoder)" if spec.name == "maskgit-digits" else ""
+        why = " (it ships its own weights and decoder)" if spec.name in ("maskgit-digits", "dimoo-digits") else ""
         raise MigmError(f"{options} not used by --model {spec.name}{why}")
     if "device" in params and "precision" in params:
         return loader(**paths, device=device, precision=spec.precision)

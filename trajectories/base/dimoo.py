@@ -7,6 +7,9 @@ downloads it, loaded shard by shard straight onto the target device and dtype.
     DIR/special_tokens.json                  optional: overrides the released model's special ids
     DIR/vqvae/config.json + diffusion_pytorch_model.safetensors   (a diffusers VQModel)
 
+A model whose images need no VQ model (`dimoo-digits`: grey levels as codes) is loaded with a
+`decoder` function in place of vqvae/; its special_tokens.json then says how many image codes there are.
+
 Sequence of one row (image cell code k is token id k + image_offset, a masked cell is the mask id):
 
     prompt ids + [boa, boi] + h rows of (w image cells + newline) + [eoi, eoa]
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -48,6 +52,7 @@ class SpecialTokens:
     eoi: int = 126350
     image_offset: int = 126356  # image code k is token id image_offset + k
     uncondition: int | None = None  # id of "<uncondition>" (informational: the tokenizer maps the text)
+    codes: int | None = None  # number of image codes V; needed only without vqvae/ (whose config says it)
 
     @classmethod
     def from_file(cls, path: Path) -> SpecialTokens:
@@ -60,6 +65,8 @@ class SpecialTokens:
         bad = [k for k, v in data.items() if not isinstance(v, int) or isinstance(v, bool) or v < 0]
         if bad:
             raise MigmError(f"{path}: {', '.join(bad)} must be non-negative integer token ids")
+        if data.get("codes") == 0:
+            raise MigmError(f"{path}: codes (the number of image codes) must be at least 1")
         return cls(**data)
 
 
@@ -149,8 +156,12 @@ class DiMOO:
     `cond` is prompt ids [R, P] (markup included, right-padded with -1): `encode_prompts` for the cond
     branch, `null_cond` for the uncond branch. `C` counts the non-image positions of the cond row of
     an empty prompt (markup, boa/boi, newlines, eoi/eoa); real rows are longer by their prompt words,
-    and their length is `sequence_length(prompt_len, h, w)`. The fingerprint covers the config, the
-    special ids and the stored weights, not the image size (L says that) nor the loaded precision.
+    and their length is `sequence_length(prompt_len, h, w)`. The fingerprint covers the name, the
+    config, the special ids and the stored weights, not the image size (L says that) nor the loaded
+    precision. Images are decoded by the VQ model in `vq_folder`, or by `decoder` (codes [B, L] ->
+    images) when one is given. A base may carry `default_prompts` (what scoring cycles over when no
+    prompt is given) and `label_of(prompt) -> int` (the class a prompt names, for scorers); both are
+    None for --model dimoo.
     """
 
     name = "dimoo"
@@ -164,11 +175,17 @@ class DiMOO:
         special: SpecialTokens,
         grid: tuple[int, int],
         V: int,
-        vq_folder: Path,
-        vq_channels: int,
+        vq_folder: Path | None,
+        vq_channels: int | None,
         fingerprint: str,
         precision: str,
+        decoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        name: str = "dimoo",
     ):
+        self.name = name
+        self.decoder = decoder
+        self.default_prompts: list[str] | None = None
+        self.label_of: Callable[[str], int] | None = None
         self.net = net.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.special = special
@@ -337,6 +354,8 @@ class DiMOO:
         in the codebook, `force_not_quantize=True`, output clipped, no rescaling)."""
         if bool((tokens < 0).any() or (tokens >= self.V).any()):
             raise MigmError(f"decode needs image codes 0..{self.V - 1} (no masked cells)")
+        if self.decoder is not None:
+            return self.decoder(tokens).float().clip(0, 1)
         vq = self.vq()
         h, w = self.grid
         B = tokens.shape[0]
@@ -399,8 +418,9 @@ def shard_files(folder: Path) -> list[Path]:
     return [folder / n for n in names]
 
 
-def check_folder(folder: Path) -> None:
-    """Every piece of the released layout is there (the error names each missing one)."""
+def check_folder(folder: Path, vq: bool = True) -> None:
+    """Every piece of the released layout is there (the error names each missing one); vqvae/ only
+    when `vq` (no decoder function was given)."""
     if not folder.is_dir():
         raise MigmError(f"--checkpoint {str(folder)!r} is not a folder (expected the model's Hugging Face folder)")
     missing = []
@@ -410,9 +430,9 @@ def check_folder(folder: Path) -> None:
         missing.append("model.safetensors.index.json (or model.safetensors)")
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         missing.append("tokenizer files (tokenizer.json, tokenizer_config.json)")
-    if not (folder / "vqvae").is_dir():
+    if vq and not (folder / "vqvae").is_dir():
         missing.append("vqvae/ (the diffusers VQModel)")
-    else:
+    elif vq:
         missing += [f"vqvae/{f}" for f in ("config.json", VQ_WEIGHTS) if not (folder / "vqvae" / f).is_file()]
     if missing:
         raise MigmError(f"{folder} is not a Lumina-DiMOO folder: missing {', '.join(missing)}")
@@ -512,28 +532,44 @@ def load_dimoo(
     width: int | None = 1024,
     device: str = "cpu",
     precision: str | None = None,
+    decoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    grid: tuple[int, int] | None = None,
+    name: str = "dimoo",
 ) -> DiMOO:
     """A Lumina-DiMOO folder (see the module docstring) at `height` x `width` pixels, loaded straight
-    onto `device` in `precision` (None: bf16 on CUDA, fp32 on the CPU)."""
+    onto `device` in `precision` (None: bf16 on CUDA, fp32 on the CPU).
+
+    `decoder` (image codes [B, L] -> images [B, 3, H, W]) replaces vqvae/, which may then be absent;
+    V is then special_tokens.json's `codes`. `grid` (h, w) in cells, when given, replaces height and
+    width (whose 16 pixels per cell are the VQ model's, not a decoder function's). `name` names the
+    base and enters its fingerprint."""
     if checkpoint is None:
-        raise MigmError("--model dimoo needs --checkpoint DIR (the model's Hugging Face folder)")
-    grid = grid_size(1024 if height is None else height, 1024 if width is None else width)
+        raise MigmError(f"--model {name} needs --checkpoint DIR (the model's Hugging Face folder)")
+    if grid is None:
+        grid = grid_size(1024 if height is None else height, 1024 if width is None else width)
     precision = precision or default_precision(device)
     if precision not in DTYPES:
         raise MigmError(f"precision must be one of {', '.join(DTYPES)}, got {precision!r}")
     folder = Path(checkpoint)
-    check_folder(folder)
+    check_folder(folder, vq=decoder is None)
     shards = shard_files(folder)
     hf = read_json(folder / "config.json")
     cfg = LLaDAConfig.from_hf(hf)
     special_file = folder / "special_tokens.json"
     special = SpecialTokens.from_file(special_file) if special_file.is_file() else SpecialTokens()
-    vq_cfg = read_json(folder / "vqvae" / "config.json")
-    V = vq_cfg.get("num_vq_embeddings")
-    vq_channels = vq_cfg.get("vq_embed_dim") or vq_cfg.get("latent_channels")
-    if not isinstance(V, int) or V < 1 or not isinstance(vq_channels, int) or vq_channels < 1:
-        raise MigmError(f"{folder / 'vqvae' / 'config.json'}: needs num_vq_embeddings and vq_embed_dim")
-    ids = {k: v for k, v in asdict(special).items() if k != "image_offset" and v is not None}
+    if decoder is None:
+        vq_cfg = read_json(folder / "vqvae" / "config.json")
+        V = vq_cfg.get("num_vq_embeddings")
+        vq_channels = vq_cfg.get("vq_embed_dim") or vq_cfg.get("latent_channels")
+        if not isinstance(V, int) or V < 1 or not isinstance(vq_channels, int) or vq_channels < 1:
+            raise MigmError(f"{folder / 'vqvae' / 'config.json'}: needs num_vq_embeddings and vq_embed_dim")
+        if special.codes is not None and special.codes != V:
+            raise MigmError(f"{special_file}: codes {special.codes} but vqvae/ has {V} image codes")
+    else:
+        V, vq_channels = special.codes, None
+        if V is None:
+            raise MigmError(f"{folder}: without vqvae/, special_tokens.json must give codes (how many image codes)")
+    ids = {k: v for k, v in asdict(special).items() if k not in ("image_offset", "codes") and v is not None}
     too_big = [f"{k}={v}" for k, v in ids.items() if v >= cfg.vocab_size]
     if special.image_offset + V > cfg.vocab_size:
         too_big.append(f"image codes {special.image_offset}..{special.image_offset + V - 1}")
@@ -544,15 +580,19 @@ def load_dimoo(
     with torch.device("meta"):
         net = LLaDA(cfg)
     digests = load_shards(net, shards, DTYPES[precision], device, str(folder))
-    config = {"name": "dimoo", "llada": asdict(cfg), "special": asdict(special), "V": V}
+    # `codes` is left out: V says it, and fingerprints of folders without it stay as they were
+    ids = {k: v for k, v in asdict(special).items() if k != "codes"}
+    config = {"name": name, "llada": asdict(cfg), "special": ids, "V": V}
     return DiMOO(
         net,
         tokenizer,
         special,
         grid,
         V,
-        folder / "vqvae",
+        folder / "vqvae" if decoder is None else None,
         vq_channels,
         combine_fingerprint(config, digests),
         precision,
+        decoder=decoder,
+        name=name,
     )
