@@ -29,6 +29,17 @@ from cli.app import (
     print_metrics,
     steps_for,
 )
+from trajectories.errors import MigmError
+
+
+def parse_weights(text: str | None) -> list[float] | None:
+    """'1,0.5,0.25' -> [1.0, 0.5, 0.25] (None: not given)."""
+    if text is None:
+        return None
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise MigmError(f"--rollout-weights takes comma-separated numbers, e.g. 1,0.5,0.25, got {text!r}") from None
 
 
 @app.command()
@@ -79,6 +90,18 @@ def train(
         float, typer.Option("--kl-temperature", help="T of the KL term: softmax(logits / T), loss scaled by T^2.")
     ] = 1.0,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Held-out fraction of samples.")] = 0.05,
+    rollout: Annotated[
+        int,
+        typer.Option(
+            "--rollout",
+            help="K: train on windows of K consecutive steps, chaining the shortcut from one true feature with "
+            "the recorded new tokens, a loss at every chained step (1: one-step pairs). --batch-size counts windows.",
+        ),
+    ] = 1,
+    rollout_weights: Annotated[
+        Optional[str],
+        typer.Option("--rollout-weights", help="Loss weight of each chained step, e.g. 1,0.5,0.25 (default: equal)."),
+    ] = None,
     workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 0,
     save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every this many steps.")] = 500,
     stop_at: Annotated[
@@ -125,6 +148,8 @@ def train(
         kl_weight=kl_weight,
         kl_temperature=kl_temperature,
         val_fraction=val_fraction,
+        rollout=rollout,
+        rollout_weights=call(parse_weights, rollout_weights),
         workers=workers,
         save_every=save_every,
         stop_at=stop_at,

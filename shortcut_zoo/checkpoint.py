@@ -235,7 +235,7 @@ def read_train_state(ckpt: Path) -> dict:
 
 
 def _check_provenance(ckpt: Path, record: dict, provenance: dict) -> None:
-    """The checkpoint continues this run: same dataset (by fingerprint), arch and arch config."""
+    """The checkpoint continues this run: same dataset (by fingerprint), arch, arch config and rollout."""
     if record["dataset"] != provenance["dataset"]:
         raise MigmError(
             f"{ckpt} was trained on another dataset (fingerprint {record['dataset'][:12]}, this --data has "
@@ -251,6 +251,9 @@ def _check_provenance(ckpt: Path, record: dict, provenance: dict) -> None:
         keys = sorted(k for k in {*now, *record["arch_config"]} if now.get(k) != record["arch_config"].get(k))
         was = " ".join(f"-a {k}={json.dumps(record['arch_config'].get(k))}" for k in keys)
         raise MigmError(inert(f"{ckpt} was trained with other arch options; resume with {was}"))
+    was = record.get("rollout", 1)  # checkpoints from before rollout training trained one-step pairs
+    if was != provenance.get("rollout", 1):  # another window size reads the data in another order
+        raise MigmError(f"{ckpt} was trained with --rollout {was}; resume with --rollout {was}")
 
 
 def _check_files(ckpt: Path, record: dict, rank: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -67,6 +68,50 @@ def validate(
     overall["mse_ratio_to_cache"] = overall["mse"] / max(overall["cache_mse"], 1e-12) if n else None
     overall["positions"] = int(n)
     return {"overall": overall, "per_step": per_step}
+
+
+@torch.no_grad()
+def chained_errors(model: torch.nn.Module, base, stream, device="cpu") -> dict | None:
+    """Per-step error of the shortcut chained as the sampler chains it, on the rows of `stream` (held out):
+    from the true f_s of a full step s, j shortcut steps with the recorded new tokens, then
+    1 − cosine against the recorded f_{s+j} at the positions still masked (the ones sampled at s+j).
+    `error[s][j-1]` is its mean over those positions, for s = 0 … N−2 and j = 1 … N−1−s: what `auto`
+    placement of the full steps minimises (None: no held-out rows)."""
+    from trajectories.pairs import pair_batch
+
+    N = stream.ds.dims.N
+    total = torch.zeros(N - 1, N - 1, dtype=torch.float64)
+    count = torch.zeros(N - 1, N - 1, dtype=torch.float64)
+    model.eval()
+    for block in stream.blocks:  # one block of rows at a time bounds memory on wide bases
+        data = stream.read_blocks(np.array([block]))
+        rows = np.arange(len(data["tokens"]))
+        feats = torch.from_numpy(data["features"])
+        steps = []  # the pair batch of every step, without its features (taken per chain below)
+        for t in range(N - 1):
+            batch = pair_batch(data, rows, np.full_like(rows, t), stream.mask_id, stream.image_offset)
+            steps.append({k: v.to(device) for k, v in batch.items() if k not in ("feature", "target")})
+        for s in range(N - 1):
+            feature = feats[:, s].float().to(device)
+            for j in range(1, N - s):
+                step = steps[s + j - 1]
+                feature = predict(model, base, {**step, "feature": feature}).float()
+                true = feats[:, s + j].float().to(device)
+                keep = masked_positions(step, true.shape[1])
+                err = 1 - F.cosine_similarity(feature, true, dim=-1)
+                total[s, j - 1] += err[keep].double().sum().cpu()
+                count[s, j - 1] += keep.sum().cpu()
+    model.train()
+    if not count.any():
+        return None
+    mean = total / count.clamp(min=1)
+    error = [[float(f"{mean[s, j].item():.6g}") for j in range(N - 1 - s)] for s in range(N - 1)]
+    return {
+        "N": N,
+        "metric": "1 - cosine at the positions still masked, chained from the true feature of the last full step",
+        "rows": int(sum(len(stream.rows_of(np.array([b]))) for b in stream.blocks)),
+        "error": error,
+    }
 
 
 def count_flops(fn, *args) -> int:

@@ -7,6 +7,7 @@ refuses a base whose fingerprint differs (unless `force`), pickles, and malforme
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -44,8 +45,11 @@ def export_shortcut(
     metrics: dict,
     cost: dict,
     training: dict,
+    step_errors: dict | None = None,
 ) -> dict:
-    """Write a zoo folder for a trained shortcut; returns its config."""
+    """Write a zoo folder for a trained shortcut; returns its config. `step_errors` (held-out error of
+    the chained shortcut per full step and chain length, `evaluate.chained_errors`) is what
+    `--placement auto` places the full steps by."""
     config = {
         "zoo_format": ZOO_FORMAT,
         "arch": arch,
@@ -63,6 +67,8 @@ def export_shortcut(
         "training": training,
         "version": __version__,
     }
+    if step_errors is not None:
+        config["step_errors"] = step_errors
     return write_zoo_folder(Path(out), model, config)
 
 
@@ -225,6 +231,30 @@ def read_zoo_config(path: str | Path) -> dict:
     if not isinstance(config["base"].get("fingerprint"), str) or not isinstance(config["base"].get("name"), str):
         raise MigmError(f"{path / CONFIG}: field 'base' needs a name and a fingerprint")
     return config
+
+
+def read_step_errors(path: str | Path) -> dict:
+    """The held-out chained-shortcut errors stored with zoo folder `path` (for `--placement auto`), checked."""
+    path = Path(path)
+    config = read_zoo_config(path)
+    table = config.get("step_errors")
+    if table is None:
+        raise MigmError(
+            f"shortcut {path} has no stored step errors (trained before they were measured, imported, or "
+            "trained with --val-fraction 0), so --placement auto cannot place its full steps; retrain it with "
+            "migm train, or use --placement uniform"
+        )
+    N, error = (table.get("N"), table.get("error")) if isinstance(table, dict) else (None, None)
+    ok = isinstance(N, int) and N >= 2 and isinstance(error, list) and len(error) == N - 1
+    ok = ok and all(
+        isinstance(row, list)
+        and len(row) == N - 1 - s
+        and all(isinstance(v, (int, float)) and math.isfinite(v) for v in row)
+        for s, row in enumerate(error)
+    )
+    if not ok:
+        raise MigmError(f"{path / CONFIG}: field 'step_errors' is malformed; retrain the shortcut")
+    return table
 
 
 def load_shortcut(path: str | Path, base, force: bool = False) -> torch.nn.Module:

@@ -1,7 +1,8 @@
 """`migm train`: fit a shortcut to a trajectory dataset with HF accelerate, then export it.
 
 The loop, in a fixed order: learning rate from `get_lr(step)` → batch → loss on the positions still
-masked after the step (MSE on features, optional KL between the base head's distributions) →
+masked after the step (MSE on features, optional KL between the base head's distributions; with
+`rollout` K > 1, summed with weights over K chained steps from one true feature) →
 finite check → backward, clip, step → EMA → log → checkpoint. One process by default; under
 torchrun or `accelerate launch` each rank streams its own blocks of rows and DDP averages gradients.
 A checkpoint (`shortcut_zoo.checkpoint`: safetensors + JSON, never a pickle, renamed into place
@@ -22,11 +23,11 @@ import torch.nn.functional as F
 
 from shortcut_zoo.archs import build_for_base
 from shortcut_zoo.checkpoint import CHECKPOINT, check_out_folder, load_checkpoint, save_checkpoint
-from shortcut_zoo.evaluate import masked_positions, predict, relative_cost, validate
+from shortcut_zoo.evaluate import chained_errors, masked_positions, predict, relative_cost, validate
 from trajectories.base import BaseSpec, load_base
 from trajectories.checks import check_finite, check_int, check_seed, writable_dir
 from trajectories.errors import MigmError
-from trajectories.pairs import PairStream, pair_loader
+from trajectories.pairs import PairStream, pair_loader, split_window
 from trajectories.store.dataset import open_dataset
 from trajectories.store.manifest import Manifest
 
@@ -56,6 +57,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     save_every: int = 500
     stop_at: int | None = None  # stop after this step with a checkpoint (time-boxing; resume later)
+    rollout: int = 1  # K: chain the shortcut over K steps from a true feature (1: one-step pairs)
+    rollout_weights: list[float] | None = None  # loss weight of each chained step (None: equal)
 
 
 def get_lr(step: int, cfg: TrainConfig) -> float:
@@ -119,6 +122,21 @@ def shortcut_loss(pred: torch.Tensor, batch: dict, base, cfg: TrainConfig) -> to
     return loss
 
 
+def rollout_loss(model, base, batch: dict, cfg: TrainConfig) -> torch.Tensor:
+    """Loss of a window batch: from the true f_s, the shortcut is chained over steps s … s+K−1 with the
+    recorded new tokens of each step (its own prediction as the next input, gradients through the
+    chain), and the loss at chained step k against the recorded f_{s+k+1} is weighted by w_k / Σw.
+    K = 1 is the one-step loss."""
+    steps = split_window(batch, cfg.rollout)
+    weights = cfg.rollout_weights or [1.0] * cfg.rollout
+    feature, total = steps[0]["feature"], 0.0
+    for w, step in zip(weights, steps):
+        pred = predict(model, base, {**step, "feature": feature})
+        total = total + w * shortcut_loss(pred, step, base, cfg)
+        feature = pred
+    return total / sum(weights)
+
+
 def check_config(cfg: TrainConfig) -> None:
     if cfg.loss not in ("mse", "mse+kl"):
         raise MigmError(f"loss must be mse or mse+kl, got {cfg.loss!r}")
@@ -127,6 +145,13 @@ def check_config(cfg: TrainConfig) -> None:
     check_int("--workers", cfg.workers, low=0, high=256)
     check_int("--save-every", cfg.save_every)
     check_int("--stop-at", cfg.stop_at)
+    check_int("--rollout", cfg.rollout)
+    weights = cfg.rollout_weights
+    if weights is not None:
+        if len(weights) != cfg.rollout:
+            raise MigmError(f"--rollout-weights needs one weight per chained step ({cfg.rollout}), got {len(weights)}")
+        if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+            raise MigmError(f"--rollout-weights must be finite, at least 0 and not all 0, got {weights}")
     check_seed(cfg.seed)
     check_finite("--val-fraction", cfg.val_fraction, low=0, high=1)
     if "dim" in cfg.arch_config:
@@ -189,7 +214,12 @@ def train(
         )
     model = build_for_base(cfg.arch, base, **cfg.arch_config)
     # What a checkpoint must match to be continued by this run.
-    provenance = {"dataset": manifest.fingerprint(), "arch": cfg.arch, "arch_config": asdict(model.cfg)}
+    provenance = {
+        "dataset": manifest.fingerprint(),
+        "arch": cfg.arch,
+        "arch_config": asdict(model.cfg),
+        "rollout": cfg.rollout,
+    }
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, opt = accelerator.prepare(model, opt)
     ema = EMA(accelerator.unwrap_model(model), cfg.ema)
@@ -205,6 +235,7 @@ def train(
         seed=cfg.seed,
         rank=accelerator.process_index,
         world=accelerator.num_processes,
+        window=cfg.rollout,
     )
     if stream.num_pairs() == 0:
         raise MigmError(f"rank {accelerator.process_index} has no training rows; use a larger dataset")
@@ -221,7 +252,7 @@ def train(
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             for group in opt.param_groups:
                 group["lr"] = get_lr(state["step"], cfg)
-            loss = shortcut_loss(predict(model, base, batch), batch, base, cfg)
+            loss = rollout_loss(model, base, batch, cfg)
             if not torch.isfinite(loss):
                 raise MigmError(f"loss became {loss.item()} at step {state['step']}; lower --lr or check the dataset")
             accelerator.backward(loss)
@@ -259,6 +290,7 @@ def train(
         final.load_state_dict(ema.shadow)
         val = PairStream(ds, batch_size=256, rows=val_rows, shuffle=False)
         metrics = validate(final, base, pair_loader(val), manifest.dims.N - 1, accelerator.device)
+        step_errors = chained_errors(final, base, val, accelerator.device)
         cost = relative_cost(final, base, manifest.dims.N)
         training = {
             **asdict(cfg),
@@ -267,7 +299,7 @@ def train(
             "pairs_per_second": pairs / seconds,
             "final_loss": state["losses"][-1],
         }
-        result = export_shortcut(out, final, cfg.arch, base, manifest, metrics, cost, training)
+        result = export_shortcut(out, final, cfg.arch, base, manifest, metrics, cost, training, step_errors)
         result["losses"] = state["losses"]
     accelerator.wait_for_everyone()
     return result or {"processes": accelerator.num_processes, "losses": state["losses"]}

@@ -1,21 +1,31 @@
 """k-step rollout training: K = 1 is one-step training, windows stay inside trajectories."""
 
+import json
+import math
+
+import numpy as np
 import pytest
 import torch
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
-from shortcut_zoo.archs import build_for_base
+from cli.main import app
+from shortcut_zoo.archs import ARCHS, build_for_base
 from shortcut_zoo.evaluate import predict
-from shortcut_zoo.train import TrainConfig, get_lr, shortcut_loss, split_rows, train
+from shortcut_zoo.export import read_step_errors
+from shortcut_zoo.train import TrainConfig, get_lr, rollout_loss, shortcut_loss, split_rows, train
 from trajectories.base import BaseSpec, load_base
 from trajectories.dump import DumpConfig, dump_trajectories
-from trajectories.pairs import PairStream, pair_loader
+from trajectories.errors import MigmError
+from trajectories.pairs import PairStream, pair_batch, pair_loader, split_window, window_batch
 from trajectories.store.dataset import open_dataset
 
 DIGITS = load_base(BaseSpec("maskgit-digits", device="cpu"))
 CPU = BaseSpec(device="cpu")
 TINY = dict(steps=8, batch_size=16, save_every=8, val_fraction=0.25, warmup=2, lr=3e-3)
+MASKGIT_ARCHS = sorted(set(ARCHS) - {"dimoo-transformer"})
+runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +66,83 @@ def one_step_reference(cfg: TrainConfig) -> tuple[list[float], dict]:
 @pytest.mark.parametrize("arch", ["tiny-transformer", "gru"])
 def test_k1_is_one_step_training(data, tmp_path, arch):
     options = {"heads": 2} if arch == "tiny-transformer" else {}
-    cfg = TrainConfig(data=str(data), arch=arch, out=str(tmp_path / arch), arch_config=options, **TINY)
+    cfg = TrainConfig(data=str(data), arch=arch, out=str(tmp_path / arch), arch_config=options, rollout=1, **TINY)
     result = train(cfg, CPU)
     losses, weights = one_step_reference(cfg)
     assert result["losses"] == losses
     trained = load_file(str(tmp_path / arch / "checkpoint" / "model.safetensors"))
     assert all(torch.equal(trained[k], weights[k]) for k in weights)
+
+
+def test_windows_stay_inside_trajectories_and_cover_each_once(data):
+    ds = open_dataset(data)
+    N, K = ds.dims.N, 3
+    stream = PairStream(ds, batch_size=7, seed=1, window=K)
+    seen = []
+    for batch in pair_loader(stream):
+        steps = split_window(batch, K)
+        s0 = steps[0]["step"]
+        for k, step in enumerate(steps):
+            assert torch.equal(step["step"], s0 + k) and torch.equal(step["cond"], steps[0]["cond"])
+            if k:  # the next pair starts from the feature the previous one ends at: the same row
+                assert torch.equal(step["feature"], steps[k - 1]["target"])
+        assert int(steps[-1]["step"].max()) <= N - 2  # the last target is f_{N-1} at most
+        last = steps[-1]  # a window: its start, and its row by branch and token state after its last step
+        seen += [(int(s), int(last["branch"][i]), tuple(last["tokens"][i].tolist())) for i, s in enumerate(s0)]
+    assert len(seen) == len(set(seen)) == len(ds) * (N - K) == stream.num_pairs()
+
+
+def test_the_rollout_loss_chains_the_shortcuts_own_features(data):
+    """K = 2 with weights (1, 2): step s from the true f_s, step s+1 from the prediction, each against
+    the recorded next feature, (l0 + 2·l1) / 3; pairs built one step at a time give the same loss."""
+    torch.manual_seed(0)
+    model = build_for_base("mlp", DIGITS)
+    for p in model.parameters():  # the zero-initialised output would hide the chaining
+        torch.nn.init.normal_(p, std=0.05)
+    ds = open_dataset(data)
+    rows = ds.rows(0, 4)
+    r, s = np.array([0, 1, 2, 3]), np.array([0, 2, 1, 3])
+    cfg = TrainConfig(data=str(data), rollout=2, rollout_weights=[1.0, 2.0])
+    got = rollout_loss(model, DIGITS, window_batch(rows, r, s, 2, ds.dims.V), cfg)
+    first, second = (pair_batch(rows, r, s + k, ds.dims.V) for k in range(2))
+    pred0 = predict(model, DIGITS, first)
+    pred1 = predict(model, DIGITS, {**second, "feature": pred0})
+    want = (shortcut_loss(pred0, first, DIGITS, cfg) + 2 * shortcut_loss(pred1, second, DIGITS, cfg)) / 3
+    assert torch.allclose(got, want, rtol=1e-5)
+    one_step = shortcut_loss(predict(model, DIGITS, second), second, DIGITS, cfg)  # from the true f_{s+1}
+    assert not torch.allclose(got, (shortcut_loss(pred0, first, DIGITS, cfg) + 2 * one_step) / 3)
+
+
+@pytest.mark.parametrize("arch", MASKGIT_ARCHS)
+def test_every_arch_trains_with_rollout_and_stores_step_errors(data, tmp_path, arch):
+    options = {"heads": 2} if arch == "tiny-transformer" else {}
+    cfg = TrainConfig(data=str(data), arch=arch, out=str(tmp_path / arch), arch_config=options, rollout=3, **TINY)
+    result = train(cfg, CPU)
+    assert len(result["losses"]) == TINY["steps"] and all(math.isfinite(x) for x in result["losses"])
+    config = json.loads((tmp_path / arch / "config.json").read_text())
+    assert config["training"]["rollout"] == 3
+    table = read_step_errors(tmp_path / arch)
+    N = open_dataset(data).dims.N
+    assert table["N"] == N and [len(row) for row in table["error"]] == list(range(N - 1, 0, -1))
+    assert all(0 <= v <= 2 for row in table["error"] for v in row)
+
+
+def test_rollout_options_are_checked(data, tmp_path):
+    for args, message in [
+        (["--rollout", "0"], "--rollout must be at least 1"),
+        (["--rollout", "6"], "a rollout window must be 1 to N - 1 = 5"),
+        (["--rollout", "2", "--rollout-weights", "1"], "one weight per chained step (2)"),
+        (["--rollout", "2", "--rollout-weights", "1,x"], "comma-separated numbers"),
+        (["--rollout", "2", "--rollout-weights", "0,0"], "not all 0"),
+    ]:
+        r = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "z"), "--steps", "2", *args])
+        assert r.exit_code == 2 and message in r.stderr, (args, r.output)
+
+
+def test_resume_with_another_rollout_is_refused(data, tmp_path):
+    out, mlp = tmp_path / "r", dict(data=str(data), out=str(tmp_path / "r"), arch="mlp", **TINY)
+    train(TrainConfig(rollout=2, stop_at=2, **mlp), CPU)
+    with pytest.raises(MigmError, match="trained with --rollout 2; resume with --rollout 2"):
+        train(TrainConfig(**mlp), CPU, resume=True)
+    assert len(train(TrainConfig(rollout=2, **mlp), CPU, resume=True)["losses"]) == 8
+    assert read_step_errors(out)["N"] == 6

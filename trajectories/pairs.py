@@ -4,6 +4,11 @@
 and split across accelerate ranks and DataLoader workers; each block is read whole (one read per
 field), and the (row, step) pairs of a buffer of blocks are shuffled and gathered into batches with
 numpy indexing. New tokens are padded to the batch's largest K with `new_valid`, so batches mix steps.
+
+With `window` K > 1 (rollout training) the stream yields windows instead of pairs: K consecutive pairs
+s … s+K−1 of one row, s ≤ N−1−K, so a window never crosses the end of its trajectory. A window batch
+is one pair batch, step-major (the P windows' first pairs, then their second pairs, …); `split_window`
+cuts it into the K pair batches. K = 1 gives exactly the pair batches.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from trajectories.errors import MigmError
 from trajectories.store.dataset import TrajectoryDataset, open_dataset
 
 
@@ -73,6 +79,25 @@ def pair_batch(
     return batch
 
 
+def window_batch(
+    rows: dict[str, np.ndarray],
+    r: np.ndarray,
+    s: np.ndarray,
+    window: int,
+    mask_id: int,
+    image_offset: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Windows (row r[i], steps s[i] … s[i]+window−1) as one step-major pair batch (see `split_window`)."""
+    steps = np.concatenate([s + k for k in range(window)])
+    return pair_batch(rows, np.tile(r, window), steps, mask_id, image_offset)
+
+
+def split_window(batch: dict[str, torch.Tensor], window: int) -> list[dict[str, torch.Tensor]]:
+    """A window batch of P windows as its `window` pair batches of P pairs, in step order."""
+    P = len(batch["step"]) // window
+    return [{k: v[i * P : (i + 1) * P] for k, v in batch.items()} for i in range(window)]
+
+
 def all_pairs(rows: dict[str, np.ndarray], mask_id: int, image_offset: int | None = None) -> dict[str, torch.Tensor]:
     """Every pair of every row, in (row, step) order."""
     R, N = rows["features"].shape[:2]
@@ -85,7 +110,8 @@ class PairStream(IterableDataset):
 
     Rows are read in aligned blocks of `block_rows`; the block order is shuffled by (seed, epoch)
     and pairs are shuffled within a buffer of `buffer_blocks` blocks. Ranks and workers take
-    disjoint blocks. Each epoch yields every pair of this rank's rows exactly once.
+    disjoint blocks. Each epoch yields every pair (with `window` K: every window of K consecutive
+    pairs inside one trajectory) of this rank's rows exactly once.
     """
 
     def __init__(
@@ -99,6 +125,7 @@ class PairStream(IterableDataset):
         block_rows: int = 16,
         buffer_blocks: int = 4,
         shuffle: bool = True,
+        window: int = 1,
     ):
         # every shard's checksum is checked here, once, before any batch; DataLoader workers inherit it
         self.ds: TrajectoryDataset = root if isinstance(root, TrajectoryDataset) else open_dataset(root)
@@ -112,6 +139,12 @@ class PairStream(IterableDataset):
         self.mask_id = self.ds.dims.V
         text = self.ds.manifest.text
         self.image_offset = None if text is None else text["image_offset"]
+        N = self.ds.dims.N
+        if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= N - 1:
+            raise MigmError(
+                f"a rollout window must be 1 to N - 1 = {N - 1} steps of the dataset's N = {N}, got {window!r}"
+            )
+        self.window = window
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -130,8 +163,8 @@ class PairStream(IterableDataset):
         return self.rows_of(self.my_blocks())
 
     def num_pairs(self) -> int:
-        """Pairs this rank yields per epoch (all its workers together)."""
-        return len(self.rows_of(self.blocks[self.rank :: self.world])) * (self.ds.dims.N - 1)
+        """Pairs (windows) this rank yields per epoch (all its workers together)."""
+        return len(self.rows_of(self.blocks[self.rank :: self.world])) * (self.ds.dims.N - self.window)
 
     def read_blocks(self, blocks: np.ndarray) -> dict[str, np.ndarray]:
         parts = []
@@ -145,7 +178,7 @@ class PairStream(IterableDataset):
         info = get_worker_info()
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, info.id if info else 0])
         blocks = self.my_blocks()
-        steps = self.ds.dims.N - 1
+        steps = self.ds.dims.N - self.window  # window starts per row: s = 0 … N−1−window
         for i in range(0, len(blocks), self.buffer_blocks):
             data = self.read_blocks(blocks[i : i + self.buffer_blocks])
             pairs = np.arange(len(data["tokens"]) * steps)
@@ -154,7 +187,7 @@ class PairStream(IterableDataset):
             for j in range(0, len(pairs), self.batch_size):
                 chunk = pairs[j : j + self.batch_size]
                 r, s = np.divmod(chunk, steps)
-                yield pair_batch(data, r, s, self.mask_id, self.image_offset)
+                yield window_batch(data, r, s, self.window, self.mask_id, self.image_offset)
 
 
 def pair_loader(stream: PairStream, workers: int = 0) -> DataLoader:
