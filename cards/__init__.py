@@ -11,7 +11,8 @@ TEMPLATES = Path(__file__).parent / "templates"
 FIELD_MEANING = {
     "features": "last-layer feature at every step, float16",
     "features_q": "feature codes (quantised, signed), decoded as `features_q * features_scale`",
-    "features_scale": "per-token scale of `features_q`",
+    "features_delta": "temporal feature codes (zigzag-mapped, unsigned): see Decoding",
+    "features_scale": "per-token scale of the codes",
     "tokens": "final token grid",
     "order": "step at which each position was unmasked",
     "cond": "class id (text bases: index of the prompt in the dataset card / `dataset.json`)",
@@ -27,7 +28,8 @@ FIELD_MEANING = {
 def render_dataset_card(card: dict) -> str:
     """The dataset card from plain fields (built by the store: `trajectories/store/card.py`): name,
     fingerprint, created_by, num_samples, rows, branches, classes, sampler, seed, format, shards,
-    codec, bytes, raw_bytes_per_row, fields [(name, dtype, shape)], hub_features (Parquet) and dims."""
+    codec, decoding (how a plain reader decodes the features, Markdown), bytes, raw_bytes_per_row,
+    fields [(name, dtype, shape)], hub_features (Parquet) and dims."""
     meta: dict = {
         "license": "other",
         "tags": ["migm", "masked-image-generation", "feature-trajectories"],
@@ -66,6 +68,7 @@ def render_dataset_card(card: dict) -> str:
             format=card["format"],
             shards=card["shards"],
             codec=card["codec"],
+            decoding=card["decoding"],
             size_mb=card["bytes"] / 1e6,
             bytes_per_row=card["bytes"] // rows,
             ratio=card["bytes"] / rows / card["raw_bytes_per_row"],

@@ -53,7 +53,12 @@ def dump_trajectories(
         str, typer.Option("--format", help="zarr (local random access) or parquet (the Hub's layout).")
     ] = "zarr",
     codec: Annotated[
-        str, typer.Option("--codec", help="lossless, or quant[:bits=2..8] (lossy, per-token scale).")
+        str,
+        typer.Option(
+            "--codec",
+            help="lossless; quant[:bits=2..8] (lossy, per-token scale); delta[:bits=2..8,keyframe=16] "
+            "(lossy, temporal: quantised differences from the previous decoded step, keyframes every k steps).",
+        ),
     ] = "lossless",
     shard_size: Annotated[int, typer.Option("--shard-size", help="Samples per shard.")] = 256,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per rollout batch.")] = 64,

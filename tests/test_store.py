@@ -19,6 +19,7 @@ from trajectories.store.verify import inspect_dataset, verify_dataset
 DIGITS = load_base(BaseSpec("maskgit-digits", device="cpu"))
 
 SMALL = dict(num_samples=10, steps=5, shard_size=4, batch_size=3, seed=7)
+DELTA = "delta:bits=6,keyframe=2"  # keyframes at steps 0, 2, 4 of N = 5
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def dumps(tmp_path_factory):
     root = tmp_path_factory.mktemp("dumps")
     out = {}
     for fmt in ("zarr", "parquet"):
-        for codec in ("lossless", "quant:bits=8"):
+        for codec in ("lossless", "quant:bits=8", DELTA):
             path = root / f"{fmt}-{codec.split(':')[0]}"
             dump_trajectories(DumpConfig(out=str(path), format=fmt, codec=codec, **SMALL), DIGITS)
             out[fmt, codec] = path
@@ -188,8 +189,112 @@ def test_inspect_reports_size_and_smoothness(dumps, tmp_path):
     assert (tmp_path / "s.png").stat().st_size > 1000
 
 
+def plain_fields(path, fields):
+    """The stored fields of a dataset read with zarr / pyarrow alone (no migm code)."""
+    import pyarrow.parquet as pq
+    import zarr
+
+    m = json.loads((path / "dataset.json").read_text())
+    out = {f: [] for f in fields}
+    for shard in m["shards"]:
+        if m["format"] == "zarr":
+            group = zarr.open_group(str(path / shard["name"]), mode="r")
+            for f in fields:
+                out[f].append(group[f][:])
+        else:
+            table = pq.read_table(path / shard["name"], columns=fields)
+            for f in fields:
+                col, shape = table.column(f).combine_chunks(), [len(table)]
+                while hasattr(col, "flatten"):  # nested lists of fixed lengths: peel one level at a time
+                    shape.append(len(col.flatten()) // shape[0] // int(np.prod(shape[1:])))
+                    col = col.flatten()
+                out[f].append(col.to_numpy().reshape(shape))
+    return {f: np.concatenate(v) for f, v in out.items()}
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "parquet"])
+def test_delta_round_trip_is_within_the_stated_error(dumps, fmt):
+    ds = open_dataset(dumps[fmt, DELTA])
+    assert ds.codec.spec == DELTA and json.loads((dumps[fmt, DELTA] / "dataset.json").read_text())["codec"] == {
+        "name": "delta",
+        "bits": 6,
+        "keyframe": 2,
+    }
+    _, feats = reference()
+    got = ds.rows(0, len(ds))["features"].astype(np.float32)
+    want = feats.astype(np.float32)
+    raw = plain_fields(dumps[fmt, DELTA], ["features_delta", "features_scale"])
+    assert raw["features_delta"].dtype == np.uint8 and raw["features_scale"].dtype == np.float16
+    scale = raw["features_scale"].astype(np.float32)[..., None]  # [rows, N, T, 1]
+    # every step, keyframe or not, within half its own scale (+ the float16 rounding of the output):
+    # differences are taken from the decoded previous step, so the error does not grow along the group
+    err = np.abs(got - want)
+    assert (err <= scale / 2 + np.abs(want) * 2**-11 + 1e-6).all()
+    assert err.max() > 0 and (scale > 0).all()
+    # non-keyframe steps keep the keyframe's precision unless a difference does not fit in ±127 codes
+    assert (raw["features_scale"][:, 1] >= raw["features_scale"][:, 0]).all()
+    cos = (got * want).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(want, axis=-1))
+    assert cos.mean() > 0.999
+    # the codes are the small differences, not the features: most are within ±7
+    u = raw["features_delta"][:, [1, 3]].astype(np.int16)
+    assert (np.abs((u >> 1) ^ -(u & 1)) <= 7).mean() > 0.9
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "parquet"])
+def test_delta_card_recipe_decodes_with_plain_readers(dumps, fmt):
+    """The dataset card's numpy recipe, on arrays read by zarr / pyarrow alone, gives migm's features."""
+    path = dumps[fmt, DELTA]
+    card = (path / "README.md").read_text()
+    recipe = card.split("## Decoding")[1].split("```python\n")[1].split("```")[0]
+    raw = plain_fields(path, ["features_delta", "features_scale"])
+    ours = open_dataset(path).rows(0, 20)["features"]
+    for i in (0, 7, 19):
+        scope = {"np": np, "row": {k: v[i] for k, v in raw.items()}}
+        exec(recipe, scope)
+        assert np.array_equal(scope["features"], ours[i])
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "parquet"])
+def test_delta_step_access_reads_from_the_keyframe(dumps, fmt):
+    ds = open_dataset(dumps[fmt, DELTA])
+    codec = ds.codec
+    for i in (0, 13):
+        whole = ds[i]["features"]
+        for s in range(5):
+            assert np.array_equal(ds.step(i, s), whole[s])
+    k, local = ds.locate(13)
+    reader = ds.reader(k)
+    part = reader.read(local, local + 1, steps=slice(2, 4))  # steps 2 (keyframe) and 3 only
+    assert part["features_delta"].shape == (1, 2, 65, 64) and part["features_scale"].shape == (1, 2, 65)
+    assert np.array_equal(codec.decode_step(part, 3, first=2)[0], ds[13]["features"][3])
+    # only steps from the keyframe on are decoded: garbage elsewhere changes nothing
+    full = reader.read(local, local + 1)
+    junk = {f: v.copy() for f, v in full.items()}
+    junk["features_delta"][:, :2] = 255
+    junk["features_scale"][:, :2] = 1000
+    assert np.array_equal(codec.decode_step(junk, 3)[0], ds[13]["features"][3])
+    with pytest.raises(ValueError, match="decodes from step 2"):
+        codec.decode_step(part, 3, first=3)
+    if fmt == "zarr":  # one chunk per keyframe group: a step reads its group, not the row
+        assert reader.arrays["features_delta"].chunks == (1, 2, 65, 64)
+
+
+def test_delta_datasets_verify_and_give_pairs(dumps):
+    for fmt in ("zarr", "parquet"):
+        assert verify_dataset(dumps[fmt, DELTA])["ok"]
+    ds = open_dataset(dumps["zarr", DELTA])
+    batch = all_pairs(ds.rows(4, 5), mask_id=17)
+    assert np.array_equal(batch["target"][2].numpy(), ds[4]["features"][3].astype(np.float32))
+    assert sum(len(b["step"]) for b in pair_loader(PairStream(dumps["parquet", DELTA], batch_size=7))) == 20 * 4
+    assert inspect_dataset(dumps["zarr", DELTA])["codec_max_abs_error_bound"] > 0
+
+
 def test_codec_spec_errors():
     assert parse_codec("quant:bits=6").bits == 6 and parse_codec("lossless").lossy is False
-    for bad in ("gzip", "quant:bits=9", "quant:x=1"):
+    d = parse_codec("delta:bits=5.5,keyframe=8")
+    assert (d.bits, d.keyframe, d.spec) == (5.5, 8, "delta:bits=5.5,keyframe=8")
+    assert parse_codec("delta").spec == "delta:bits=6,keyframe=16"
+    bad_specs = ("gzip", "quant:bits=9", "quant:x=1", "quant:bits=5.5", "quant:keyframe=4")
+    for bad in (*bad_specs, "delta:bits=1", "delta:keyframe=0", "delta:keyframe=2.5", "delta:bits=nan"):
         with pytest.raises(MigmError):
             parse_codec(bad)

@@ -31,6 +31,7 @@ def dataset_card(manifest: Manifest) -> str:
             "format": manifest.format,
             "shards": len(manifest.shards),
             "codec": codec.spec,
+            "decoding": codec.describe(),
             "bytes": manifest.bytes,
             "raw_bytes_per_row": dims.N * dims.T * dims.D * 2,  # float16 features
             "fields": [(name, dtype.name, list(shape)) for name, (shape, dtype) in field_specs(dims, codec).items()],

@@ -85,6 +85,16 @@ class TrajectoryDataset:
         out["features"] = self.codec.decode(raw)
         return out
 
+    def step(self, i: int, s: int) -> np.ndarray:
+        """Feature f_s of row i, float16 [L+C, D], without reading or decoding the rest of the row
+        where the codec allows (delta: from the keyframe before s; Zarr reads only that group's chunk)."""
+        if not 0 <= s < self.dims.N:
+            raise IndexError(s)
+        k, local = self.locate(i)
+        lo, hi = self.codec.step_range(s)
+        raw = self.reader(k).read(local, local + 1, steps=slice(lo, hi))
+        return self.codec.decode_step({f: raw[f] for f in self.codec.stored_fields()}, s, first=lo)[0]
+
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         return {k: v[0] for k, v in self.rows(i, i + 1).items()}
 

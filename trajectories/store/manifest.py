@@ -202,9 +202,13 @@ def _keys(obj, spec: dict, where: str) -> dict:
 
 def _codec(d: dict) -> Codec:
     name = d.get("name") if isinstance(d, dict) else None
-    _keys(d, {"name": str, "bits": int} if name == "quant" else {"name": str}, "codec")
+    keys = {
+        "quant": {"name": str, "bits": int},
+        "delta": {"name": str, "bits": float, "keyframe": int},
+    }.get(name, {"name": str})
+    _keys(d, keys, "codec")
     try:
-        return parse_codec(name if name != "quant" else f"quant:bits={d['bits']}")
+        return parse_codec(name + "".join(f"{',' if i else ':'}{k}={d[k]}" for i, k in enumerate(list(keys)[1:])))
     except MigmError as e:
         raise ValueError(f"codec: {e}") from None
 

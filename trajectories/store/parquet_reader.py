@@ -67,13 +67,19 @@ class ParquetShardReader:
             self._cache = (g, {f: self._column(f, col, len(table)) for f, col in columns.items()})
         return self._cache[1]
 
-    def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
+    def read(self, start: int, stop: int, steps: slice | None = None) -> dict[str, np.ndarray]:
+        """Rows [start, stop); features only at `steps` when given (the row group is read whole)."""
         parts = []
         g = int(np.searchsorted(self.group_start, start, side="right") - 1)
         while start < stop:
             data = self._group(g)
             lo, hi = start - self.group_start[g], min(stop, self.group_start[g + 1]) - self.group_start[g]
-            parts.append({k: v[lo:hi] for k, v in data.items()})
+            parts.append(
+                {
+                    k: v[lo:hi, steps] if steps is not None and k.startswith("features") else v[lo:hi]
+                    for k, v in data.items()
+                }
+            )
             start = self.group_start[g] + hi
             g += 1
         return {k: np.concatenate([p[k] for p in parts]) for k in self.fields}

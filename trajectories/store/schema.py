@@ -41,8 +41,9 @@ def field_specs(dims: Dims, codec: Codec) -> dict[str, tuple[tuple[int, ...], np
     """Per-row shape and dtype of every stored field."""
     feats = {"features": ((dims.N, dims.T, dims.D), np.dtype(np.float16))}
     if codec.lossy:
+        codes = {"quant": ("features_q", np.int8), "delta": ("features_delta", np.uint8)}[codec.name]
         feats = {
-            "features_q": ((dims.N, dims.T, dims.D), np.dtype(np.int8)),
+            codes[0]: ((dims.N, dims.T, dims.D), np.dtype(codes[1])),
             "features_scale": ((dims.N, dims.T), np.dtype(np.float16)),
         }
     # Text rows differ in length: features are right-padded to T with zeros, and each row carries its

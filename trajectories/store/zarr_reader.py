@@ -47,9 +47,11 @@ class ZarrShardReader:
     def __len__(self) -> int:
         return self.rows
 
-    def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
+    def read(self, start: int, stop: int, steps: slice | None = None) -> dict[str, np.ndarray]:
+        """Rows [start, stop); features only at `steps` when given (only the chunks holding them are read)."""
+        steps = slice(None) if steps is None else steps
         try:
-            big = {name: a[start:stop] for name, a in self.arrays.items()}
+            big = {name: a[start:stop, steps] for name, a in self.arrays.items()}
             return {**big, **{name: a[start:stop] for name, a in self.small.items()}}
         except Exception as e:
             raise MigmError(f"shard {self.name!r} is damaged ({type(e).__name__}: {e})") from None
