@@ -120,9 +120,7 @@ def render_model_card(config: dict, path: str) -> str:
         .read_text()
         .format(
             **fields,
-            dataset_fingerprint=config["dataset"]["fingerprint"][:16],
-            samples=config["dataset"]["num_samples"],
-            codec=config["dataset"]["codec"],
+            trained_on=trained_on(config["dataset"], fields["N"]),
             budget_hint=max(1, fields["N"] // 3),
             steps=t["steps"],
             batch_size=t["batch_size"],
@@ -143,6 +141,21 @@ def render_model_card(config: dict, path: str) -> str:
             step_cos=" | ".join(figure(r["cos"], ".4f") for r in per_step),
             step_cache=" | ".join(figure(r["cache_cos"], ".4f") for r in per_step),
         )
+    )
+
+
+def trained_on(dataset: dict, N: int) -> str:
+    """The model card's "trained on": the dataset, or the live rollouts (seed and sample ids)."""
+    live = dataset.get("live")
+    if live is None:
+        return (
+            f"dataset `{dataset['fingerprint'][:16]}` ({dataset['num_samples']} samples, N = {N}, "
+            f"codec `{dataset['codec']}`)"
+        )
+    (a, b), (va, vb) = live["training_samples"], live["validation_samples"]
+    return (
+        f"live rollouts (no dataset), seed {live['seed']}, N = {N}: samples {a}–{b - 1} ({b - a}); "
+        f"validated on held-out samples {va}–{vb - 1}"
     )
 
 

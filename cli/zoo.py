@@ -12,19 +12,27 @@ from rich.table import Table
 from cli.app import (
     CheckpointOpt,
     DeviceOpt,
+    GuidanceOpt,
     HeadsOpt,
     HeightOpt,
     JsonOpt,
     PrecisionOpt,
+    PromptOpt,
+    PromptsFileOpt,
     QuietOpt,
+    RTempOpt,
     SeedOpt,
+    SmTempOpt,
+    TemperatureOpt,
     WidthOpt,
     app,
     base_spec,
     call,
     console,
     err_console,
+    parse_classes,
     parse_overrides,
+    parse_prompts,
     plain,
     print_metrics,
     steps_for,
@@ -42,9 +50,27 @@ def parse_weights(text: str | None) -> list[float] | None:
         raise MigmError(f"--rollout-weights takes comma-separated numbers, e.g. 1,0.5,0.25, got {text!r}") from None
 
 
+def live_config(live: bool, data: str | None, model: str | None, **options):
+    """`LiveConfig` of `train --live` (None without it), after checking the options belong together."""
+    from trajectories.live import LiveConfig
+
+    if live and data is not None:
+        raise MigmError("give --data DIR or --live, not both")
+    if not live and data is None:
+        raise MigmError("give --data DIR (a trajectory dataset), or --live --model NAME to train from rollouts")
+    sampler = ("steps", "classes", "prompts", "guidance", "r_temp", "sm_temp", "temperature")
+    if not live:
+        if any(options[k] is not None for k in sampler):
+            raise MigmError("--classes, --prompt(s), --sampling-steps and sampler options are for --live")
+        return None
+    if model is None:
+        raise MigmError("--live rolls out a base: give it with --model (and its checkpoint options)")
+    return LiveConfig(**options)
+
+
 @app.command()
 def train(
-    data: Annotated[str, typer.Option("--data", help="Trajectory dataset folder.")],
+    data: Annotated[Optional[str], typer.Option("--data", help="Trajectory dataset folder (or --live).")] = None,
     arch: Annotated[str, typer.Option("--arch", help="tiny-transformer, mlp or gru.")] = "tiny-transformer",
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Zoo folder to write (default: zoo/ARCH).")] = None,
     arch_option: Annotated[
@@ -109,6 +135,37 @@ def train(
     ] = None,
     seed: SeedOpt = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live",
+            help="No dataset: roll out the base (--model, on the GPU when present) in this job and train from a "
+            "replay buffer of recent pairs; the pairs equal a dump's of the same --seed and conditions.",
+        ),
+    ] = False,
+    classes: Annotated[
+        Optional[str], typer.Option("--classes", help="--live: classes to roll out, e.g. 0-9 (default: all).")
+    ] = None,
+    prompt: PromptOpt = None,
+    prompts: PromptsFileOpt = None,
+    sampling_steps: Annotated[
+        Optional[int], typer.Option("--sampling-steps", help="--live: sampling steps N (default: the base's, else 16).")
+    ] = None,
+    guidance: GuidanceOpt = None,
+    r_temp: RTempOpt = None,
+    sm_temp: SmTempOpt = None,
+    temperature: TemperatureOpt = None,
+    buffer: Annotated[
+        int, typer.Option("--buffer", help="--live: pairs the replay buffer holds (whole rollout batches).")
+    ] = 16384,
+    replay: Annotated[
+        float, typer.Option("--replay", help="--live: times each rolled-out pair is drawn for training, on average.")
+    ] = 4.0,
+    live_batch: Annotated[int, typer.Option("--live-batch", help="--live: samples per rollout batch.")] = 64,
+    val_samples: Annotated[
+        int,
+        typer.Option("--val-samples", help="--live: held-out samples 0..V-1 (rolled out once) for validation."),
+    ] = 64,
     model: Annotated[
         Optional[str], typer.Option("--model", "-m", help="Base model (default: the one the dataset names).")
     ] = None,
@@ -121,13 +178,31 @@ def train(
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train a shortcut on a trajectory dataset and export it as a zoo folder.
+    """Train a shortcut on a trajectory dataset (or --live rollouts) and export it as a zoo folder.
 
     The base must be the one the dataset was dumped from (same fingerprint): real checkpoints take
-    the same --model / --checkpoint / --heads as dump-trajectories."""
+    the same --model / --checkpoint / --heads as dump-trajectories. With --live the base given is
+    rolled out in this job: held-out samples 0..V-1 validate, training samples follow them."""
     from shortcut_zoo.train import TrainConfig
     from shortcut_zoo.train import train as run
 
+    live_cfg = call(
+        live_config,
+        live,
+        data,
+        model,
+        steps=sampling_steps,
+        classes=call(parse_classes, classes) if classes else None,
+        prompts=call(parse_prompts, prompt, prompts),
+        guidance=guidance,
+        r_temp=r_temp,
+        sm_temp=sm_temp,
+        temperature=temperature,
+        batch_size=live_batch,
+        buffer=buffer,
+        replay=replay,
+        val_samples=val_samples,
+    )
     cfg = TrainConfig(
         data=data,
         arch=arch,
@@ -154,6 +229,7 @@ def train(
         save_every=save_every,
         stop_at=stop_at,
         seed=seed,
+        live=live_cfg,
     )
     spec = base_spec(model, checkpoint, heads=heads, precision=precision, device=device, height=height, width=width)
     if not (quiet or as_json):

@@ -46,21 +46,29 @@ def export_shortcut(
     cost: dict,
     training: dict,
     step_errors: dict | None = None,
+    live: dict | None = None,
 ) -> dict:
     """Write a zoo folder for a trained shortcut; returns its config. `step_errors` (held-out error of
     the chained shortcut per full step and chain length, `evaluate.chained_errors`) is what
-    `--placement auto` places the full steps by."""
+    `--placement auto` places the full steps by. `live` (trained from live rollouts: fingerprint, seed,
+    training and validation sample ids [start, stop)) replaces the dataset's record; `manifest` is
+    then the plan the samples were rolled out by."""
+    dataset = {
+        "fingerprint": manifest.fingerprint() if live is None else live["fingerprint"],
+        "num_samples": manifest.num_samples
+        if live is None
+        else live["training_samples"][1] - live["training_samples"][0],
+        "codec": manifest.codec.spec if live is None else "none (live rollouts)",
+        "dims": asdict(manifest.dims),
+    }
+    if live is not None:
+        dataset["live"] = {k: v for k, v in live.items() if k != "fingerprint"}
     config = {
         "zoo_format": ZOO_FORMAT,
         "arch": arch,
         "arch_config": asdict(model.cfg),
         "base": {"name": base.name, "fingerprint": base.fingerprint},
-        "dataset": {
-            "fingerprint": manifest.fingerprint(),
-            "num_samples": manifest.num_samples,
-            "codec": manifest.codec.spec,
-            "dims": asdict(manifest.dims),
-        },
+        "dataset": dataset,
         "sampler": manifest.sampler.to_dict(),
         "metrics": metrics,
         "cost": cost,

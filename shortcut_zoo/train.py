@@ -1,10 +1,12 @@
-"""`migm train`: fit a shortcut to a trajectory dataset with HF accelerate, then export it.
+"""`migm train`: fit a shortcut to a trajectory dataset, or to live rollouts of the base
+(`live`, `trajectories.live`: a bounded replay buffer, no dataset), with HF accelerate, then export it.
 
 The loop, in a fixed order: learning rate from `get_lr(step)` → batch → loss on the positions still
 masked after the step (MSE on features, optional KL between the base head's distributions; with
 `rollout` K > 1, summed with weights over K chained steps from one true feature) →
 finite check → backward, clip, step → EMA → log → checkpoint. One process by default; under
-torchrun or `accelerate launch` each rank streams its own blocks of rows and DDP averages gradients.
+torchrun or `accelerate launch` each rank streams its own blocks of rows (live: rolls out its own
+samples) and DDP averages gradients.
 A checkpoint (`shortcut_zoo.checkpoint`: safetensors + JSON, never a pickle, renamed into place
 whole) resumes bit-for-bit on one process.
 """
@@ -27,6 +29,7 @@ from shortcut_zoo.evaluate import chained_errors, masked_positions, predict, rel
 from trajectories.base import BaseSpec, load_base
 from trajectories.checks import check_finite, check_int, check_seed, writable_dir
 from trajectories.errors import MigmError
+from trajectories.live import LiveConfig, LiveSource, MemoryDataset, heldout_rows, live_fingerprint, live_plan
 from trajectories.pairs import PairStream, pair_loader, split_window
 from trajectories.store.dataset import open_dataset
 from trajectories.store.manifest import Manifest
@@ -34,7 +37,7 @@ from trajectories.store.manifest import Manifest
 
 @dataclass
 class TrainConfig:
-    data: str
+    data: str | None  # dataset folder; None with `live`
     arch: str = "tiny-transformer"
     out: str = "zoo/tiny-transformer"
     arch_config: dict = field(default_factory=dict)  # e.g. {"bottleneck": 2, "blocks": 1}
@@ -59,6 +62,7 @@ class TrainConfig:
     stop_at: int | None = None  # stop after this step with a checkpoint (time-boxing; resume later)
     rollout: int = 1  # K: chain the shortcut over K steps from a true feature (1: one-step pairs)
     rollout_weights: list[float] | None = None  # loss weight of each chained step (None: equal)
+    live: LiveConfig | None = None  # train from live rollouts of the base instead of a dataset
 
 
 def get_lr(step: int, cfg: TrainConfig) -> float:
@@ -176,6 +180,20 @@ def check_config(cfg: TrainConfig) -> None:
         raise MigmError("the loss is zero: give --mse-weight, or --loss mse+kl with a --kl-weight above 0")
 
 
+def dataset_batches(stream: PairStream, state: dict, workers: int):
+    """(index in epoch, batch) of the current epoch, after the batches a resumed run consumed already."""
+    stream.set_epoch(state["epoch"])
+    for i, batch in enumerate(pair_loader(stream, workers)):
+        if i >= state["batch_in_epoch"]:  # resuming mid-epoch: earlier batches were consumed before the checkpoint
+            yield i, batch
+
+
+def live_batches(live: LiveSource, state: dict):
+    """(step, batch) without end: the live source rolls out what is due and draws from its buffer."""
+    while True:
+        yield state["step"], live.batch(state["step"])
+
+
 def train(
     cfg: TrainConfig,
     spec: BaseSpec | None = None,
@@ -189,25 +207,30 @@ def train(
     from shortcut_zoo.export import CONFIG, export_shortcut
 
     check_config(cfg)
-    ds = open_dataset(cfg.data)
-    manifest = ds.manifest
+    if (cfg.data is None) == (cfg.live is None):
+        raise MigmError("give a dataset (--data DIR) or --live with a base (--model), not both")
+    ds = open_dataset(cfg.data) if cfg.live is None else None
     out = Path(cfg.out)
     check_out_folder(out, resume, marker=CONFIG)
     ckpt = out / CHECKPOINT
 
     spec = spec or BaseSpec()
     if spec.name is None:  # the base the dataset names; real checkpoints still need their files
-        spec = replace(spec, name=manifest.base.name)
+        if ds is None:
+            raise MigmError("--live rolls out a base: give it with --model (and its checkpoint options)")
+        spec = replace(spec, name=ds.manifest.base.name)
     accelerator = Accelerator(cpu=spec.device == "cpu" or not torch.cuda.is_available())
     set_seed(cfg.seed)  # the same initial weights on every rank
     base = load_base(replace(spec, device=str(accelerator.device)))
-    if base.fingerprint != manifest.base.fingerprint:
+    # live: the plan of the dump whose samples are rolled out (held-out samples as its samples)
+    manifest = ds.manifest if ds is not None else live_plan(base, cfg.live, cfg.seed)
+    if ds is not None and base.fingerprint != manifest.base.fingerprint:
         raise MigmError(
             f"dataset {cfg.data} was dumped from {manifest.base.name} with fingerprint "
             f"{manifest.base.fingerprint[:12]}, but the base given has fingerprint "
             f"{base.fingerprint[:12]} ({base.name}); pass the same --model / --checkpoint as the dump"
         )
-    if base.L != manifest.dims.L:
+    if ds is not None and base.L != manifest.dims.L:
         raise MigmError(
             f"dataset {cfg.data} has L = {manifest.dims.L} image cells, the base given {base.L}; "
             "pass the dump's --height / --width"
@@ -215,7 +238,7 @@ def train(
     model = build_for_base(cfg.arch, base, **cfg.arch_config)
     # What a checkpoint must match to be continued by this run.
     provenance = {
-        "dataset": manifest.fingerprint(),
+        "dataset": manifest.fingerprint() if ds is not None else live_fingerprint(manifest, cfg.live),
         "arch": cfg.arch,
         "arch_config": asdict(model.cfg),
         "rollout": cfg.rollout,
@@ -227,28 +250,25 @@ def train(
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "losses": []}
     if resume:
         state = load_checkpoint(out, accelerator, model, opt, ema, provenance)
-    train_rows, val_rows = split_rows(manifest, cfg.val_fraction, cfg.seed)
-    stream = PairStream(
-        ds,
-        batch_size=cfg.batch_size,
-        rows=train_rows,
-        seed=cfg.seed,
-        rank=accelerator.process_index,
-        world=accelerator.num_processes,
-        window=cfg.rollout,
-    )
-    if stream.num_pairs() == 0:
-        raise MigmError(f"rank {accelerator.process_index} has no training rows; use a larger dataset")
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if ds is not None:
+        train_rows, val_rows = split_rows(manifest, cfg.val_fraction, cfg.seed)
+        stream = PairStream(
+            ds, batch_size=cfg.batch_size, rows=train_rows, seed=cfg.seed, rank=rank, world=world, window=cfg.rollout
+        )
+        if stream.num_pairs() == 0:
+            raise MigmError(f"rank {rank} has no training rows; use a larger dataset")
+        batches = lambda: dataset_batches(stream, state, cfg.workers)  # noqa: E731
+    else:
+        live = LiveSource(base, manifest, cfg.live, cfg.batch_size, cfg.rollout, rank, world, state["step"])
+        batches = lambda: live_batches(live, state)  # noqa: E731
     writable_dir(out, "--out folder")  # before any work, so a bad path never wastes a run
 
     stop = min(cfg.steps, cfg.stop_at or cfg.steps)
     pairs, t0 = 0, time.perf_counter()
     model.train()
     while state["step"] < stop:
-        stream.set_epoch(state["epoch"])
-        for i, batch in enumerate(pair_loader(stream, cfg.workers)):
-            if i < state["batch_in_epoch"]:
-                continue  # resuming mid-epoch: these batches were consumed before the checkpoint
+        for i, batch in batches():  # one epoch of the dataset; live: endless
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             for group in opt.param_groups:
                 group["lr"] = get_lr(state["step"], cfg)
@@ -288,6 +308,9 @@ def train(
     if accelerator.is_main_process:
         final = build_for_base(cfg.arch, base, **cfg.arch_config).to(accelerator.device)
         final.load_state_dict(ema.shadow)
+        if ds is None:  # live: the held-out samples, rolled out once
+            ds = MemoryDataset(manifest, heldout_rows(base, manifest, cfg.live.batch_size))
+            val_rows = None
         val = PairStream(ds, batch_size=256, rows=val_rows, shuffle=False)
         metrics = validate(final, base, pair_loader(val), manifest.dims.N - 1, accelerator.device)
         step_errors = chained_errors(final, base, val, accelerator.device)
@@ -299,7 +322,17 @@ def train(
             "pairs_per_second": pairs / seconds,
             "final_loss": state["losses"][-1],
         }
-        result = export_shortcut(out, final, cfg.arch, base, manifest, metrics, cost, training, step_errors)
+        trained_live = None
+        if cfg.live is not None:
+            trained_live = {
+                "fingerprint": provenance["dataset"],
+                "seed": cfg.seed,
+                "training_samples": live.trained_samples(),
+                "validation_samples": [0, cfg.live.val_samples],
+            }
+        result = export_shortcut(
+            out, final, cfg.arch, base, manifest, metrics, cost, training, step_errors, live=trained_live
+        )
         result["losses"] = state["losses"]
     accelerator.wait_for_everyone()
     return result or {"processes": accelerator.num_processes, "losses": state["losses"]}

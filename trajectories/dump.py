@@ -107,14 +107,15 @@ def text_layout(cfg: DumpConfig, base, branches: int) -> tuple[list[int], dict, 
         raise MigmError(
             f"--model {base.name} is text-to-image: give prompts (--prompt / --prompts FILE), not --classes"
         )
-    if not cfg.prompts:
+    prompts = list(cfg.prompts or getattr(base, "default_prompts", None) or [])  # an embedded base brings its own
+    if not prompts:
         raise MigmError(f"--model {base.name} is text-to-image: give --prompt TEXT or --prompts FILE")
-    ids = base.encode_prompts(list(cfg.prompts))
+    ids = base.encode_prompts(prompts)
     rows = stack_cond(ids, base.null_cond(len(ids))) if branches == 2 else ids
     T = int(base.feature_valid(rows).shape[1])
     dims = Dims(N=cfg.steps, L=base.L, C=T - base.L, D=base.D, V=base.V, P=int(rows.shape[1]))
-    text = {"prompts": list(cfg.prompts), "image_offset": int(base.special.image_offset)}
-    return list(range(len(cfg.prompts))), text, dims
+    text = {"prompts": prompts, "image_offset": int(base.special.image_offset)}
+    return list(range(len(prompts))), text, dims
 
 
 # ---- the output folder: what this tool wrote there, and nothing else, may be replaced -------------
@@ -314,40 +315,53 @@ def text_fields(base, cond: torch.Tensor, branches: int, dims: Dims) -> dict[str
     return {k: sample_major(v.cpu().numpy(), branches).astype(np.int32) for k, v in fields.items()}
 
 
+def rollout_rows(
+    base, plan: Plan, start: int, stop: int, prompt_ids: torch.Tensor | None = None
+) -> dict[str, np.ndarray]:
+    """Samples [start, stop) of `plan` rolled out with a recorder: one row per sample and CFG branch
+    (sample-major) with every field a dataset row holds, `features` as float16 before any codec.
+    Sample i uses its own seed (from the plan's seed and i) and condition classes[i % len(classes)],
+    so these rows equal the dump's rows of those samples (live training uses them unstored).
+    Text bases: `prompt_ids` is `base.encode_prompts(plan.text["prompts"])` (encoded once by the caller)."""
+    branches, classes, dims = plan.branches, plan.classes, plan.dims
+    if plan.text is not None and prompt_ids is None:
+        prompt_ids = base.encode_prompts(plan.text["prompts"])
+    ids = np.arange(start, stop)
+    seeds = sample_seeds(plan.seed, start, stop - start)
+    labels = torch.tensor([classes[i % len(classes)] for i in ids])
+    cond = prompt_ids[labels] if plan.text is not None else labels
+    rec = StepRecorder(stop - start, branches, dims)
+    result = rollout(base, cond, seeds, plan.sampler, recorder=rec)
+    rep = lambda a: np.repeat(np.asarray(a), branches, axis=0)  # noqa: E731
+    return {
+        "features": rec.features,
+        **(text_fields(base, cond, branches, dims) if plan.text is not None else {}),
+        "tokens": rep(result.tokens.cpu().numpy()).astype(np.int16),
+        "order": rep(result.order.cpu().numpy()).astype(np.int16),
+        "cond": rep(labels.numpy()).astype(np.int32),
+        "branch": np.tile(np.arange(branches), stop - start).astype(np.uint8),
+        "sample_id": rep(ids).astype(np.int64),
+        "seed": rep(np.array(seeds, dtype=np.uint64)),
+    }
+
+
 def dump_shard(base, plan: Plan, k: int, out: Path, batch_size: int, progress: Callable[[int], None] | None) -> None:
     """Roll out shard k's samples and write it whole (temporary name, then renamed), then record its
     checksum. A write error (disk full, permissions) leaves no partial shard and is one line."""
     samples = plan.shard_samples(k)
     first, last = samples.start, samples.stop
-    branches, classes, dims, codec = plan.branches, plan.classes, plan.dims, plan.codec
     path = out / plan.shard_name(k)
     prompt_ids = base.encode_prompts(plan.text["prompts"]) if plan.text is not None else None
     writer = None
     try:
-        writer = WRITERS[plan.format](path, plan.shard_rows(k), dims, codec)
+        writer = WRITERS[plan.format](path, plan.shard_rows(k), plan.dims, plan.codec)
         for start in range(first, last, batch_size):
             stop = min(start + batch_size, last)
-            ids = np.arange(start, stop)
-            seeds = sample_seeds(plan.seed, start, stop - start)
-            labels = torch.tensor([classes[i % len(classes)] for i in ids])
-            cond = prompt_ids[labels] if plan.text is not None else labels
-            b = stop - start
-            rec = StepRecorder(b, branches, dims)
-            result = rollout(base, cond, seeds, plan.sampler, recorder=rec)
-            rep = lambda a: np.repeat(np.asarray(a), branches, axis=0)  # noqa: E731
-            fields = {
-                **codec.encode(rec.features),
-                **(text_fields(base, cond, branches, dims) if plan.text is not None else {}),
-                "tokens": rep(result.tokens.cpu().numpy()).astype(np.int16),
-                "order": rep(result.order.cpu().numpy()).astype(np.int16),
-                "cond": rep(labels.numpy()).astype(np.int32),
-                "branch": np.tile(np.arange(branches), b).astype(np.uint8),
-                "sample_id": rep(ids).astype(np.int64),
-                "seed": rep(np.array(seeds, dtype=np.uint64)),
-            }
-            writer.write((start - first) * branches, fields)
+            fields = rollout_rows(base, plan, start, stop, prompt_ids)
+            fields.update(plan.codec.encode(fields.pop("features")))
+            writer.write((start - first) * plan.branches, fields)
             if progress is not None:
-                progress(b)
+                progress(stop - start)
         writer.commit()
         record_checksum(path, sha256_path(path))
     except BaseException as e:
