@@ -166,3 +166,36 @@ def test_score_reports_accuracy_and_frechet(base):
     assert r.exit_code == 0, r.output
     metrics = json.loads(r.stdout)
     assert metrics["samples"] == 20 and metrics["sampler"]["rule"] == "dimoo" and 0 <= metrics["accuracy"] <= 1
+
+
+def test_cli_text_path_end_to_end(tmp_path):
+    """dump --prompts -> verify -> inspect -> train dimoo-transformer -> sample --shortcut -> bench (shortcut,
+    cache, taylor, ml-cache, accuracy scored by the named digit) -> push --dry-run, all on the shipped base."""
+
+    def ok(args: list[str]) -> str:
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0, r.output
+        return r.output
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a handwritten seven\nthe digit 3\nnumber one\n")
+    data, zoo, model = tmp_path / "ds", tmp_path / "zoo" / "dd", ["--model", "dimoo-digits"]
+    ok(["dump-trajectories", *model, "--prompts", str(prompts), "--num-samples", "6", "--steps", "6", "--out",
+        str(data), "-q"])  # fmt: skip
+    manifest = json.loads((data / "dataset.json").read_text())
+    assert manifest["text"]["prompts"] == ["a handwritten seven", "the digit 3", "number one"]
+    ok(["verify", str(data)])
+    info = json.loads(ok(["inspect", str(data), "--plot", str(tmp_path / "smooth.png"), "--json"]))
+    assert len(info["smoothness"]) == 5 and all(0 < c <= 1 for c in info["smoothness"])
+    ok(["train", "--data", str(data), *model, "--arch", "dimoo-transformer", "--steps", "10", "--batch-size", "8",
+        "--out", str(zoo), "-q"])  # fmt: skip
+    out = ok(["sample", *model, "--shortcut", str(zoo), "--prompt", "number one", "--per-class", "2", "--steps", "6",
+              "--budget", "3", "--out", str(tmp_path / "s.png"), "--json", "-q"])  # fmt: skip
+    assert len(json.loads(out)["full_steps"]) == 3
+    ok(["bench", *model, "--shortcut", str(zoo), "--prompts", str(prompts), "--configs", "N6,N6B3", "--predictors",
+        "shortcut,cache,taylor,ml-cache", "--samples", "6", "--repeats", "1", "--out", str(tmp_path / "bench"), "-q"])  # fmt: skip
+    rows = json.loads((tmp_path / "bench" / "results.json").read_text())["rows"]
+    assert {r["method"] for r in rows} == {"vanilla", "shortcut:dd", "cache", "taylor", "ml-cache"}
+    assert all(0 <= r["accuracy"] <= 1 for r in rows)  # the shipped classifier scores every row
+    out = ok(["push", str(data), "--repo-id", "me/dimoo-digits-n6", "--dry-run"])
+    assert "dataset.json" in out and "dimoo-digits" in out
