@@ -12,6 +12,8 @@ $(BIN)/migm: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	# torch-fidelity's Inception-v3 for FID / IS, without its torchvision requirement (see pyproject.toml)
+	$(BIN)/python -m pip install --quiet --no-deps "torch-fidelity>=0.3.0"
 	touch $(BIN)/migm
 
 # The whole pipeline on the embedded base (5m44s on 2 CPU cores, set-up included, when measured).

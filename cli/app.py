@@ -95,6 +95,35 @@ PixelsOpt = Annotated[
     ),
 ]
 
+# Image metrics of real bases (`migm score`, `migm bench`).
+FidRefOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--fid-ref",
+        help="FID and Inception Score against this reference: a folder of images or a .npz of statistics "
+        "(mu, sigma; `migm fid-stats` writes one).",
+    ),
+]
+InceptionWeightsOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--inception-weights",
+        help="torch-fidelity's Inception-v3 weights file (default: torch.hub's copy, downloaded on first use).",
+    ),
+]
+FidDimsOpt = Annotated[
+    int,
+    typer.Option(
+        "--fid-dims",
+        help="Inception features for FID: 2048 (pool, as published and as FIDs are reported), or 768, 192, 64 "
+        "(earlier layers, as pytorch-fid's --dims, for sets far smaller than 2048 images).",
+    ),
+]
+ClipOpt = Annotated[
+    Optional[str],
+    typer.Option("--clip", help="Text bases: CLIP score against the prompts with this local CLIP folder."),
+]
+
 
 def base_spec(
     model: str | None,
@@ -216,6 +245,34 @@ def progress_bar(total: int, what: str, quiet: bool) -> Iterator[Callable[[int],
             bar.update(task, completed=done, rate=f"{done / (time.perf_counter() - start):.1f}/s")
 
         yield advance
+
+
+def load_metrics(
+    base,
+    fid_ref: str | None,
+    inception_weights: str | None,
+    fid_dims: int,
+    clip: str | None,
+    seed: int,
+    batch_size: int,
+    quiet: bool,
+):
+    """The image metrics a command asks for, loaded before any sampling (None: none asked)."""
+    from trajectories.metrics import load_image_metrics, reference_count
+
+    with progress_bar(call(reference_count, fid_ref), "reference images", quiet) as bar:
+        return call(
+            load_image_metrics,
+            base,
+            fid_ref,
+            inception_weights,
+            clip,
+            seed,
+            batch_size,
+            progress=bar,
+            verbose=not quiet,
+            dims=fid_dims,
+        )
 
 
 def print_metrics(title: str, result: dict, as_json: bool) -> None:

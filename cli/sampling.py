@@ -12,10 +12,14 @@ from cli.app import (
     BatchOpt,
     BudgetOpt,
     CheckpointOpt,
+    ClipOpt,
     DeviceOpt,
+    FidDimsOpt,
+    FidRefOpt,
     GuidanceOpt,
     HeadsOpt,
     HeightOpt,
+    InceptionWeightsOpt,
     JsonOpt,
     ModelOpt,
     PixelsOpt,
@@ -36,6 +40,7 @@ from cli.app import (
     condition_args,
     console,
     err_console,
+    load_metrics,
     parse_prompts,
     print_metrics,
     progress_bar,
@@ -119,10 +124,20 @@ def generate(
         )
 
 
+SamplesOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--samples",
+        help="Samples, classes (or prompts) spread evenly (default 1000; with --fid-ref / --clip on a real base: "
+        "50 per class, as the published ImageNet evaluation, or each prompt once).",
+    ),
+]
+
+
 @app.command()
 def score(
     model: ModelOpt = "maskgit-digits",
-    samples: Annotated[int, typer.Option("--samples", help="Samples to score, classes spread evenly.")] = 1000,
+    samples: SamplesOpt = None,
     prompt: PromptOpt = None,
     prompts: PromptsFileOpt = None,
     steps: StepsOpt = None,
@@ -139,13 +154,19 @@ def score(
     heads: HeadsOpt = None,
     height: HeightOpt = None,
     width: WidthOpt = None,
+    fid_ref: FidRefOpt = None,
+    inception_weights: InceptionWeightsOpt = None,
+    fid_dims: FidDimsOpt = 2048,
+    clip: ClipOpt = None,
     batch_size: BatchOpt = 250,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Sample with vanilla sampling and score: class accuracy and Fréchet distance by the base's classifier."""
+    """Sample with vanilla sampling and score: the digits bases' classifier (accuracy, Fréchet distance),
+    FID and Inception Score against --fid-ref, CLIP score of a text base's images against their prompts."""
     from trajectories.base import load_base
     from trajectories.generate import score as run
+    from trajectories.metrics import default_samples
     from trajectories.rollout import SamplerConfig
 
     base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device, height, width))
@@ -154,9 +175,41 @@ def score(
         SamplerConfig.for_base, base, steps, guidance=guidance, r_temp=r_temp, sm_temp=sm_temp, temperature=temperature
     )
     prompt_list = call(parse_prompts, prompt, prompts)
-    with progress_bar(samples, "sampling", quiet or as_json) as bar:
-        result = call(run, base, samples, config, seed, batch_size=batch_size, progress=bar, prompts=prompt_list)
+    metrics = load_metrics(base, fid_ref, inception_weights, fid_dims, clip, seed, batch_size, quiet or as_json)
+    samples = samples if samples is not None else default_samples(base, metrics, prompt_list)
+    what = "sampling, then scoring" if metrics else "sampling"
+    with progress_bar(samples * (2 if metrics else 1), what, quiet or as_json) as bar:
+        result = call(
+            run, base, samples, config, seed, batch_size=batch_size, progress=bar, prompts=prompt_list, metrics=metrics
+        )
     print_metrics(f"{model}, N={steps}", result, as_json)
+
+
+@app.command("fid-stats")
+def fid_stats(
+    folder: Annotated[str, typer.Argument(help="Folder of reference images (subfolders included), used as they are.")],
+    out: Annotated[str, typer.Option("--out", "-o", help=".npz to write (mu, sigma, n), for --fid-ref.")],
+    inception_weights: InceptionWeightsOpt = None,
+    fid_dims: FidDimsOpt = 2048,
+    device: DeviceOpt = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per Inception forward.")] = 50,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Precompute the FID statistics (Inception-v3 pool features' mean and covariance) of a folder of images."""
+    from trajectories.base import resolve_device
+    from trajectories.metrics import fid_stats as run
+    from trajectories.metrics import reference_count
+
+    dev = call(resolve_device, device)
+    with progress_bar(call(reference_count, folder), "reference images", quiet or as_json) as bar:
+        result = call(
+            run, folder, out, inception_weights, dev, batch_size, progress=bar, verbose=not quiet, dims=fid_dims
+        )
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        console.print(f"wrote {result['out']} ({result['images']} images, {result['features']} features)", markup=False)
 
 
 @app.command()
@@ -259,9 +312,7 @@ def bench(
             "knobs as ml-cache:warmup=0.3,period=5,quantile=0.1).",
         ),
     ] = "shortcut,cache,taylor",
-    samples: Annotated[
-        int, typer.Option("--samples", help="Samples per point (classes, or prompts, spread evenly).")
-    ] = 1000,
+    samples: SamplesOpt = None,
     prompt: PromptOpt = None,
     prompts: PromptsFileOpt = None,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed batches per point, after a warm-up.")] = 5,
@@ -276,33 +327,43 @@ def bench(
     heads: HeadsOpt = None,
     height: HeightOpt = None,
     width: WidthOpt = None,
+    fid_ref: FidRefOpt = None,
+    inception_weights: InceptionWeightsOpt = None,
+    fid_dims: FidDimsOpt = 2048,
+    clip: ClipOpt = None,
     batch_size: BatchOpt = 250,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Quality vs latency of vanilla, shortcut and training-free configs: table, JSON and Pareto plot."""
+    """Quality vs latency of vanilla, shortcut and training-free configs: table, JSON and Pareto plot
+    (quality: FID / IS with --fid-ref, CLIP score with --clip, the digits classifier, token agreement)."""
     from shortcut_zoo.bench import BenchConfig, results_table, run_bench
     from shortcut_zoo.predictors import split_predictors
     from trajectories.base import load_base
+    from trajectories.metrics import default_samples
 
+    base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device, height, width))
+    prompt_list = call(parse_prompts, prompt, prompts)
+    metrics = load_metrics(base, fid_ref, inception_weights, fid_dims, clip, seed, batch_size, quiet or as_json)
     cfg = BenchConfig(
         shortcuts=shortcut or [],
         configs=[c for c in configs.split(",") if c.strip()],
         predictors=split_predictors(predictors),
-        samples=samples,
+        samples=samples if samples is not None else default_samples(base, metrics, prompt_list),
         seed=seed,
         batch_size=batch_size,
         repeats=repeats,
         out=out,
         force=force,
-        prompts=call(parse_prompts, prompt, prompts),
+        prompts=prompt_list,
     )
-    base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device, height, width))
     if quiet or as_json:
-        result = call(run_bench, cfg, base)
+        result = call(run_bench, cfg, base, metrics=metrics)
     else:
         with err_console.status("benchmarking") as status:
-            result = call(run_bench, cfg, base, progress=lambda what: status.update(f"benchmarking {what}"))
+            result = call(
+                run_bench, cfg, base, progress=lambda what: status.update(f"benchmarking {what}"), metrics=metrics
+            )
     if as_json:
         print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
         return

@@ -3,7 +3,8 @@
 For every (config, predictor): latency per image (warm-up, then repeats timed round-robin over all
 points: median and spread),
 speedup vs vanilla at the same N (same run), class accuracy and Fréchet distance (the base's
-scorer), token agreement with vanilla sampling of the same seeds, and measured / ideal latency,
+scorer), FID / Inception Score / CLIP score when asked for (trajectories/metrics.py),
+token agreement with vanilla sampling of the same seeds, and measured / ideal latency,
 where ideal = B·t_full + (N−B)·(t_shortcut + t_head) + N·t_sampling from per-call costs measured in
 the same run. Predictors that choose their own full steps (ml-cache) get one row per N (config N{N},
 B = their refresh steps); their non-full steps count as (recomputed fraction)·t_full + t_head, the
@@ -28,8 +29,18 @@ from shortcut_zoo.predictors import check_predictor_name, make_predictor
 from trajectories.base import SCORERS
 from trajectories.checks import check_int, check_seed, check_writable_dir, writable_dir
 from trajectories.errors import MigmError
-from trajectories.generate import sample_many, spread
+from trajectories.generate import sample_many, spread, spread_prompts
+from trajectories.metrics import ImageMetrics, image_metrics
 from trajectories.rollout import SamplerConfig, autocast, rollout, sample_seeds, stack_cond
+
+# image metrics a row can carry (when asked for) and their table headings
+IMAGE_METRICS = {"fid": "FID", "inception_score": "IS", "clip_score": "CLIP score"}
+QUALITY_LABELS = {
+    "fid": "FID (lower is better)",
+    "clip_score": "CLIP score (higher is better)",
+    "frechet": "Fréchet distance (lower is better)",
+    "token_agreement": "token agreement with vanilla (higher is better)",
+}
 
 
 @dataclass
@@ -122,8 +133,11 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def run_bench(cfg: BenchConfig, base, progress: Callable[[str], None] | None = None) -> dict:
-    """Bench the loaded `base`: every config of `cfg` with vanilla sampling and each predictor."""
+def run_bench(
+    cfg: BenchConfig, base, progress: Callable[[str], None] | None = None, metrics: ImageMetrics | None = None
+) -> dict:
+    """Bench the loaded `base`: every config of `cfg` with vanilla sampling and each predictor; `metrics`
+    adds FID / Inception Score (with a reference) and CLIP score (text bases) to every row."""
     configs = [parse_config(c) for c in cfg.configs]
     if not configs:
         raise MigmError("--configs names no config; give e.g. N16,N32B12")
@@ -142,8 +156,20 @@ def run_bench(cfg: BenchConfig, base, progress: Callable[[str], None] | None = N
     shortcuts = {Path(p).name: load_shortcut(p, base, force=cfg.force) for p in cfg.shortcuts}
     # Without a scorer for this base (real ImageNet models: no classifier ships), quality is token agreement only.
     scorer = SCORERS.get(base.name)
-    score = scorer or (lambda tokens, labels: {"accuracy": None, "frechet": None})
+    classifier = scorer or (lambda tokens, labels: {"accuracy": None, "frechet": None})
     labels, cond = spread(base, cfg.samples, cfg.prompts)
+    texts = spread_prompts(base, cfg.samples, cfg.prompts)
+
+    def score(s) -> dict:  # the classifier's metrics and the image metrics asked for, of one sampling run
+        m = classifier(s.tokens, s.labels)
+        return m | (image_metrics(metrics, base, s.tokens, texts, cfg.batch_size) if metrics else {})
+
+    def image_columns(m: dict, again: dict | None = None) -> dict:  # vanilla rows: the seed-to-seed spread too
+        out = {k: m[k] for k in IMAGE_METRICS if k in m}
+        if again is not None:
+            out |= {f"{k}_spread": abs(m[k] - again[k]) for k in ("fid", "clip_score") if k in m}
+        return out
+
     timing_cond = cond[: cfg.batch_size]
     timing_seeds = sample_seeds(cfg.seed + 10_000, 0, len(timing_cond))
 
@@ -158,10 +184,10 @@ def run_bench(cfg: BenchConfig, base, progress: Callable[[str], None] | None = N
         if progress:
             progress(f"vanilla N{N}")
         s = sample_many(base, labels, config, cfg.seed, cfg.batch_size, cond=cond)
-        m = score(s.tokens, s.labels)
-        if scorer:  # a second seed gives the run-to-run spread of the Fréchet distance
+        m = score(s)
+        if scorer or metrics:  # a second seed gives the run-to-run spread of the Fréchet distance / FID / CLIP
             again = sample_many(base, labels, config, cfg.seed + 1, cfg.batch_size, cond=cond)
-            m2 = score(again.tokens, again.labels)
+            m2 = score(again)
         vanilla[N] = {"tokens": s.tokens}
         timed.append(timer(config, None))
         rows.append(
@@ -174,6 +200,7 @@ def run_bench(cfg: BenchConfig, base, progress: Callable[[str], None] | None = N
                 "frechet": m["frechet"],
                 "frechet_spread": abs(m["frechet"] - m2["frechet"]) if scorer else None,
                 "token_agreement": 1.0,
+                **image_columns(m, m2 if metrics else None),
             }
         )
     for N, B in configs:
@@ -189,7 +216,7 @@ def run_bench(cfg: BenchConfig, base, progress: Callable[[str], None] | None = N
             if progress:
                 progress(f"{method} N{N}B{B}")
             s = sample_many(base, labels, config, cfg.seed, cfg.batch_size, predictor=predictor, cond=cond)
-            m = score(s.tokens, s.labels)
+            m = score(s)
             timed.append(timer(config, predictor))
             rows.append(
                 {
@@ -200,6 +227,7 @@ def run_bench(cfg: BenchConfig, base, progress: Callable[[str], None] | None = N
                     "accuracy": m["accuracy"],
                     "frechet": m["frechet"],
                     "token_agreement": (s.tokens == vanilla[N]["tokens"]).float().mean().item(),
+                    **image_columns(m),
                 }
             )
 
@@ -210,7 +238,7 @@ def run_bench(cfg: BenchConfig, base, progress: Callable[[str], None] | None = N
             if progress:
                 progress(f"{method} N{N}")
             s = sample_many(base, labels, config, cfg.seed, cfg.batch_size, predictor=predictor, cond=cond)
-            m = score(s.tokens, s.labels)
+            m = score(s)
             recomputed = predictor.recomputed_fraction  # read before the timing runs add to it
             timed.append(timer(config, predictor))
             rows.append(
@@ -224,6 +252,7 @@ def run_bench(cfg: BenchConfig, base, progress: Callable[[str], None] | None = N
                     "accuracy": m["accuracy"],
                     "frechet": m["frechet"],
                     "token_agreement": (s.tokens == vanilla[N]["tokens"]).float().mean().item(),
+                    **image_columns(m),
                 }
             )
 
@@ -272,13 +301,15 @@ def run_bench(cfg: BenchConfig, base, progress: Callable[[str], None] | None = N
         "batch": cfg.batch_size,
     }
     result = {"where": where, "costs": {**costs, "t_sampling_per_step": sampling}, "config": asdict(cfg), "rows": rows}
+    if metrics:
+        result["image_metrics"] = metrics.about
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "results.md").write_text(results_table(result) + "\n")
     pareto_plot(
         rows,
         out / "pareto.png",
         f"{base.name}, {cfg.samples} samples, {where['device']} ({where['threads']} threads)",
-        quality="frechet" if scorer else "token_agreement",
+        quality=next((k for k in ("fid", "clip_score") if k in rows[0]), "frechet" if scorer else "token_agreement"),
     )
     result["files"] = [str(out / f) for f in ("results.json", "results.md", "pareto.png")]
     return result
@@ -286,13 +317,15 @@ def run_bench(cfg: BenchConfig, base, progress: Callable[[str], None] | None = N
 
 def results_table(result: dict) -> str:
     w = result["where"]
+    shown = [k for k in IMAGE_METRICS if k in result["rows"][0]]
     lines = [
         f"{w['model']}, {w['samples']} samples per point, batch {w['batch']}, {w['device']} "
         f"({w['cpu']}, {w['threads']} threads), torch {w['torch']}",
         "",
         "| config | method | ms / image | min-max | speed-up vs vanilla N | accuracy | Fréchet | "
-        "token agreement | measured / ideal |",
-        "|---|---|---|---|---|---|---|---|---|",
+        + "".join(f"{IMAGE_METRICS[k]} | " for k in shown)
+        + "token agreement | measured / ideal |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(shown) + "---|---|",
     ]
     for r in result["rows"]:
         method = r["method"]
@@ -304,14 +337,21 @@ def results_table(result: dict) -> str:
         lines.append(
             f"| {r['config']} | {method} | {1000 * r['latency_s']:.2f} | {1000 * r['latency_min_s']:.2f}-"
             f"{1000 * r['latency_max_s']:.2f} | {r['speedup']:.2f}x | {acc} | {fd} | "
-            f"{r['token_agreement']:.3f} | {r['measured_over_ideal']:.2f} |"
+            + "".join(f"{image_cell(r, k)} | " for k in shown)
+            + f"{r['token_agreement']:.3f} | {r['measured_over_ideal']:.2f} |"
         )
     return "\n".join(lines)
 
 
+def image_cell(row: dict, key: str) -> str:
+    """An image metric's table cell, with the vanilla rows' seed-to-seed spread."""
+    cell = f"{row[key]:.2f}"
+    return cell + (f" ± {row[key + '_spread']:.2f}" if row.get(key + "_spread") is not None else "")
+
+
 def pareto_plot(rows: list[dict], path: Path, title: str, quality: str = "frechet") -> None:
-    """Quality vs latency, one line per method; quality is the Fréchet distance, or token agreement
-    with vanilla for bases without a scorer."""
+    """Quality vs latency, one line per method; quality is FID or CLIP score when measured, else the
+    Fréchet distance, or token agreement with vanilla for bases without a scorer."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -325,11 +365,7 @@ def pareto_plot(rows: list[dict], path: Path, title: str, quality: str = "freche
         for r, x, y in zip(pts, xs, ys):
             ax.annotate(r["config"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel("latency per image (ms)")
-    ax.set_ylabel(
-        "Fréchet distance (lower is better)"
-        if quality == "frechet"
-        else "token agreement with vanilla (higher is better)"
-    )
+    ax.set_ylabel(QUALITY_LABELS[quality])
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -14,6 +14,7 @@ import torch
 from trajectories.base import SCORERS
 from trajectories.checks import IMAGE_EXTENSIONS, check_int, check_seed, output_file, writable_dir
 from trajectories.errors import MigmError
+from trajectories.metrics import ImageMetrics, image_metrics
 from trajectories.rollout import Predictor, SamplerConfig, rollout, sample_seeds
 
 
@@ -63,6 +64,14 @@ def spread(base, samples: int, prompts: list[str] | None = None) -> tuple[torch.
     else:
         labels = index if base.text else cond[index]
     return labels, cond[index]
+
+
+def spread_prompts(base, samples: int, prompts: list[str] | None = None) -> list[str] | None:
+    """The prompt of each of `samples` samples of a text base, cycling as `spread` does (None: class base)."""
+    if not base.text:
+        return None
+    names = list(prompts or getattr(base, "default_prompts", None) or [])
+    return [names[i % len(names)] for i in range(samples)] if names else None
 
 
 def sample_many(
@@ -160,17 +169,28 @@ def score(
     batch_size: int = 250,
     progress: Callable[[int], None] | None = None,
     prompts: list[str] | None = None,
+    metrics: ImageMetrics | None = None,
 ) -> dict:
-    """Sample `samples` images with classes (or prompts) spread evenly and score them with the base's scorer."""
+    """Sample `samples` images with classes (or prompts) spread evenly and score them: the base's own
+    scorer (digits bases) and the image metrics asked for (FID, IS, CLIP score); `progress` counts
+    samples drawn, then samples scored by the image metrics."""
     if samples < 2:
         raise MigmError(f"samples must be at least 2 (the Fréchet distance needs a covariance), got {samples}")
     check_int("--batch-size", batch_size)
     check_seed(seed)
-    if base.name not in SCORERS:
-        raise MigmError(f"no scorer for {base.name!r}; scoring works for: {', '.join(SCORERS)}")
+    if base.name not in SCORERS and metrics is None:
+        raise MigmError(
+            f"no classifier scorer for {base.name!r} (those are for {', '.join(SCORERS)}): give --fid-ref for FID "
+            "and Inception Score, or --clip DIR for the CLIP score of a text base"
+        )
     labels, cond = spread(base, samples, prompts)
     s = sample_many(base, labels, config, seed, batch_size, progress=progress, cond=cond)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        metrics = SCORERS[base.name](s.tokens, s.labels)
-    return {"model": base.name, **metrics, "latency_per_image_s": s.latency_per_image, "sampler": config.to_dict()}
+    result = {"model": base.name, "samples": samples}
+    if base.name in SCORERS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result |= SCORERS[base.name](s.tokens, s.labels)
+    if metrics is not None:
+        texts = spread_prompts(base, samples, prompts)
+        result |= image_metrics(metrics, base, s.tokens, texts, batch_size, progress=progress) | metrics.about
+    return {**result, "latency_per_image_s": s.latency_per_image, "sampler": config.to_dict()}
