@@ -1,8 +1,9 @@
-"""Validation metrics of a shortcut against the `cache` predictor, and counted per-call costs."""
+"""Validation metrics of a shortcut against the `cache` predictor, the chained-step errors `--placement auto`
+uses, counted per-call costs, and the bench's measures: bootstrap intervals, Pareto fronts, rollout fidelity."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -112,6 +113,92 @@ def chained_errors(model: torch.nn.Module, base, stream, device="cpu") -> dict |
         "rows": int(sum(len(stream.rows_of(np.array([b]))) for b in stream.blocks)),
         "error": error,
     }
+
+
+def bootstrap_ci(
+    statistic: Callable[[np.ndarray], float], n: int, resamples: int, seed: int = 0, method: str = "percentile"
+) -> list[float]:
+    """95% interval [low, high] of `statistic(sample indices)` over `resamples` resamples of the n samples
+    with replacement (scipy's bootstrap, one seeded draw, so every row is resampled alike): `percentile`,
+    or `basic` (reflected about the estimate) for a statistic biased on resamples, such as a Fréchet distance."""
+    import warnings
+
+    from scipy.stats import bootstrap
+
+    with warnings.catch_warnings():  # identical values (vanilla's agreement of 1) are a valid, zero-width interval
+        warnings.simplefilter("ignore")
+        ci = bootstrap(
+            (np.arange(n),),
+            statistic,
+            vectorized=False,
+            n_resamples=resamples,
+            method=method,
+            random_state=np.random.default_rng(seed),
+        ).confidence_interval
+    return [float(ci.low), float(ci.high)]
+
+
+def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> list[bool]:
+    """Which (cost, quality) points no other point beats: as cheap or cheaper and as good or better,
+    strictly one of the two."""
+    sign = 1 if higher_is_better else -1
+    pts = [(c, sign * q) for c, q in points]
+    return [not any(c2 <= c and q2 >= q and (c2 < c or q2 > q) for c2, q2 in pts) for c, q in pts]
+
+
+def masked_cosine(base, feature: torch.Tensor, true: torch.Tensor, tokens: torch.Tensor, cond: torch.Tensor):
+    """[R] mean cosine between two features [R, T, D] over each row's image cells still masked in `tokens` [R, L]
+    (the cells sampled from this step's logits)."""
+    R, L = tokens.shape
+    cells_of = getattr(base, "cells", None)  # text bases: the cells' positions depend on the prompt
+    cells = cells_of(cond) if cells_of is not None else torch.arange(L, device=tokens.device).expand(R, L)
+    at = cells.to(feature.device)[..., None].expand(-1, -1, feature.shape[-1])
+    cos = F.cosine_similarity(feature.float().gather(1, at), true.float().gather(1, at), dim=-1)
+    masked = (tokens == base.mask_id).float()
+    return (cos * masked).sum(1) / masked.sum(1).clamp(min=1)
+
+
+class FidelityProbe:
+    """A predictor wrapped for `migm bench`: at each shortcut step it also runs the base on the sampler's
+    state (one extra base forward) and records the cosine between the feature the sampler uses and the
+    one the base computes (`masked_cosine`), averaged over both CFG branches of a sample. `values()`:
+    per sample, the mean over its shortcut steps. Sampling itself is unchanged."""
+
+    needs_state = True  # predict gets base=, tokens=, cond=
+
+    def __init__(self, inner, branches: int):
+        self.inner, self.branches = inner, branches
+        self.batches: list[torch.Tensor] = []  # per rollout: [batch] mean over its shortcut steps
+        self.steps: list[torch.Tensor] = []  # this rollout's shortcut steps: [batch] each
+
+    def __getattr__(self, name: str):  # the inner predictor's own hooks (full_steps, place, full_forward)
+        if name in ("inner", "branches", "batches", "steps"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def reset(self) -> None:
+        self._flush()
+        self.inner.reset()
+
+    def observe(self, step: int, feature: torch.Tensor) -> None:
+        self.inner.observe(step, feature)
+
+    def predict(self, step, feature, new_emb, new_pos, new_valid, mask_ratio, feat_valid=None, *, base, tokens, cond):
+        state = {"base": base, "tokens": tokens, "cond": cond} if getattr(self.inner, "needs_state", False) else {}
+        out = self.inner.predict(step, feature, new_emb, new_pos, new_valid, mask_ratio, feat_valid=feat_valid, **state)
+        true = base.forward(tokens, cond)[1]
+        self.steps.append(masked_cosine(base, out, true, tokens, cond).view(self.branches, -1).mean(0))
+        return out
+
+    def _flush(self) -> None:
+        if self.steps:
+            self.batches.append(torch.stack(self.steps).mean(0).double().cpu())
+            self.steps = []
+
+    def values(self) -> torch.Tensor | None:
+        """Per sample (in sampling order), the mean cosine over its shortcut steps (None: no shortcut step ran)."""
+        self._flush()
+        return torch.cat(self.batches) if self.batches else None
 
 
 def count_flops(fn, *args) -> int:

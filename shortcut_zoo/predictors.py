@@ -1,6 +1,8 @@
 """Predictors the rollout calls at shortcut steps: a trained shortcut, and the training-free peers.
 
-- `shortcut`: the zoo model, f_s = g(f_{s-1}, tokens unmasked at s-1, mask ratio).
+- `shortcut`: the zoo model, f_s = g(f_{s-1}, tokens unmasked at s-1, mask ratio). Given the held-out
+  errors stored with it (`--placement auto`), it places the full steps where they minimise the summed
+  error of the chained shortcut steps.
 - `cache`: reuse the last feature (feature caching).
 - `taylor`: extrapolate from the last full steps' features by finite differences in the step index
   (order 1 or 2, TaylorSeer-style); falls back to a lower order until enough full steps are seen.
@@ -10,14 +12,23 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from trajectories.errors import MigmError
+from trajectories.schedule import full_steps, placed_full_steps
 
 
 class ShortcutPredictor:
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, step_errors: dict | None = None):
         self.model = model
+        self.step_errors = step_errors  # None: the uniform (published) placement
+
+    def place(self, N: int, B: int) -> list[int]:
+        """The B full steps of N: uniform, or (with stored step errors) the least summed error."""
+        if self.step_errors is None:
+            return full_steps(N, B)
+        return placed_full_steps(N, B, step_cost(self.step_errors, N))
 
     def reset(self) -> None:
         pass
@@ -29,6 +40,24 @@ class ShortcutPredictor:
     def predict(self, step, feature, new_emb, new_pos, new_valid, mask_ratio, feat_valid=None):
         new_emb, mask_ratio = new_emb.to(feature.dtype), mask_ratio.to(feature.dtype)
         return self.model(feature, new_emb, new_pos, new_valid, mask_ratio, feat_valid=feat_valid)
+
+
+def step_cost(step_errors: dict, N: int) -> np.ndarray:
+    """[N, N] cost[s][j]: the stored error of the shortcut step j after full step s, for sampling with N
+    steps. The errors were measured at the dataset's N_m; steps map by progress (s → s·(N_m−1)/(N−1),
+    rounded), chain lengths too, interpolated linearly between measured lengths (0 error at length 0)
+    and held at the longest one measured. At N = N_m it is the measured table itself."""
+    Nm, error = step_errors["N"], step_errors["error"]
+    scale = (Nm - 1) / (N - 1) if N > 1 else 0.0
+    cost = np.zeros((N, N))
+    for s in range(N):
+        row = [0.0, *error[min(round(s * scale), Nm - 2)]]  # row[j]: j measured steps after the full step
+        for j in range(1, N - s):
+            x = min(j * scale, len(row) - 1)
+            lo = int(x)
+            hi = min(lo + 1, len(row) - 1)
+            cost[s, j] = row[lo] + (x - lo) * (row[hi] - row[lo])
+    return cost
 
 
 class CachePredictor:
@@ -186,11 +215,12 @@ def check_predictor_name(name: str, base=None) -> None:
             check_base(predictor, base)
 
 
-def make_predictor(name: str, shortcut_model: torch.nn.Module | None = None):
-    """'shortcut' (needs a loaded zoo model), 'cache', 'taylor' (order 1), 'taylor2' or 'ml-cache[:options]'."""
+def make_predictor(name: str, shortcut_model: torch.nn.Module | None = None, step_errors: dict | None = None):
+    """'shortcut' (needs a loaded zoo model; with `step_errors` it places the full steps by them), 'cache',
+    'taylor' (order 1), 'taylor2' or 'ml-cache[:options]'."""
     name, options = parse_predictor(name)
     if name == "shortcut":
         if shortcut_model is None:
             raise MigmError("the shortcut predictor needs --shortcut zoo/NAME")
-        return ShortcutPredictor(shortcut_model)
+        return ShortcutPredictor(shortcut_model, step_errors)
     return PEERS[name](**options)

@@ -5,15 +5,30 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from shortcut_zoo.export import load_shortcut
+from shortcut_zoo.export import load_shortcut, read_step_errors
 from shortcut_zoo.predictors import check_predictor_name, make_predictor
 from trajectories.errors import MigmError
 from trajectories.generate import generate
 from trajectories.rollout import Predictor, SamplerConfig
 
+PLACEMENTS = ("uniform", "auto")
 
-def make_sampling_predictor(base, predictor: str | None, shortcut: str | None, force: bool = False) -> Predictor | None:
-    """The predictor for the shortcut steps: a zoo shortcut or a named peer (None: vanilla)."""
+
+def check_placement(placement: str) -> None:
+    if placement not in PLACEMENTS:
+        raise MigmError(f"placement must be uniform or auto, got {placement!r}")
+
+
+def make_sampling_predictor(
+    base, predictor: str | None, shortcut: str | None, force: bool = False, placement: str = "uniform"
+) -> Predictor | None:
+    """The predictor for the shortcut steps: a zoo shortcut or a named peer (None: vanilla). With
+    `auto` placement a zoo shortcut places the full steps by the step errors stored with it."""
+    check_placement(placement)
+    if placement == "auto" and (shortcut is None or (predictor or "shortcut") != "shortcut"):
+        raise MigmError(
+            "--placement auto places full steps by a zoo shortcut's stored errors: give --shortcut zoo/NAME"
+        )
     if predictor is None and shortcut is None:
         return None
     name = predictor or "shortcut"
@@ -23,7 +38,8 @@ def make_sampling_predictor(base, predictor: str | None, shortcut: str | None, f
         raise MigmError(f"--shortcut goes with --predictor shortcut, not {name!r}")
     check_predictor_name(name, base)
     if name == "shortcut":
-        return make_predictor("shortcut", load_shortcut(shortcut, base, force=force))
+        errors = read_step_errors(shortcut) if placement == "auto" else None
+        return make_predictor("shortcut", load_shortcut(shortcut, base, force=force), errors)
     return make_predictor(name)
 
 
@@ -40,9 +56,11 @@ def sample(
     batch_size: int = 250,
     progress: Callable[[int], None] | None = None,
     prompts: list[str] | None = None,
+    placement: str = "uniform",
 ) -> dict:
-    """Sample a PNG grid; B of the N steps run the base, the rest the predictor."""
-    runner = make_sampling_predictor(base, predictor, shortcut, force)
+    """Sample a PNG grid; B of the N steps run the base (placed `uniform`ly or, for a zoo shortcut,
+    `auto`), the rest the predictor. The result lists the full steps."""
+    runner = make_sampling_predictor(base, predictor, shortcut, force, placement)
     result = generate(
         base,
         classes,
@@ -55,4 +73,8 @@ def sample(
         progress=progress,
         prompts=prompts,
     )
-    return {**result, "predictor": (predictor or "shortcut") if runner is not None else "vanilla"}
+    return {
+        **result,
+        "predictor": (predictor or "shortcut") if runner is not None else "vanilla",
+        "placement": placement,
+    }

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate.utils import set_seed
+from conftest import write_tiny_dimoo
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -146,3 +147,37 @@ def test_resume_with_another_rollout_is_refused(data, tmp_path):
         train(TrainConfig(**mlp), CPU, resume=True)
     assert len(train(TrainConfig(rollout=2, **mlp), CPU, resume=True)["losses"]) == 8
     assert read_step_errors(out)["N"] == 6
+
+
+def test_text_rows_train_with_rollout(tmp_path):
+    """A DiMOO (text) dataset: padded rows with `feat_valid`, prompt tokens among the new tokens of the
+    conditional rows; windows chain the same way as pairs built one step at a time, and training stores
+    the step errors."""
+    ckpt = write_tiny_dimoo(tmp_path / "ckpt")
+    spec = BaseSpec(name="dimoo", checkpoint=str(ckpt), height=48, width=48, device="cpu")
+    base = load_base(spec)
+    prompts = ["a photo of a red cat", "a dog", "the quick brown fox jumps over a cat"]
+    dump_trajectories(DumpConfig(num_samples=6, steps=5, shard_size=6, out=str(tmp_path / "ds"), prompts=prompts), base)
+    ds = open_dataset(tmp_path / "ds")
+    offset = ds.manifest.text["image_offset"]
+    rows = ds.rows(0, len(ds))
+    torch.manual_seed(0)
+    model = build_for_base("dimoo-transformer", base)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    r, s = np.arange(len(ds)), np.arange(len(ds)) % 3
+    cfg = TrainConfig(data=str(tmp_path / "ds"), rollout=2)
+    batch = window_batch(rows, r, s, 2, ds.dims.V, offset)
+    assert batch["feat_valid"].shape == batch["feature"].shape[:2] and not batch["feat_valid"].all()
+    first, second = (pair_batch(rows, r, s + k, ds.dims.V, offset) for k in range(2))
+    pred0 = predict(model, base, first)
+    want = (
+        shortcut_loss(pred0, first, base, cfg)
+        + shortcut_loss(predict(model, base, {**second, "feature": pred0}), second, base, cfg)
+    ) / 2
+    assert torch.allclose(rollout_loss(model, base, batch, cfg), want, rtol=1e-4)
+    out = tmp_path / "dt"
+    result = train(
+        TrainConfig(data=str(tmp_path / "ds"), arch="dimoo-transformer", out=str(out), rollout=2, **TINY), spec
+    )
+    assert all(math.isfinite(x) for x in result["losses"]) and read_step_errors(out)["N"] == 5

@@ -17,7 +17,7 @@ import torch
 
 from trajectories.checks import check_finite, check_int
 from trajectories.errors import MigmError
-from trajectories.schedule import RULES, cfg_weight, choose_tokens, full_steps, unmask_counts
+from trajectories.schedule import RULES, cfg_weight, check_full_steps, choose_tokens, full_steps, unmask_counts
 
 
 @dataclass
@@ -71,6 +71,7 @@ class SamplerConfig:
 class Predictor(Protocol):
     """Optional hooks, looked up by name (a predictor without them is called as below):
     `full_steps(N) -> list[int]` picks the full steps itself (then no budget is given);
+    `place(N, B) -> list[int]` places the B full steps of a budget B < N (default: `schedule.full_steps`);
     `full_forward(base, tokens, cond) -> (logits, feature)` runs the full steps in place of `base.forward`;
     `needs_state = True` adds base=, tokens= [R, L] and cond= [R, P] (both branches) to `predict`."""
 
@@ -182,7 +183,15 @@ def rollout(
     own_steps = getattr(predictor, "full_steps", None)  # a predictor may choose its own full steps
     if own_steps is not None and config.budget is not None:
         raise MigmError("this predictor chooses its own full steps; leave the budget (--budget) unset")
-    full = own_steps(N) if own_steps is not None else full_steps(N, B_full)
+    place = getattr(predictor, "place", None) if B_full < N else None  # B = N is vanilla, whatever the predictor
+    if own_steps is not None:
+        full = check_full_steps(own_steps(N), N)
+    elif place is not None:
+        full = check_full_steps(place(N, B_full), N)
+        if len(full) != B_full:
+            raise MigmError(f"the predictor placed {len(full)} full steps for a budget of {B_full}")
+    else:
+        full = full_steps(N, B_full)
     if predictor is None and B_full < N:
         raise MigmError(f"a budget of {B_full} full steps below N = {N} needs a predictor (--shortcut or --predictor)")
     if len(seeds) != len(cond):

@@ -1,5 +1,8 @@
 """Token schedules and full-step placement: one definition used by sampling, datasets and pairs.
 
+Full steps are placed uniformly (`full_steps`, the published rule) or, given a cost per shortcut step,
+where they minimise the summed cost (`placed_full_steps`, what `--placement auto` runs).
+
 Each family's rule is a few small pure functions the one rollout calls: how many cells are committed
 at each step, the CFG weight at a step, and how tokens are chosen and ranked (`choose_tokens`).
 - `maskgit` (published MaskGIT): arccos schedule; CFG weight w·s/(N−1); sample from softmax(logits·sm_temp);
@@ -104,6 +107,43 @@ def full_steps(N: int, B: int) -> list[int]:
     for k in range(1, B):
         out.append(max(out[-1] + 1, round(N * k / B)))
     return out
+
+
+def check_full_steps(full: list[int], N: int) -> list[int]:
+    """A placement of full steps is valid: sorted, distinct, inside 0 … N−1, step 0 first."""
+    if not full or full[0] != 0 or any(b <= a for a, b in zip(full, full[1:])) or full[-1] >= N:
+        raise MigmError(f"full steps must be sorted, distinct steps of 0 … {N - 1} starting at step 0, got {full}")
+    return full
+
+
+def placed_full_steps(N: int, B: int, cost) -> list[int]:
+    """The B full steps of N that minimise the summed cost of the shortcut steps, where `cost[s][j]`
+    (j ≥ 1) is the cost of the step j after full step s when no full step comes between (an [N, N]
+    array). Step 0 is full; B = N is every step. Dynamic programming over (full steps so far, last
+    full step), O(B·N²); ties go to the earliest placement."""
+    import numpy as np
+
+    full_steps(N, B)  # checks 1 <= B <= N
+    if B == N:
+        return list(range(N))
+    cost = np.asarray(cost, dtype=np.float64)
+    # gap[t, u]: cost of the shortcut steps t+1 … u−1 after a full step t with the next full at u (u = N: the end)
+    gap = np.full((N, N + 1), np.inf)
+    for t in range(N):
+        run = np.concatenate([[0.0], np.cumsum(cost[t, 1 : N - t])])  # run[j]: steps t+1 … t+j
+        gap[t, t + 1 :] = run[: N - t]
+    best = np.full(N, np.inf)  # best[t]: least cost of steps < t with k+1 full steps, the last at t
+    best[0] = 0.0
+    back = []
+    for _ in range(1, B):
+        total = best[:, None] + gap[:, :N]  # [last full t, next full u]
+        back.append(total.argmin(0))
+        best = total.min(0)
+    last = int(np.argmin(best + gap[:, N]))
+    full = [last]
+    for choice in reversed(back):
+        full.append(int(choice[full[-1]]))
+    return check_full_steps(full[::-1], N)
 
 
 def mask_ratios(L: int, N: int) -> list[float]:

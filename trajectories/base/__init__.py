@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trajectories.base.digits import load_maskgit_digits, score_digits
+from trajectories.base.digits import digit_statistics, load_maskgit_digits, score_digits
 from trajectories.base.dimoo import load_dimoo
 from trajectories.base.dimoo_digits import load_dimoo_digits
 from trajectories.base.maskgit import load_maskgit
@@ -46,6 +46,9 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 # base name -> scorer(tokens [n, L], labels [n]) -> metrics; bases without one report token agreement only
 SCORERS: dict[str, Callable] = {"maskgit-digits": score_digits, "dimoo-digits": score_digits}
+# base name -> (tokens, labels) -> {metric: statistic(sample indices) -> float}: the scorer's metrics per
+# subset of the samples, which `migm bench` resamples for bootstrap intervals
+SCORE_STATISTICS: dict[str, Callable] = {"maskgit-digits": digit_statistics, "dimoo-digits": digit_statistics}
 
 
 @dataclass(frozen=True)
