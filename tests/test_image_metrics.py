@@ -151,7 +151,7 @@ def test_to_uint8_is_the_png_writers_mapping(tmp_path):
     x = torch.rand(1, 3, 5, 7)
     x[0, 0, 0, :3] = torch.tensor([0.5 / 255, 1.5 / 255, 254.5 / 255])  # halves round as the writer's do
     save_grid(x, rows=1, path=tmp_path / "g.png", scale=1, pad=0)
-    written = torch.from_numpy(np.asarray(Image.open(tmp_path / "g.png"))).permute(2, 0, 1)
+    written = torch.from_numpy(np.array(Image.open(tmp_path / "g.png"))).permute(2, 0, 1)
     assert torch.equal(to_uint8(x)[0], written)
 
 

@@ -231,7 +231,9 @@ def frechet_distance(ref: FeatureStats, gen: FeatureStats) -> float:
     metric = _fid_metric(len(ref.mu))
     _write_stats(metric, "real", ref)
     _write_stats(metric, "fake", gen)
-    return float(metric.compute())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*called before the ``update``")  # its state is set, not updated
+        return float(metric.compute())
 
 
 def inception_score(logits: torch.Tensor, seed: int = 0) -> tuple[float, float]:
