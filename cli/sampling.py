@@ -70,6 +70,14 @@ ClassesOpt = Annotated[
     Optional[str], typer.Option("--classes", help="Classes, e.g. 0-9 or 1,4,7; one grid row each (default 0-9).")
 ]
 PerClassOpt = Annotated[int, typer.Option("--per-class", help="Samples per class (or prompt).")]
+PlacementOpt = Annotated[
+    str,
+    typer.Option(
+        "--placement",
+        help="Where the B full steps go: uniform (published: round(N*k/B)), or auto (a zoo shortcut's: least "
+        "summed held-out error of its chained steps, stored at training).",
+    ),
+]
 
 
 @app.command()
@@ -231,6 +239,7 @@ def sample(
     per_class: PerClassOpt = 8,
     steps: StepsOpt = None,
     budget: BudgetOpt = None,
+    placement: PlacementOpt = "uniform",
     seed: SeedOpt = 0,
     guidance: GuidanceOpt = None,
     r_temp: RTempOpt = None,
@@ -285,13 +294,14 @@ def sample(
             batch_size=batch_size,
             progress=bar,
             prompts=prompt_list,
+            placement=placement,
         )
     if as_json:
         print(json.dumps(result, indent=2))
     else:
         console.print(
             f"wrote {result['out']} ({result['images']} images, {result['predictor']}, N={steps}, "
-            f"{len(result['full_steps'])} full steps: {result['full_steps']}), "
+            f"{len(result['full_steps'])} full steps: {result['full_steps']}, {placement} placement), "
             f"latency {result['latency_per_image_s'] * 1000:.2f} ms per image",
             markup=False,
         )
@@ -312,6 +322,24 @@ def bench(
             "knobs as ml-cache:warmup=0.3,period=5,quantile=0.1).",
         ),
     ] = "shortcut,cache,taylor",
+    placement: Annotated[
+        str,
+        typer.Option(
+            "--placement",
+            help="Comma-separated placements of a zoo shortcut's full steps, one row each: uniform (published), "
+            "auto (by its stored held-out errors; row shortcut:NAME@auto). Peers are placed uniformly.",
+        ),
+    ] = "uniform",
+    bootstrap: Annotated[
+        int, typer.Option("--bootstrap", help="Resamples of the 95% intervals of every quality column (0: none).")
+    ] = 1000,
+    fidelity: Annotated[
+        bool,
+        typer.Option(
+            "--fidelity/--no-fidelity",
+            help="Rollout fidelity: cosine to the base's own feature at each shortcut step (one extra base forward).",
+        ),
+    ] = True,
     samples: SamplesOpt = None,
     prompt: PromptOpt = None,
     prompts: PromptsFileOpt = None,
@@ -356,6 +384,9 @@ def bench(
         out=out,
         force=force,
         prompts=prompt_list,
+        placements=[p.strip() for p in placement.split(",") if p.strip()],
+        bootstrap=bootstrap,
+        fidelity=fidelity,
     )
     if quiet or as_json:
         result = call(run_bench, cfg, base, metrics=metrics)

@@ -24,9 +24,11 @@ from pathlib import Path
 
 import torch
 
-from shortcut_zoo.export import load_shortcut
+from shortcut_zoo.evaluate import FidelityProbe, bootstrap_ci, pareto_front
+from shortcut_zoo.export import load_shortcut, read_step_errors
 from shortcut_zoo.predictors import check_predictor_name, make_predictor
-from trajectories.base import SCORERS
+from shortcut_zoo.sample import check_placement
+from trajectories.base import SCORE_STATISTICS, SCORERS
 from trajectories.checks import check_int, check_seed, check_writable_dir, writable_dir
 from trajectories.errors import MigmError
 from trajectories.generate import sample_many, spread, spread_prompts
@@ -55,6 +57,9 @@ class BenchConfig:
     out: str = "bench"
     force: bool = False
     prompts: list[str] | None = None  # text bases: samples cycle over these
+    placements: list[str] = field(default_factory=lambda: ["uniform"])  # a zoo shortcut's rows per placement
+    bootstrap: int = 1000  # resamples of the 95% intervals of the quality columns (0: none)
+    fidelity: bool = True  # rollout fidelity: one extra base forward per shortcut step while sampling
 
 
 def parse_config(spec: str) -> tuple[int, int | None]:
@@ -62,6 +67,11 @@ def parse_config(spec: str) -> tuple[int, int | None]:
     if not m:
         raise MigmError(f"configs look like N16 or N32B12, got {spec!r}")
     return int(m.group(1)), int(m.group(2)) if m.group(2) else None
+
+
+def shortcut_method(name: str, placement: str) -> str:
+    """A zoo shortcut's row name: shortcut:NAME with uniform placement, shortcut:NAME@auto with auto."""
+    return f"shortcut:{name}" + ("" if placement == "uniform" else f"@{placement}")
 
 
 def own_steps(spec: str) -> bool:
@@ -145,7 +155,14 @@ def run_bench(
         raise MigmError(f"samples must be at least 2, got {cfg.samples}")
     check_int("--repeats", cfg.repeats)
     check_int("--batch-size", cfg.batch_size)
+    check_int("--bootstrap", cfg.bootstrap, low=0)
     check_seed(cfg.seed)
+    for placement in cfg.placements:
+        check_placement(placement)
+    if not cfg.placements:
+        raise MigmError("--placement names no placement; give uniform, auto or uniform,auto")
+    if "auto" in cfg.placements and ("shortcut" not in cfg.predictors or not cfg.shortcuts):
+        raise MigmError("--placement auto places a zoo shortcut's full steps: give --shortcut zoo/NAME")
     for name in cfg.predictors:
         check_predictor_name(name, base)
     if "shortcut" in cfg.predictors and not cfg.shortcuts and any(b for _, b in configs):
@@ -154,6 +171,8 @@ def run_bench(
     for N, B in configs:
         SamplerConfig.for_base(base, N, B)  # validates 1 <= B <= N <= L before any work
     shortcuts = {Path(p).name: load_shortcut(p, base, force=cfg.force) for p in cfg.shortcuts}
+    step_errors = {Path(p).name: read_step_errors(p) for p in cfg.shortcuts} if "auto" in cfg.placements else {}
+    statistics = SCORE_STATISTICS.get(base.name)  # the scorer's metrics per subset of samples: their intervals
     # Without a scorer for this base (real ImageNet models: no classifier ships), quality is token agreement only.
     scorer = SCORERS.get(base.name)
     classifier = scorer or (lambda tokens, labels: {"accuracy": None, "frechet": None})
@@ -178,6 +197,31 @@ def run_bench(
     def timer(config, predictor) -> Callable[[], object]:
         return lambda: rollout(base, timing_cond, timing_seeds, config, predictor=predictor)
 
+    def placed(name: str, placement: str) -> dict | None:  # the step errors a shortcut places by (None: uniform)
+        return step_errors[name] if placement == "auto" else None
+
+    def probed(config, predictor) -> FidelityProbe | None:  # fidelity measured while sampling (bench only)
+        return FidelityProbe(predictor, branches=2 if config.guidance > 0 else 1) if cfg.fidelity else None
+
+    def quality(s, N: int, probe: FidelityProbe | None = None) -> dict:
+        """Token agreement with vanilla N and rollout fidelity (per-sample means), and a bootstrap 95%
+        interval (KEY_ci) of every quality column the samples allow: the scorer's too."""
+        agree = (s.tokens == vanilla[N]["tokens"]).double().mean(1).numpy() if N in vanilla else None
+        fidelity = probe.values() if probe is not None else None
+        stats = dict(statistics(s.tokens, s.labels)) if statistics else {}
+        columns = {"token_agreement": 1.0 if agree is None else float(agree.mean())}
+        if agree is not None:
+            stats["token_agreement"] = lambda i: float(agree[i].mean())
+        columns["fidelity"] = None if fidelity is None else float(fidelity.mean())
+        if fidelity is not None:
+            f = fidelity.numpy()
+            stats["fidelity"] = lambda i: float(f[i].mean())
+        for key, stat in stats.items():  # resampling biases Fréchet distances: estimate ± 1.96 standard errors
+            method = "normal" if key in ("frechet", "fid") else "percentile"
+            ci = bootstrap_ci(stat, len(s.tokens), cfg.bootstrap, cfg.seed, method) if cfg.bootstrap else None
+            columns[f"{key}_ci"] = ci
+        return columns
+
     steps_needed = sorted({N for N, _ in configs})
     for N in steps_needed:  # vanilla at every N: the reference for speed-up and agreement
         config = SamplerConfig.for_base(base, N)
@@ -185,10 +229,10 @@ def run_bench(
             progress(f"vanilla N{N}")
         s = sample_many(base, labels, config, cfg.seed, cfg.batch_size, cond=cond)
         m = score(s)
+        vanilla[N] = {"tokens": s.tokens}
         if scorer or metrics:  # a second seed gives the run-to-run spread of the Fréchet distance / FID / CLIP
             again = sample_many(base, labels, config, cfg.seed + 1, cfg.batch_size, cond=cond)
             m2 = score(again)
-        vanilla[N] = {"tokens": s.tokens}
         timed.append(timer(config, None))
         rows.append(
             {
@@ -199,7 +243,9 @@ def run_bench(
                 "accuracy": m["accuracy"],
                 "frechet": m["frechet"],
                 "frechet_spread": abs(m["frechet"] - m2["frechet"]) if scorer else None,
-                "token_agreement": 1.0,
+                "placement": "all",
+                "full_steps": s.full,
+                **quality(s, N),
                 **image_columns(m, m2 if metrics else None),
             }
         )
@@ -207,15 +253,17 @@ def run_bench(
         if B is None or B == N:
             continue
         config = SamplerConfig.for_base(base, N, B)
-        methods = [
-            (f"shortcut:{name}", make_predictor("shortcut", model))
+        methods = [  # a zoo shortcut once per placement (auto: by its stored step errors), the peers uniform
+            (shortcut_method(name, placement), placement, make_predictor("shortcut", model, placed(name, placement)))
             for name, model in shortcuts.items()
+            for placement in cfg.placements
             if "shortcut" in cfg.predictors
-        ] + [(p, make_predictor(p)) for p in cfg.predictors if p != "shortcut" and not own_steps(p)]
-        for method, predictor in methods:
+        ] + [(p, "uniform", make_predictor(p)) for p in cfg.predictors if p != "shortcut" and not own_steps(p)]
+        for method, placement, predictor in methods:
             if progress:
                 progress(f"{method} N{N}B{B}")
-            s = sample_many(base, labels, config, cfg.seed, cfg.batch_size, predictor=predictor, cond=cond)
+            probe = probed(config, predictor)
+            s = sample_many(base, labels, config, cfg.seed, cfg.batch_size, predictor=probe or predictor, cond=cond)
             m = score(s)
             timed.append(timer(config, predictor))
             rows.append(
@@ -226,7 +274,9 @@ def run_bench(
                     "B": B,
                     "accuracy": m["accuracy"],
                     "frechet": m["frechet"],
-                    "token_agreement": (s.tokens == vanilla[N]["tokens"]).float().mean().item(),
+                    "placement": placement,
+                    "full_steps": s.full,
+                    **quality(s, N, probe),
                     **image_columns(m),
                 }
             )
@@ -237,7 +287,8 @@ def run_bench(
             config = SamplerConfig.for_base(base, N)
             if progress:
                 progress(f"{method} N{N}")
-            s = sample_many(base, labels, config, cfg.seed, cfg.batch_size, predictor=predictor, cond=cond)
+            probe = probed(config, predictor)
+            s = sample_many(base, labels, config, cfg.seed, cfg.batch_size, predictor=probe or predictor, cond=cond)
             m = score(s)
             recomputed = predictor.recomputed_fraction  # read before the timing runs add to it
             timed.append(timer(config, predictor))
@@ -247,11 +298,12 @@ def run_bench(
                     "method": method,
                     "N": N,
                     "B": len(s.full),
+                    "placement": "own",
                     "full_steps": s.full,
                     "recomputed": 0.0 if recomputed is None else recomputed,
                     "accuracy": m["accuracy"],
                     "frechet": m["frechet"],
-                    "token_agreement": (s.tokens == vanilla[N]["tokens"]).float().mean().item(),
+                    **quality(s, N, probe),
                     **image_columns(m),
                 }
             )
@@ -282,13 +334,17 @@ def run_bench(
         if method == "vanilla":
             per_shortcut_step = 0.0
         elif method.startswith("shortcut:"):
-            per_shortcut_step = costs["t_shortcut"][method.split(":", 1)[1]] + costs["t_head"]
+            per_shortcut_step = costs["t_shortcut"][method.split(":", 1)[1].split("@")[0]] + costs["t_head"]
         elif "recomputed" in r:  # ml-cache: that fraction of the positions through the whole base, then the head
             per_shortcut_step = r["recomputed"] * costs["t_full"] + costs["t_head"]
         else:  # cache, taylor: a few elementwise ops, then the head
             per_shortcut_step = costs["t_head"]
         r["ideal_s"] = B * costs["t_full"] + (N - B) * per_shortcut_step + N * sampling[N]
         r["measured_over_ideal"] = r["latency_s"] / r["ideal_s"]
+
+    # the plotted quality, and per method the rows on its Pareto front in latency and that quality
+    plotted = next((k for k in ("fid", "clip_score") if k in rows[0]), "frechet" if scorer else "token_agreement")
+    mark_pareto(rows, plotted)
 
     writable_dir(out, "--out")
     where = {
@@ -309,7 +365,7 @@ def run_bench(
         rows,
         out / "pareto.png",
         f"{base.name}, {cfg.samples} samples, {where['device']} ({where['threads']} threads)",
-        quality=next((k for k in ("fid", "clip_score") if k in rows[0]), "frechet" if scorer else "token_agreement"),
+        quality=plotted,
     )
     result["files"] = [str(out / f) for f in ("results.json", "results.md", "pareto.png")]
     return result
@@ -324,23 +380,42 @@ def results_table(result: dict) -> str:
         "",
         "| config | method | ms / image | min-max | speed-up vs vanilla N | accuracy | Fréchet | "
         + "".join(f"{IMAGE_METRICS[k]} | " for k in shown)
-        + "token agreement | measured / ideal |",
-        "|---|---|---|---|---|---|---|" + "---|" * len(shown) + "---|---|",
+        + "token agreement | fidelity | measured / ideal | full steps |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(shown) + "---|---|---|---|",
     ]
     for r in result["rows"]:
         method = r["method"]
         if "recomputed" in r:  # ml-cache picks its own full steps: say how many, and how much it recomputes
             method += f" (B={r['B']}, {100 * r['recomputed']:.0f}% recomputed)"
-        fd = "-" if r["frechet"] is None else f"{r['frechet']:.2f}"
+        fd = with_ci(r, "frechet", ".2f")
         fd += f" ± {r['frechet_spread']:.2f}" if r.get("frechet_spread") is not None else ""
-        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
+        steps = "all" if r.get("placement") == "all" else f"{r.get('placement', '')} {r.get('full_steps', '')}"
         lines.append(
             f"| {r['config']} | {method} | {1000 * r['latency_s']:.2f} | {1000 * r['latency_min_s']:.2f}-"
-            f"{1000 * r['latency_max_s']:.2f} | {r['speedup']:.2f}x | {acc} | {fd} | "
+            f"{1000 * r['latency_max_s']:.2f} | {r['speedup']:.2f}x | {with_ci(r, 'accuracy', '.3f')} | {fd} | "
             + "".join(f"{image_cell(r, k)} | " for k in shown)
-            + f"{r['token_agreement']:.3f} | {r['measured_over_ideal']:.2f} |"
+            + f"{with_ci(r, 'token_agreement', '.3f')} | {with_ci(r, 'fidelity', '.4f')} | "
+            f"{r['measured_over_ideal']:.2f} | {steps} |"
         )
     return "\n".join(lines)
+
+
+def with_ci(row: dict, key: str, fmt: str) -> str:
+    """A quality cell: the value and its bootstrap 95% interval, e.g. 0.712 (0.705-0.719); '-' when none."""
+    value, ci = row.get(key), row.get(f"{key}_ci")
+    if value is None:
+        return "-"
+    return f"{value:{fmt}}" + (f" ({ci[0]:{fmt}}-{ci[1]:{fmt}})" if ci else "")
+
+
+def mark_pareto(rows: list[dict], quality: str) -> None:
+    """`pareto_front` on every row: no row of the same method is as fast or faster and as good or better
+    in `quality`, strictly one of the two."""
+    higher = quality not in ("fid", "frechet")
+    for method in {r["method"] for r in rows}:
+        mine = [r for r in rows if r["method"] == method]
+        for r, front in zip(mine, pareto_front([(r["latency_s"], r[quality]) for r in mine], higher)):
+            r["pareto_front"] = front
 
 
 def image_cell(row: dict, key: str) -> str:
@@ -350,20 +425,52 @@ def image_cell(row: dict, key: str) -> str:
 
 
 def pareto_plot(rows: list[dict], path: Path, title: str, quality: str = "frechet") -> None:
-    """Quality vs latency, one line per method; quality is FID or CLIP score when measured, else the
-    Fréchet distance, or token agreement with vanilla for bases without a scorer."""
+    """Quality vs latency, one colour per method; quality is FID or CLIP score when measured, else the
+    Fréchet distance, or token agreement with vanilla for bases without a scorer. A line joins a method's
+    points of the same N across budgets (vanilla: across N), error bars are the bootstrap 95% intervals,
+    and a ring marks each method's Pareto front (`mark_pareto`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for method in dict.fromkeys(r["method"] for r in rows):
-        pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["latency_s"])
-        xs, ys = [1000 * r["latency_s"] for r in pts], [r[quality] for r in pts]
-        ax.plot(xs, ys, marker="o", label=method)
-        for r, x, y in zip(pts, xs, ys):
-            ax.annotate(r["config"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
+        mine = [r for r in rows if r["method"] == method]
+        lines = (
+            [mine]
+            if method == "vanilla"
+            else [[r for r in mine if r["N"] == N] for N in dict.fromkeys(r["N"] for r in mine)]
+        )
+        for j, pts in enumerate(lines):
+            pts = sorted(pts, key=lambda r: (r["N"], -r["B"]) if method != "vanilla" else r["N"])
+            xs, ys = [1000 * r["latency_s"] for r in pts], [r[quality] for r in pts]
+            cis = [r.get(f"{quality}_ci") or [y, y] for r, y in zip(pts, ys)]
+            err = [[max(0.0, y - lo) for y, (lo, _) in zip(ys, cis)], [max(0.0, hi - y) for y, (_, hi) in zip(ys, cis)]]
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=err,
+                marker="o",
+                ms=4,
+                capsize=2,
+                color=colours[i % len(colours)],
+                label=None if j else method,
+            )
+            for r, x, y in zip(pts, xs, ys):
+                ax.annotate(r["config"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    front = [r for r in rows if r.get("pareto_front")]
+    if front:
+        ax.scatter(
+            [1000 * r["latency_s"] for r in front],
+            [r[quality] for r in front],
+            s=110,
+            facecolors="none",
+            edgecolors="black",
+            linewidths=1,
+            label="Pareto front of its method",
+        )
     ax.set_xlabel("latency per image (ms)")
     ax.set_ylabel(QUALITY_LABELS[quality])
     ax.set_title(title, fontsize=9)
