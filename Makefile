@@ -16,7 +16,7 @@ $(BIN)/migm: pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps "torch-fidelity>=0.3.0"
 	touch $(BIN)/migm
 
-# The whole pipeline on the embedded base (5m44s on 2 CPU cores, set-up included, when measured).
+# The whole pipeline on the embedded base (9m58s on 2 CPU cores, a .venv update included, when last measured).
 demo: $(BIN)/migm
 	mkdir -p demo
 	$(BIN)/migm models
