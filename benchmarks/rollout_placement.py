@@ -106,8 +106,11 @@ def main() -> None:
     p.add_argument("--out", default="bench-rollout", help="datasets, zoo folders and bench results go here")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: a few minutes, checks that it runs")
     p.add_argument("--rollout", type=int, default=3, help="K of the rollout-trained shortcut")
+    p.add_argument("--configs", default=None, help="bench configs, comma-separated (default: the size's list)")
     args = p.parse_args()
-    size = SMOKE if args.smoke else FULL
+    size = dict(SMOKE if args.smoke else FULL)
+    if args.configs:
+        size["configs"] = args.configs
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     base = load_base(BaseSpec("maskgit-digits", device="cpu"))
