@@ -4,7 +4,8 @@
 
 Dumps `--samples` digits trajectories (N = 16) losslessly and with `--lossy`, trains each arch on
 the lossless dump, and tiny-transformer also on the lossy one; every model is validated on the same
-held-out lossless trajectories. Prints a table and a JSON line.
+held-out lossless trajectories. Prints a table and a JSON line. With `--out`, a rerun reuses the dumps
+and the zoo folders already there (a zoo folder only when trained on the same data, arch and schedule).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -28,6 +29,23 @@ from trajectories.store.manifest import read_manifest
 
 DIGITS = load_base(BaseSpec("maskgit-digits", device="cpu"))
 CPU = BaseSpec(device="cpu")  # train: the base the dataset names, on the CPU
+
+
+SAME = ("arch", "arch_config", "steps", "batch_size", "lr", "rollout", "seed")
+
+
+def trained(cfg: TrainConfig) -> dict:
+    """Train, or reuse the zoo folder already at cfg.out when it was trained on the same data with the
+    same arch and schedule (so a rerun continues, and a model trained elsewhere on the same dump counts)."""
+    done = Path(cfg.out) / "config.json"
+    if not done.exists():
+        return train(cfg, CPU)
+    config = json.loads(done.read_text())
+    before = config["training"]
+    if any(before.get(k) != asdict(cfg)[k] for k in SAME) or Path(before["data"]).resolve() != Path(cfg.data).resolve():
+        raise SystemExit(f"error: {cfg.out} holds a model trained otherwise; remove it or choose another --out")
+    print(f"reusing {cfg.out} (trained on {before['data']})", flush=True)
+    return config
 
 
 def main() -> None:
@@ -73,21 +91,18 @@ def main() -> None:
         arch, _, options = spec.partition(":")  # e.g. tiny-transformer:bottleneck=1
         arch_config = {k: int(v) for k, v in (kv.split("=") for kv in options.split(";") if kv)}
         out = root / f"zoo-{spec.replace(':', '-').replace('=', '').replace(';', '-')}-{codec.split(':')[0]}"
-        t0 = time.perf_counter()
-        result = train(
-            TrainConfig(
-                data=str(dumps[codec]),
-                arch=arch,
-                out=str(out),
-                steps=args.train_steps,
-                batch_size=args.batch,
-                lr=args.lr,
-                save_every=10**9,
-                arch_config=arch_config,
-            ),
-            CPU,
+        cfg = TrainConfig(
+            data=str(dumps[codec]),
+            arch=arch,
+            out=str(out),
+            steps=args.train_steps,
+            batch_size=args.batch,
+            lr=args.lr,
+            save_every=10**9,
+            arch_config=arch_config,
         )
-        minutes = (time.perf_counter() - t0) / 60
+        result = trained(cfg)
+        minutes = result["training"]["seconds"] / 60
         m = heldout(out)
         rows.append(
             {
