@@ -95,9 +95,9 @@ def choose_tokens(config, logits: torch.Tensor, u_sample: torch.Tensor, u_gumbel
 def inverse_cdf(log_probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """The code whose CDF interval holds u (scaled by the total, which may round below 1).
 
-    The CDF is summed in float64: CUDA's scan and softmax kernels may round a row differently when the
-    batch around it changes size, and in float32 that moved about 1 cell in 1,000 to a neighbouring code
-    (so a prompt sampled alone and in a padded batch diverged); in float64 a boundary that close is
+    The CDF is summed in float64: CUDA's cumsum rounds a row differently when the batch around it changes
+    size, and in float32 that moved about 1 cell in 1,000 to a neighbouring code (so a prompt sampled
+    alone and in a padded batch diverged, measured on an H100); in float64 a boundary that close is
     vanishingly rare."""
     cdf = log_probs.double().exp().cumsum(-1)
     return (cdf < u.unsqueeze(-1) * cdf[..., -1:]).sum(-1).clamp_(max=log_probs.shape[-1] - 1)
