@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from trajectories.errors import MigmError
@@ -126,8 +127,6 @@ def placed_full_steps(N: int, B: int, cost) -> list[int]:
     (j ≥ 1) is the cost of the step j after full step s when no full step comes between (an [N, N]
     array). Step 0 is full; B = N is every step. Dynamic programming over (full steps so far, last
     full step), O(B·N²); ties go to the earliest placement."""
-    import numpy as np
-
     full_steps(N, B)  # checks 1 <= B <= N
     if B == N:
         return list(range(N))
