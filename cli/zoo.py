@@ -71,7 +71,9 @@ def live_config(live: bool, data: str | None, model: str | None, **options):
 @app.command()
 def train(
     data: Annotated[Optional[str], typer.Option("--data", help="Trajectory dataset folder (or --live).")] = None,
-    arch: Annotated[str, typer.Option("--arch", help="tiny-transformer, mlp or gru.")] = "tiny-transformer",
+    arch: Annotated[
+        str, typer.Option("--arch", help="tiny-transformer, mlp, gru, or dimoo-transformer (DiMOO-architecture bases).")
+    ] = "tiny-transformer",
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Zoo folder to write (default: zoo/ARCH).")] = None,
     arch_option: Annotated[
         Optional[list[str]],
