@@ -16,7 +16,7 @@ $(BIN)/migm: pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps "torch-fidelity>=0.3.0"
 	touch $(BIN)/migm
 
-# The whole pipeline on the embedded base (9m58s on 2 CPU cores, a .venv update included, when last measured).
+# The whole pipeline on the embedded base (10m45s on 2 idle CPU cores when last measured, 5m15s of it the bench).
 demo: $(BIN)/migm
 	mkdir -p demo
 	$(BIN)/migm models
