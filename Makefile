@@ -69,11 +69,11 @@ bench: $(BIN)/migm
 
 # Re-trains the shipped digits base and classifier (seeded; about 25 minutes on 2 cores).
 train-digits: $(BIN)/migm
-	$(BIN)/python -m trajectories.train_digits --out trajectories/base/weights
+	$(BIN)/python -m migm.trajectories.train_digits --out trajectories/base/weights
 
 # Re-trains the shipped dimoo-digits base (seeded; the shipped classifier scores its sweep; 45 minutes on 2 cores shared with other jobs, then 4 of sweep).
 train-dimoo-digits: $(BIN)/migm
-	$(BIN)/python -m trajectories.train_dimoo_digits --out trajectories/base/weights/dimoo-digits
+	$(BIN)/python -m migm.trajectories.train_dimoo_digits --out trajectories/base/weights/dimoo-digits
 
 clean:
 	rm -rf $(VENV) demo

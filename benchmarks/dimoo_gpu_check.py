@@ -39,15 +39,15 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from shortcut_zoo.archs import build_for_base
-from shortcut_zoo.bench import cpu_name
-from shortcut_zoo.evaluate import relative_cost
-from shortcut_zoo.predictors import make_predictor
-from trajectories.base import resolve_device
-from trajectories.base.dimoo import DTYPES, DiMOO, SpecialTokens, load_tokenizer
-from trajectories.base.llada import LLaDA, LLaDAConfig, RMSNorm
-from trajectories.errors import MigmError
-from trajectories.rollout import SamplerConfig, autocast, rollout, sample_seeds, stack_cond
+from migm.shortcut_zoo.archs import build_for_base
+from migm.shortcut_zoo.bench import cpu_name
+from migm.shortcut_zoo.evaluate import relative_cost
+from migm.shortcut_zoo.predictors import make_predictor
+from migm.trajectories.base import resolve_device
+from migm.trajectories.base.dimoo import DTYPES, DiMOO, SpecialTokens, load_tokenizer
+from migm.trajectories.base.llada import LLaDA, LLaDAConfig, RMSNorm
+from migm.trajectories.errors import MigmError
+from migm.trajectories.rollout import SamplerConfig, autocast, rollout, sample_seeds, stack_cond
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "published" / "dimoo" / "checkpoint"

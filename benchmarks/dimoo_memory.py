@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from shortcut_zoo.bench import cpu_name
-from trajectories.base.dimoo import VQ_WEIGHTS
+from migm.shortcut_zoo.bench import cpu_name
+from migm.trajectories.base.dimoo import VQ_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "published" / "dimoo" / "checkpoint"
@@ -55,8 +55,8 @@ CHILD = """
 import json, sys, time
 from pathlib import Path
 import torch, safetensors.torch, transformers  # imports belong to the baseline
-from trajectories.base.dimoo import load_dimoo, load_tokenizer, shard_files
-from trajectories.base.llada import LLaDA, LLaDAConfig
+from migm.trajectories.base.dimoo import load_dimoo, load_tokenizer, shard_files
+from migm.trajectories.base.llada import LLaDA, LLaDAConfig
 
 mode, folder = sys.argv[1], Path(sys.argv[2])
 load_tokenizer(folder)  # transformers' lazy modules imported before the baseline

@@ -68,10 +68,10 @@ import torch
 from dimoo_memory import FIXTURE, RELEASED, write_checkpoint
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from shortcut_zoo.archs import build, build_for_base
-from shortcut_zoo.bench import cpu_name
-from shortcut_zoo.evaluate import count_flops
-from trajectories.base.dimoo import (
+from migm.shortcut_zoo.archs import build, build_for_base
+from migm.shortcut_zoo.bench import cpu_name
+from migm.shortcut_zoo.evaluate import count_flops
+from migm.trajectories.base.dimoo import (
     SYSTEM_PROMPT,
     UNCONDITION,
     DiMOO,
@@ -81,12 +81,12 @@ from trajectories.base.dimoo import (
     prompt_text,
     sequence_ids,
 )
-from trajectories.base.llada import LLaDA, LLaDAConfig
-from trajectories.dump import WRITERS, DumpConfig, StepRecorder, sample_major, text_fields, text_layout
-from trajectories.rollout import SamplerConfig, autocast, rollout, sample_seeds, stack_cond
-from trajectories.schedule import dimoo_schedule, full_steps
-from trajectories.store.codecs import Codec, parse_codec
-from trajectories.store.schema import Dims, path_size
+from migm.trajectories.base.llada import LLaDA, LLaDAConfig
+from migm.trajectories.dump import WRITERS, DumpConfig, StepRecorder, sample_major, text_fields, text_layout
+from migm.trajectories.rollout import SamplerConfig, autocast, rollout, sample_seeds, stack_cond
+from migm.trajectories.schedule import dimoo_schedule, full_steps
+from migm.trajectories.store.codecs import Codec, parse_codec
+from migm.trajectories.store.schema import Dims, path_size
 
 # The example prompt of the published README (inference/inference_t2i.py), 58 words.
 PROMPT = (

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 
-from shortcut_zoo.bench import cpu_name
-from trajectories.base.maskgit import MaskGITConfig, MaskTransformer
+from migm.shortcut_zoo.bench import cpu_name
+from migm.trajectories.base.maskgit import MaskGITConfig, MaskTransformer
 
 CHILD = """
 import sys
-from trajectories.dump import DumpConfig, dump_trajectories
-from trajectories.base import BaseSpec, load_base
+from migm.trajectories.dump import DumpConfig, dump_trajectories
+from migm.trajectories.base import BaseSpec, load_base
 
 out, ckpt, n, batch, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 base = load_base(BaseSpec("maskgit", checkpoint=ckpt, device="cpu"))

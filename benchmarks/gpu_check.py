@@ -17,13 +17,13 @@ import time
 
 import torch
 
-from shortcut_zoo.archs import build
-from shortcut_zoo.bench import cpu_name
-from shortcut_zoo.evaluate import relative_cost
-from shortcut_zoo.predictors import make_predictor
-from trajectories.base import resolve_device
-from trajectories.base.maskgit import MaskGIT, MaskGITConfig, MaskTransformer
-from trajectories.rollout import SamplerConfig, rollout, sample_seeds
+from migm.shortcut_zoo.archs import build
+from migm.shortcut_zoo.bench import cpu_name
+from migm.shortcut_zoo.evaluate import relative_cost
+from migm.shortcut_zoo.predictors import make_predictor
+from migm.trajectories.base import resolve_device
+from migm.trajectories.base.maskgit import MaskGIT, MaskGITConfig, MaskTransformer
+from migm.trajectories.rollout import SamplerConfig, rollout, sample_seeds
 
 FULL = dict(
     base=MaskGITConfig(grid=32, codebook_size=1024, num_classes=1000, hidden_dim=768, depth=24, heads=16, mlp_dim=3072),

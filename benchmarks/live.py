@@ -20,14 +20,14 @@ from pathlib import Path
 
 import torch
 
-from shortcut_zoo.bench import cpu_name
-from shortcut_zoo.evaluate import validate
-from shortcut_zoo.export import load_shortcut
-from shortcut_zoo.train import TrainConfig, train
-from trajectories.base import BaseSpec, load_base
-from trajectories.dump import DumpConfig, dump_trajectories
-from trajectories.live import LiveConfig, MemoryDataset, heldout_rows, live_plan
-from trajectories.pairs import PairStream, pair_loader
+from migm.shortcut_zoo.bench import cpu_name
+from migm.shortcut_zoo.evaluate import validate
+from migm.shortcut_zoo.export import load_shortcut
+from migm.shortcut_zoo.train import TrainConfig, train
+from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.dump import DumpConfig, dump_trajectories
+from migm.trajectories.live import LiveConfig, MemoryDataset, heldout_rows, live_plan
+from migm.trajectories.pairs import PairStream, pair_loader
 
 
 def main() -> None:

@@ -18,10 +18,10 @@ import argparse
 import json
 from pathlib import Path
 
-from shortcut_zoo.bench import BenchConfig, results_table, run_bench
-from shortcut_zoo.train import TrainConfig, train
-from trajectories.base import BaseSpec, load_base
-from trajectories.dump import DumpConfig, dump_trajectories
+from migm.shortcut_zoo.bench import BenchConfig, results_table, run_bench
+from migm.shortcut_zoo.train import TrainConfig, train
+from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.dump import DumpConfig, dump_trajectories
 
 FULL = {
     "samples": 2048,

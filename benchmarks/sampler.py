@@ -14,9 +14,9 @@ import statistics
 
 import torch
 
-from shortcut_zoo.bench import cpu_name
-from trajectories.base import BaseSpec, load_base, resolve_device
-from trajectories.rollout import SamplerConfig, rollout, sample_seeds
+from migm.shortcut_zoo.bench import cpu_name
+from migm.trajectories.base import BaseSpec, load_base, resolve_device
+from migm.trajectories.rollout import SamplerConfig, rollout, sample_seeds
 
 
 def main() -> None:

@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shortcut_zoo.bench import cpu_name
-from trajectories.base import BaseSpec, load_base
-from trajectories.dump import WRITERS, DumpConfig, dump_trajectories, finish, record_checksum
-from trajectories.pairs import PairStream, pair_loader
-from trajectories.store.codecs import parse_codec
-from trajectories.store.dataset import open_dataset
-from trajectories.store.manifest import SUBDIR, Manifest
-from trajectories.store.schema import sha256_path
+from migm.shortcut_zoo.bench import cpu_name
+from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.dump import WRITERS, DumpConfig, dump_trajectories, finish, record_checksum
+from migm.trajectories.pairs import PairStream, pair_loader
+from migm.trajectories.store.codecs import parse_codec
+from migm.trajectories.store.dataset import open_dataset
+from migm.trajectories.store.manifest import SUBDIR, Manifest
+from migm.trajectories.store.schema import sha256_path
 
 DIGITS = load_base(BaseSpec("maskgit-digits", device="cpu"))
 
@@ -74,7 +74,7 @@ def read_rate(root: Path, workers: int, batch: int) -> tuple[float, int]:
 def train_rate(root: Path, batch: int, steps: int = 60) -> float:
     """Pairs per second a 1-block tiny-transformer training step consumes (data already in memory):
     batch size over the median step time, after 3 warm-up steps."""
-    from shortcut_zoo.archs import ARCHS
+    from migm.shortcut_zoo.archs import ARCHS
 
     base = load_base(BaseSpec("maskgit-digits"))
     cls, config = ARCHS["tiny-transformer"]
@@ -99,7 +99,7 @@ def dump_rss(samples: int, steps: int) -> float:
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so a child would report our own peak
     code = (
         "import tempfile\n"
-        "from trajectories.dump import DumpConfig, dump_trajectories\n"
+        "from migm.trajectories.dump import DumpConfig, dump_trajectories\n"
         "with tempfile.TemporaryDirectory() as d:\n"
         f"    dump_trajectories(DumpConfig(num_samples={samples}, steps={steps}, out=d + '/ds'), load_base(BaseSpec('maskgit-digits', device='cpu')))\n"
         "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])\n"

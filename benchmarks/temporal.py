@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from storage import rewrite  # benchmarks/storage.py: write rows with another backend / codec
 
-from shortcut_zoo.bench import cpu_name
-from trajectories.base import BaseSpec, load_base
-from trajectories.base.maskgit import MaskGITConfig, MaskTransformer
-from trajectories.dump import DumpConfig, dump_trajectories
-from trajectories.store.dataset import open_dataset
+from migm.shortcut_zoo.bench import cpu_name
+from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.base.maskgit import MaskGITConfig, MaskTransformer
+from migm.trajectories.dump import DumpConfig, dump_trajectories
+from migm.trajectories.store.dataset import open_dataset
 
 CODECS = [
     "lossless",

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 
-from shortcut_zoo.bench import cpu_name
-from shortcut_zoo.evaluate import validate
-from shortcut_zoo.export import load_shortcut
-from shortcut_zoo.train import TrainConfig, split_rows, train
-from trajectories.base import BaseSpec, load_base
-from trajectories.dump import DumpConfig, dump_trajectories
-from trajectories.pairs import PairStream, pair_loader
-from trajectories.store.manifest import read_manifest
+from migm.shortcut_zoo.bench import cpu_name
+from migm.shortcut_zoo.evaluate import validate
+from migm.shortcut_zoo.export import load_shortcut
+from migm.shortcut_zoo.train import TrainConfig, split_rows, train
+from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.dump import DumpConfig, dump_trajectories
+from migm.trajectories.pairs import PairStream, pair_loader
+from migm.trajectories.store.manifest import read_manifest
 
 DIGITS = load_base(BaseSpec("maskgit-digits", device="cpu"))
 CPU = BaseSpec(device="cpu")  # train: the base the dataset names, on the CPU

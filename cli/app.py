@@ -16,9 +16,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from trajectories.base import BaseSpec
-from trajectories.checks import inert
-from trajectories.errors import MigmError
+from migm.trajectories.base import BaseSpec
+from migm.trajectories.checks import inert
+from migm.trajectories.errors import MigmError
 
 app = typer.Typer(
     name="migm",
@@ -258,7 +258,7 @@ def load_metrics(
     quiet: bool,
 ):
     """The image metrics a command asks for, loaded before any sampling (None: none asked)."""
-    from trajectories.metrics import load_image_metrics, reference_count
+    from migm.trajectories.metrics import load_image_metrics, reference_count
 
     with progress_bar(call(reference_count, fid_ref), "reference images", quiet) as bar:
         return call(

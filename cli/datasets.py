@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cli.app import (
+from migm.cli.app import (
     CheckpointOpt,
     DeviceOpt,
     GuidanceOpt,
@@ -38,7 +38,7 @@ from cli.app import (
     progress_bar,
     steps_for,
 )
-from trajectories.checks import check_writable_dir, inert
+from migm.trajectories.checks import check_writable_dir, inert
 
 
 @app.command("dump-trajectories")
@@ -83,9 +83,9 @@ def dump_trajectories(
     as_json: JsonOpt = False,
 ) -> None:
     """Roll out a base model and write its per-step feature trajectories as a dataset."""
-    from trajectories.base import load_base
-    from trajectories.dump import DumpConfig
-    from trajectories.dump import dump_trajectories as run
+    from migm.trajectories.base import load_base
+    from migm.trajectories.dump import DumpConfig
+    from migm.trajectories.dump import dump_trajectories as run
 
     cfg = DumpConfig(
         num_samples=num_samples,
@@ -123,7 +123,7 @@ def dump_trajectories(
 @app.command()
 def verify(dataset: Annotated[str, typer.Argument(help="Dataset folder.")], as_json: JsonOpt = False) -> None:
     """Check a dataset's manifest, shard checksums and every row; exit 2 if any shard is bad."""
-    from trajectories.store.verify import verify_dataset
+    from migm.trajectories.store.verify import verify_dataset
 
     report = call(verify_dataset, dataset)
     if as_json:
@@ -153,7 +153,7 @@ def inspect_dataset(
     """Rows, dims, size vs raw float16, codec error, and the smoothness curve of the features."""
     import tempfile
 
-    from trajectories.store.verify import inspect_dataset as run
+    from migm.trajectories.store.verify import inspect_dataset as run
 
     if plot is None:  # inspect only reads the dataset (it may be read-only): the plot goes elsewhere
         plot = tempfile.NamedTemporaryFile(prefix="migm-smoothness-", suffix=".png", delete=False).name
@@ -184,9 +184,9 @@ def push(
     its manifest or zoo config lists, nothing else, never through a link."""
     from pathlib import Path
 
-    from shortcut_zoo.export import push as push_zoo
-    from trajectories.store.hub import push_dataset
-    from trajectories.store.schema import MANIFEST
+    from migm.shortcut_zoo.export import push as push_zoo
+    from migm.trajectories.store.hub import push_dataset
+    from migm.trajectories.store.schema import MANIFEST
 
     run = push_dataset if (Path(dataset) / MANIFEST).exists() else push_zoo  # a dataset goes straight to the store
     result = call(run, dataset, repo_id, private=private, dry_run=dry_run)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cli.app import (
+from migm.cli.app import (
     BatchOpt,
     BudgetOpt,
     CheckpointOpt,
@@ -51,7 +51,7 @@ from cli.app import (
 @app.command()
 def models(as_json: JsonOpt = False) -> None:
     """List the base models."""
-    from trajectories.base import BASES
+    from migm.trajectories.base import BASES
 
     rows = {name: desc for name, (_, desc) in sorted(BASES.items())}
     if as_json:
@@ -107,9 +107,9 @@ def generate(
     as_json: JsonOpt = False,
 ) -> None:
     """Sample a grid of images with vanilla sampling, one row per class, and write it as an image."""
-    from trajectories.base import load_base
-    from trajectories.generate import generate as run
-    from trajectories.rollout import SamplerConfig
+    from migm.trajectories.base import load_base
+    from migm.trajectories.generate import generate as run
+    from migm.trajectories.rollout import SamplerConfig
 
     base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device, height, width))
     class_ids, prompt_list = call(condition_args, base, classes, prompt, prompts)
@@ -172,10 +172,10 @@ def score(
 ) -> None:
     """Sample with vanilla sampling and score: the digits bases' classifier (accuracy, Fréchet distance),
     FID and Inception Score against --fid-ref, CLIP score of a text base's images against their prompts."""
-    from trajectories.base import load_base
-    from trajectories.generate import score as run
-    from trajectories.metrics import default_samples
-    from trajectories.rollout import SamplerConfig
+    from migm.trajectories.base import load_base
+    from migm.trajectories.generate import score as run
+    from migm.trajectories.metrics import default_samples
+    from migm.trajectories.rollout import SamplerConfig
 
     base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device, height, width))
     steps = steps_for(base, steps, 16)
@@ -205,9 +205,9 @@ def fid_stats(
     as_json: JsonOpt = False,
 ) -> None:
     """Precompute the FID statistics (Inception-v3 pool features' mean and covariance) of a folder of images."""
-    from trajectories.base import resolve_device
-    from trajectories.metrics import fid_stats as run
-    from trajectories.metrics import reference_count
+    from migm.trajectories.base import resolve_device
+    from migm.trajectories.metrics import fid_stats as run
+    from migm.trajectories.metrics import reference_count
 
     dev = call(resolve_device, device)
     with progress_bar(call(reference_count, folder), "reference images", quiet or as_json) as bar:
@@ -261,9 +261,9 @@ def sample(
     as_json: JsonOpt = False,
 ) -> None:
     """Sample with a shortcut: B of the N steps run the base model, the others the predictor."""
-    from shortcut_zoo.sample import sample as run
-    from trajectories.base import load_base
-    from trajectories.rollout import SamplerConfig
+    from migm.shortcut_zoo.sample import sample as run
+    from migm.trajectories.base import load_base
+    from migm.trajectories.rollout import SamplerConfig
 
     base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device, height, width))
     class_ids, prompt_list = call(condition_args, base, classes, prompt, prompts)
@@ -365,10 +365,10 @@ def bench(
 ) -> None:
     """Quality vs latency of vanilla, shortcut and training-free configs: table, JSON and Pareto plot
     (quality: FID / IS with --fid-ref, CLIP score with --clip, the digits classifier, token agreement)."""
-    from shortcut_zoo.bench import BenchConfig, results_table, run_bench
-    from shortcut_zoo.predictors import split_predictors
-    from trajectories.base import load_base
-    from trajectories.metrics import default_samples
+    from migm.shortcut_zoo.bench import BenchConfig, results_table, run_bench
+    from migm.shortcut_zoo.predictors import split_predictors
+    from migm.trajectories.base import load_base
+    from migm.trajectories.metrics import default_samples
 
     base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device, height, width))
     prompt_list = call(parse_prompts, prompt, prompts)

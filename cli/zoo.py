@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cli.app import (
+from migm.cli.app import (
     CheckpointOpt,
     DeviceOpt,
     GuidanceOpt,
@@ -37,7 +37,7 @@ from cli.app import (
     print_metrics,
     steps_for,
 )
-from trajectories.errors import MigmError
+from migm.trajectories.errors import MigmError
 
 
 def parse_weights(text: str | None) -> list[float] | None:
@@ -52,7 +52,7 @@ def parse_weights(text: str | None) -> list[float] | None:
 
 def live_config(live: bool, data: str | None, model: str | None, **options):
     """`LiveConfig` of `train --live` (None without it), after checking the options belong together."""
-    from trajectories.live import LiveConfig
+    from migm.trajectories.live import LiveConfig
 
     if live and data is not None:
         raise MigmError("give --data DIR or --live, not both")
@@ -185,8 +185,8 @@ def train(
     The base must be the one the dataset was dumped from (same fingerprint): real checkpoints take
     the same --model / --checkpoint / --heads as dump-trajectories. With --live the base given is
     rolled out in this job: held-out samples 0..V-1 validate, training samples follow them."""
-    from shortcut_zoo.train import TrainConfig
-    from shortcut_zoo.train import train as run
+    from migm.shortcut_zoo.train import TrainConfig
+    from migm.shortcut_zoo.train import train as run
 
     live_cfg = call(
         live_config,
@@ -286,8 +286,8 @@ def zoo_list(
     root: Annotated[str, typer.Argument(help="Folder holding zoo folders.")] = "zoo", as_json: JsonOpt = False
 ) -> None:
     """List the shortcuts under a folder with their base and validation figures."""
-    from cards import figure
-    from shortcut_zoo.export import list_zoo
+    from migm.cards import figure
+    from migm.shortcut_zoo.export import list_zoo
 
     rows = call(list_zoo, root)
     if as_json:
@@ -313,8 +313,8 @@ def zoo_show(path: Annotated[str, typer.Argument(help="Zoo folder.")]) -> None:
     """Print a shortcut's model card, rendered (tables drawn); its control characters are shown inert."""
     from rich.markdown import Markdown
 
-    from shortcut_zoo.export import read_model_card
-    from trajectories.checks import inert
+    from migm.shortcut_zoo.export import read_model_card
+    from migm.trajectories.checks import inert
 
     console.print(Markdown(inert(call(read_model_card, path))))
 
@@ -351,8 +351,8 @@ def zoo_import(
     as_json: JsonOpt = False,
 ) -> None:
     """Wrap a published shortcut into a zoo folder bound to its base's fingerprint."""
-    from shortcut_zoo.export import import_published
-    from trajectories.base import load_base
+    from migm.shortcut_zoo.export import import_published
+    from migm.trajectories.base import load_base
 
     base = call(load_base, base_spec(model, checkpoint, heads=heads, device="cpu", height=height, width=width))
     steps = steps_for(base, steps, 32)

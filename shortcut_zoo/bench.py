@@ -24,16 +24,16 @@ from pathlib import Path
 
 import torch
 
-from shortcut_zoo.evaluate import FidelityProbe, bootstrap_ci, pareto_front
-from shortcut_zoo.export import load_shortcut, read_step_errors
-from shortcut_zoo.predictors import check_predictor_name, make_predictor
-from shortcut_zoo.sample import check_placement
-from trajectories.base import SCORE_STATISTICS, SCORERS
-from trajectories.checks import check_int, check_seed, check_writable_dir, writable_dir
-from trajectories.errors import MigmError
-from trajectories.generate import sample_many, spread, spread_prompts
-from trajectories.metrics import ImageMetrics, image_metrics
-from trajectories.rollout import SamplerConfig, autocast, rollout, sample_seeds, stack_cond
+from migm.shortcut_zoo.evaluate import FidelityProbe, bootstrap_ci, pareto_front
+from migm.shortcut_zoo.export import load_shortcut, read_step_errors
+from migm.shortcut_zoo.predictors import check_predictor_name, make_predictor
+from migm.shortcut_zoo.sample import check_placement
+from migm.trajectories.base import SCORE_STATISTICS, SCORERS
+from migm.trajectories.checks import check_int, check_seed, check_writable_dir, writable_dir
+from migm.trajectories.errors import MigmError
+from migm.trajectories.generate import sample_many, spread, spread_prompts
+from migm.trajectories.metrics import ImageMetrics, image_metrics
+from migm.trajectories.rollout import SamplerConfig, autocast, rollout, sample_seeds, stack_cond
 
 # image metrics a row can carry (when asked for) and their table headings
 IMAGE_METRICS = {"fid": "FID", "inception_score": "IS", "clip_score": "CLIP score"}

@@ -29,10 +29,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from trajectories.base.checkpoints import load_state_dict_strict
-from trajectories.checks import inert
-from trajectories.errors import MigmError
-from trajectories.store.schema import sha256_path
+from migm.trajectories.base.checkpoints import load_state_dict_strict
+from migm.trajectories.checks import inert
+from migm.trajectories.errors import MigmError
+from migm.trajectories.store.schema import sha256_path
 
 CHECKPOINT = "checkpoint"
 PARTIAL = "checkpoint.partial"

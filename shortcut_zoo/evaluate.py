@@ -78,7 +78,7 @@ def chained_errors(model: torch.nn.Module, base, stream, device="cpu") -> dict |
     1 − cosine against the recorded f_{s+j} at the positions still masked (the ones sampled at s+j).
     `error[s][j-1]` is its mean over those positions, for s = 0 … N−2 and j = 1 … N−1−s: what `auto`
     placement of the full steps minimises (None: no held-out rows)."""
-    from trajectories.pairs import pair_batch
+    from migm.trajectories.pairs import pair_batch
 
     N = stream.ds.dims.N
     total = torch.zeros(N - 1, N - 1, dtype=torch.float64)

@@ -15,13 +15,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from shortcut_zoo.archs import ARCHS, build, build_for_base
-from trajectories import __version__
-from trajectories.base.checkpoints import load_state_dict_strict
-from trajectories.checks import writable_dir
-from trajectories.errors import MigmError
-from trajectories.store.manifest import Manifest
-from trajectories.store.schema import write_json_atomic
+from migm.shortcut_zoo.archs import ARCHS, build, build_for_base
+from migm.trajectories import __version__
+from migm.trajectories.base.checkpoints import load_state_dict_strict
+from migm.trajectories.checks import writable_dir
+from migm.trajectories.errors import MigmError
+from migm.trajectories.store.manifest import Manifest
+from migm.trajectories.store.schema import write_json_atomic
 
 # 2: `tiny-transformer` computes the published MIGM-Shortcut forward (query-only attention norm, adaLN
 # `scale, shift` without SiLU, eps 1e-12, published time-MLP width); 1 had its own variant of it.
@@ -83,7 +83,7 @@ def export_shortcut(
 def write_zoo_folder(out: Path, model: torch.nn.Module, config: dict) -> dict:
     """Weights (safetensors), model card, then `config.json` last. A write error (disk full,
     read-only) is one line naming the folder."""
-    from cards import render_model_card
+    from migm.cards import render_model_card
 
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -149,7 +149,7 @@ def published_dimoo_arch_config(state: dict[str, torch.Tensor], what: str) -> di
 
 def is_dimoo_base(base) -> bool:
     """A DiMOO-architecture base: a text base, or one whose network carries a LLaDA config."""
-    from trajectories.base.llada import LLaDAConfig
+    from migm.trajectories.base.llada import LLaDAConfig
 
     cfg = getattr(getattr(base, "net", None), "cfg", None)
     return bool(getattr(base, "text", False)) or isinstance(cfg, LLaDAConfig)
@@ -170,10 +170,10 @@ def import_published(
     base takes a `MaskGITShortcut` as tiny-transformer with `shortcut_heads` heads (not in the file;
     16 as released); a DiMOO base takes an `MDMShortcut` as dimoo-transformer, its block shape
     (heads included) the base's."""
-    from shortcut_zoo.evaluate import relative_cost
-    from trajectories.base.checkpoints import load_state_dict
-    from trajectories.rollout import SamplerConfig
-    from trajectories.store.schema import sha256_path
+    from migm.shortcut_zoo.evaluate import relative_cost
+    from migm.trajectories.base.checkpoints import load_state_dict
+    from migm.trajectories.rollout import SamplerConfig
+    from migm.trajectories.store.schema import sha256_path
 
     file, out = Path(file), Path(out)
     writable_dir(out.parent, "folder")
@@ -337,8 +337,8 @@ def list_zoo(root: str | Path) -> list[dict]:
 def push(path: str | Path, repo_id: str, private: bool = True, dry_run: bool = False) -> dict:
     """Upload a dataset folder (as a Hub dataset) or a zoo folder (as a Hub model: exactly its
     weights, config and card, never its checkpoint or anything else), private unless asked."""
-    from trajectories.checks import check_repo_id
-    from trajectories.store.hub import push_dataset, upload_files
+    from migm.trajectories.checks import check_repo_id
+    from migm.trajectories.store.hub import push_dataset, upload_files
 
     path = Path(path)
     check_repo_id(repo_id)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from trajectories.errors import MigmError
-from trajectories.schedule import full_steps, placed_full_steps
+from migm.trajectories.errors import MigmError
+from migm.trajectories.schedule import full_steps, placed_full_steps
 
 
 class ShortcutPredictor:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from shortcut_zoo.export import load_shortcut, read_step_errors
-from shortcut_zoo.predictors import check_predictor_name, make_predictor
-from trajectories.errors import MigmError
-from trajectories.generate import generate
-from trajectories.rollout import Predictor, SamplerConfig
+from migm.shortcut_zoo.export import load_shortcut, read_step_errors
+from migm.shortcut_zoo.predictors import check_predictor_name, make_predictor
+from migm.trajectories.errors import MigmError
+from migm.trajectories.generate import generate
+from migm.trajectories.rollout import Predictor, SamplerConfig
 
 PLACEMENTS = ("uniform", "auto")
 

@@ -23,16 +23,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shortcut_zoo.archs import build_for_base
-from shortcut_zoo.checkpoint import CHECKPOINT, check_out_folder, load_checkpoint, save_checkpoint
-from shortcut_zoo.evaluate import chained_errors, masked_positions, predict, relative_cost, validate
-from trajectories.base import BaseSpec, load_base
-from trajectories.checks import check_finite, check_int, check_seed, writable_dir
-from trajectories.errors import MigmError
-from trajectories.live import LiveConfig, LiveSource, MemoryDataset, heldout_rows, live_fingerprint, live_plan
-from trajectories.pairs import PairStream, pair_loader, split_window
-from trajectories.store.dataset import open_dataset
-from trajectories.store.manifest import Manifest
+from migm.shortcut_zoo.archs import build_for_base
+from migm.shortcut_zoo.checkpoint import CHECKPOINT, check_out_folder, load_checkpoint, save_checkpoint
+from migm.shortcut_zoo.evaluate import chained_errors, masked_positions, predict, relative_cost, validate
+from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.checks import check_finite, check_int, check_seed, writable_dir
+from migm.trajectories.errors import MigmError
+from migm.trajectories.live import LiveConfig, LiveSource, MemoryDataset, heldout_rows, live_fingerprint, live_plan
+from migm.trajectories.pairs import PairStream, pair_loader, split_window
+from migm.trajectories.store.dataset import open_dataset
+from migm.trajectories.store.manifest import Manifest
 
 
 @dataclass
@@ -204,7 +204,7 @@ def train(
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from shortcut_zoo.export import CONFIG, export_shortcut
+    from migm.shortcut_zoo.export import CONFIG, export_shortcut
 
     check_config(cfg)
     if (cfg.data is None) == (cfg.live is None):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trajectories.base.digits import decode_digits
-from trajectories.base.maskgit import MaskGIT, MaskGITConfig, MaskTransformer
+from migm.trajectories.base.digits import decode_digits
+from migm.trajectories.base.maskgit import MaskGIT, MaskGITConfig, MaskTransformer
 
 
 @pytest.fixture(scope="session")
@@ -295,7 +295,7 @@ def write_tiny_dimoo(
 
     from safetensors.torch import save_file
 
-    from trajectories.base.dimoo import VQ_WEIGHTS
+    from migm.trajectories.base.dimoo import VQ_WEIGHTS
 
     source = DIMOO_FIXTURE / "checkpoint"
     if not source.is_dir():

@@ -10,7 +10,7 @@ import torch
 from conftest import maskgit_state, write_maskgit, write_vqgan
 from typer.testing import CliRunner
 
-from cli.main import app
+from migm.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -162,8 +162,8 @@ def test_help_shows_flags_as_flags():
 
 
 def test_fp16_is_accepted_on_any_cuda_device_name():
-    from trajectories.base import BaseSpec, load_base
-    from trajectories.errors import MigmError
+    from migm.trajectories.base import BaseSpec, load_base
+    from migm.trajectories.errors import MigmError
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU; the check below is for the CPU-only message")
@@ -194,7 +194,7 @@ def test_rooms_import_one_way():
     }
     for room, may in allowed.items():
         for path in (ROOT / room).rglob("*.py"):
-            used = {m.split(".")[0] for m in imports_of(path)} & set(allowed)
+            used = {m.split(".")[1] for m in imports_of(path) if m.startswith("migm.")} & set(allowed)
             assert used <= may | {room}, f"{path.relative_to(ROOT)} imports {sorted(used - may - {room})}"
     assert not (ROOT / "trajectories" / "sample.py").exists()
 
@@ -204,7 +204,7 @@ def test_no_import_circles():
     modules = {}
     for room in ("cards", "trajectories", "shortcut_zoo", "cli"):
         for path in (ROOT / room).rglob("*.py"):
-            name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            name = ".".join(("migm", *path.relative_to(ROOT).with_suffix("").parts)).removesuffix(".__init__")
             modules[name] = path
     graph = {m: {i for i in imports_of(p) if i in modules and i != m} for m, p in modules.items()}
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from conftest import published_layout
 
-from trajectories.base.checkpoints import load_state_dict_strict
-from trajectories.base.maskgit import MaskGITConfig, MaskTransformer
-from trajectories.errors import MigmError
+from migm.trajectories.base.checkpoints import load_state_dict_strict
+from migm.trajectories.base.maskgit import MaskGITConfig, MaskTransformer
+from migm.trajectories.errors import MigmError
 
 
 def test_published_vocab_layout_matches_the_256px_checkpoint():

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli.main import app
+from migm.cli.main import app
 
 runner = CliRunner()
 

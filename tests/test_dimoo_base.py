@@ -12,9 +12,9 @@ import torch
 from conftest import DIMOO_FIXTURE, write_tiny_dimoo
 from safetensors.torch import load_file, save_file
 
-from trajectories.base import BaseSpec, load_base
-from trajectories.base.dimoo import SpecialTokens, cell_positions, prompt_text, sequence_length
-from trajectories.errors import MigmError
+from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.base.dimoo import SpecialTokens, cell_positions, prompt_text, sequence_length
+from migm.trajectories.errors import MigmError
 
 CHECKPOINT = DIMOO_FIXTURE / "checkpoint"
 needs_fixtures = pytest.mark.skipif(

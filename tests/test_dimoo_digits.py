@@ -12,11 +12,11 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from cli.main import app
-from trajectories.base import BASES, SCORERS, BaseSpec, load_base
-from trajectories.base.digits import decode_digits, load_classifier
-from trajectories.base.dimoo import UNCONDITION, load_dimoo, load_tokenizer
-from trajectories.base.dimoo_digits import (
+from migm.cli.main import app
+from migm.trajectories.base import BASES, SCORERS, BaseSpec, load_base
+from migm.trajectories.base.digits import decode_digits, load_classifier
+from migm.trajectories.base.dimoo import UNCONDITION, load_dimoo, load_tokenizer
+from migm.trajectories.base.dimoo_digits import (
     DIGIT_WORDS,
     HELD_OUT_PHRASINGS,
     PHRASINGS,
@@ -26,9 +26,9 @@ from trajectories.base.dimoo_digits import (
     phrase,
     prompts_of,
 )
-from trajectories.errors import MigmError
-from trajectories.generate import score, spread
-from trajectories.rollout import SamplerConfig
+from migm.trajectories.errors import MigmError
+from migm.trajectories.generate import score, spread
+from migm.trajectories.rollout import SamplerConfig
 
 runner = CliRunner()
 FIXTURE_TOKENIZER = Path(__file__).resolve().parents[2] / "shared/fixtures/published/dimoo/checkpoint"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from shortcut_zoo.archs import build_for_base
-from trajectories.base.llada import LLaDA
+from migm.shortcut_zoo.archs import build_for_base
+from migm.trajectories.base.llada import LLaDA
 
 ROOT = Path(__file__).resolve().parents[1]
 

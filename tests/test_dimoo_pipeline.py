@@ -11,15 +11,15 @@ import torch
 from conftest import write_tiny_dimoo
 from typer.testing import CliRunner
 
-from cli.main import app
-from shortcut_zoo.predictors import CachePredictor
-from trajectories.base import BaseSpec, load_base
-from trajectories.dump import StepRecorder
-from trajectories.pairs import all_pairs
-from trajectories.rollout import SamplerConfig, rollout, sample_seeds, stack_cond
-from trajectories.schedule import cfg_weight, dimoo_schedule, full_steps
-from trajectories.store.dataset import open_dataset
-from trajectories.store.schema import Dims
+from migm.cli.main import app
+from migm.shortcut_zoo.predictors import CachePredictor
+from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.dump import StepRecorder
+from migm.trajectories.pairs import all_pairs
+from migm.trajectories.rollout import SamplerConfig, rollout, sample_seeds, stack_cond
+from migm.trajectories.schedule import cfg_weight, dimoo_schedule, full_steps
+from migm.trajectories.store.dataset import open_dataset
+from migm.trajectories.store.schema import Dims
 
 runner = CliRunner()
 PROMPTS = ["a photo of a red cat", "a dog", "the quick brown fox jumps over a cat"]

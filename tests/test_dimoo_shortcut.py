@@ -13,12 +13,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from cli.main import app
-from shortcut_zoo.archs import build, build_for_base
-from shortcut_zoo.export import import_published, load_shortcut, published_dimoo_arch_config, read_zoo_config
-from trajectories.base.checkpoints import load_state_dict, load_state_dict_strict
-from trajectories.base.llada import LLaDAConfig
-from trajectories.errors import MigmError
+from migm.cli.main import app
+from migm.shortcut_zoo.archs import build, build_for_base
+from migm.shortcut_zoo.export import import_published, load_shortcut, published_dimoo_arch_config, read_zoo_config
+from migm.trajectories.base.checkpoints import load_state_dict, load_state_dict_strict
+from migm.trajectories.base.llada import LLaDAConfig
+from migm.trajectories.errors import MigmError
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "published"
 DIMOO = FIXTURES / "dimoo"
@@ -181,7 +181,7 @@ def test_a_maskgit_file_for_a_dimoo_base_says_so(stand_in, tmp_path):
 def test_zoo_import_cli_round_trips(published, io, wte, tmp_path):
     """`migm zoo import --published shortcut.pth --base dimoo --checkpoint DIR`: the zoo folder loads
     and gives the published output."""
-    from trajectories.base import BASES, BaseSpec, load_base
+    from migm.trajectories.base import BASES, BaseSpec, load_base
 
     if "dimoo" not in BASES:
         pytest.skip("the DiMOO base is not registered yet")

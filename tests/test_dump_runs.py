@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trajectories.base import BaseSpec, load_base
-from trajectories.dump import DumpConfig, dump_trajectories
-from trajectories.store.dataset import open_dataset
-from trajectories.store.verify import verify_dataset
+from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.dump import DumpConfig, dump_trajectories
+from migm.trajectories.store.dataset import open_dataset
+from migm.trajectories.store.verify import verify_dataset
 
 DIGITS = load_base(BaseSpec("maskgit-digits", device="cpu"))
 
@@ -49,7 +49,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, reference):
     # Every shard under its final name is whole: it reads back equal to the reference.
     finished = sorted((out / "shards").glob("shard-*.zarr"))
     assert finished
-    from trajectories.store.zarr_reader import ZarrShardReader
+    from migm.trajectories.store.zarr_reader import ZarrShardReader
 
     for path in finished:
         k = int(path.name[6:11])
@@ -72,7 +72,7 @@ def test_two_cpu_ranks_write_disjoint_shards_and_one_manifest(tmp_path, referenc
         "--nproc_per_node",
         "2",
         "-m",
-        "cli.main",
+        "migm.cli.main",
         "dump-trajectories",
         "--out",
         str(out),
@@ -92,7 +92,7 @@ def test_a_different_config_is_refused_without_overwrite(tmp_path):
     small = dict(num_samples=4, steps=4, shard_size=2, out=str(out))
     dump_trajectories(DumpConfig(**small), DIGITS)
     before = sorted(p.name for p in out.rglob("*"))
-    from trajectories.errors import MigmError
+    from migm.trajectories.errors import MigmError
 
     with pytest.raises(MigmError, match="another config; pass --overwrite"):
         dump_trajectories(DumpConfig(**{**small, "seed": 1}), DIGITS)

@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli.main import app
-from trajectories.base import BaseSpec, load_base
-from trajectories.errors import MigmError
-from trajectories.generate import sample_many, spread, spread_prompts
-from trajectories.metrics import (
+from migm.cli.main import app
+from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.errors import MigmError
+from migm.trajectories.generate import sample_many, spread, spread_prompts
+from migm.trajectories.metrics import (
     FEATURES,
     FeatureStats,
     feature_stats,
@@ -31,7 +31,7 @@ from trajectories.metrics import (
     to_uint8,
     weights_only_loads,
 )
-from trajectories.rollout import SamplerConfig
+from migm.trajectories.rollout import SamplerConfig
 
 runner = CliRunner()
 
@@ -146,7 +146,7 @@ def test_stats_file_round_trips_and_bad_files_are_refused(tmp_path):
 
 
 def test_to_uint8_is_the_png_writers_mapping(tmp_path):
-    from trajectories.generate import save_grid
+    from migm.trajectories.generate import save_grid
 
     x = torch.rand(1, 3, 5, 7)
     x[0, 0, 0, :3] = torch.tensor([0.5 / 255, 1.5 / 255, 254.5 / 255])  # halves round as the writer's do

@@ -9,14 +9,14 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from cli.main import app
-from shortcut_zoo.export import load_shortcut
-from shortcut_zoo.train import TrainConfig, train
-from trajectories.base import BaseSpec, load_base
-from trajectories.dump import DumpConfig, dump_trajectories, rollout_rows
-from trajectories.live import LiveConfig, LiveSource, live_plan
-from trajectories.pairs import pair_batch
-from trajectories.store.dataset import open_dataset
+from migm.cli.main import app
+from migm.shortcut_zoo.export import load_shortcut
+from migm.shortcut_zoo.train import TrainConfig, train
+from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.dump import DumpConfig, dump_trajectories, rollout_rows
+from migm.trajectories.live import LiveConfig, LiveSource, live_plan
+from migm.trajectories.pairs import pair_batch
+from migm.trajectories.store.dataset import open_dataset
 
 DIGITS = load_base(BaseSpec("maskgit-digits", device="cpu"))
 SPEC = BaseSpec("maskgit-digits", device="cpu")

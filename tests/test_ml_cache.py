@@ -10,11 +10,11 @@ import torch
 from conftest import write_tiny_dimoo
 from typer.testing import CliRunner
 
-from cli.main import app
-from shortcut_zoo.predictors import MLCachePredictor, make_predictor, recompute_mask, split_predictors
-from trajectories.base import BaseSpec, load_base
-from trajectories.errors import MigmError
-from trajectories.rollout import SamplerConfig, rollout, sample_seeds, stack_cond
+from migm.cli.main import app
+from migm.shortcut_zoo.predictors import MLCachePredictor, make_predictor, recompute_mask, split_predictors
+from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.errors import MigmError
+from migm.trajectories.rollout import SamplerConfig, rollout, sample_seeds, stack_cond
 
 runner = CliRunner()
 PROMPTS = ["a photo of a red cat", "a dog", "the quick brown fox jumps over a cat"]

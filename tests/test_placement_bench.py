@@ -9,18 +9,18 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
-from shortcut_zoo.evaluate import FidelityProbe, pareto_front
-from shortcut_zoo.export import load_shortcut, read_step_errors
-from shortcut_zoo.predictors import make_predictor, step_cost
-from shortcut_zoo.train import TrainConfig, train
-from trajectories.base import BaseSpec, load_base
-from trajectories.base.digits import frechet_distance, frechet_to
-from trajectories.dump import DumpConfig, dump_trajectories
-from trajectories.errors import MigmError
-from trajectories.generate import sample_many
-from trajectories.rollout import SamplerConfig
-from trajectories.schedule import check_full_steps, full_steps, placed_full_steps
+from migm.cli.main import app
+from migm.shortcut_zoo.evaluate import FidelityProbe, pareto_front
+from migm.shortcut_zoo.export import load_shortcut, read_step_errors
+from migm.shortcut_zoo.predictors import make_predictor, step_cost
+from migm.shortcut_zoo.train import TrainConfig, train
+from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.base.digits import frechet_distance, frechet_to
+from migm.trajectories.dump import DumpConfig, dump_trajectories
+from migm.trajectories.errors import MigmError
+from migm.trajectories.generate import sample_many
+from migm.trajectories.rollout import SamplerConfig
+from migm.trajectories.schedule import check_full_steps, full_steps, placed_full_steps
 
 DIGITS = load_base(BaseSpec("maskgit-digits", device="cpu"))
 runner = CliRunner()

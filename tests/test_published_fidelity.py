@@ -13,15 +13,15 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from cli.main import app
-from shortcut_zoo.archs import build
-from shortcut_zoo.export import load_shortcut, published_arch_config, read_zoo_config
-from shortcut_zoo.train import TrainConfig, check_config, get_lr, shortcut_loss
-from trajectories.base.checkpoints import load_state_dict
-from trajectories.base.maskgit import load_maskgit
-from trajectories.base.vqgan import VQGANConfig, VQGANDecoder, load_vqgan
-from trajectories.errors import MigmError
-from trajectories.schedule import full_steps
+from migm.cli.main import app
+from migm.shortcut_zoo.archs import build
+from migm.shortcut_zoo.export import load_shortcut, published_arch_config, read_zoo_config
+from migm.shortcut_zoo.train import TrainConfig, check_config, get_lr, shortcut_loss
+from migm.trajectories.base.checkpoints import load_state_dict
+from migm.trajectories.base.maskgit import load_maskgit
+from migm.trajectories.base.vqgan import VQGANConfig, VQGANDecoder, load_vqgan
+from migm.trajectories.errors import MigmError
+from migm.trajectories.schedule import full_steps
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "published" / "maskgit-shortcut"
 needs_fixtures = pytest.mark.skipif(

@@ -24,13 +24,13 @@ from conftest import (
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli.main import app
-from shortcut_zoo.archs import build
-from shortcut_zoo.export import load_shortcut
-from trajectories.base import BaseSpec, load_base
-from trajectories.base.checkpoints import load_state_dict_strict
-from trajectories.base.vqgan import VQGANConfig, VQGANDecoder
-from trajectories.errors import MigmError
+from migm.cli.main import app
+from migm.shortcut_zoo.archs import build
+from migm.shortcut_zoo.export import load_shortcut
+from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.base.checkpoints import load_state_dict_strict
+from migm.trajectories.base.vqgan import VQGANConfig, VQGANDecoder
+from migm.trajectories.errors import MigmError
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -97,7 +97,7 @@ def test_renamed_or_missing_maskgit_key_is_named(files, tmp_path, change, name):
 
 def test_missing_vqgan_key_is_named(tmp_path):
     folder = write_vqgan(tmp_path / "vq", drop="decoder.mid.attn_1.q.weight")
-    from trajectories.base.vqgan import load_vqgan
+    from migm.trajectories.base.vqgan import load_vqgan
 
     with pytest.raises(MigmError, match=r"missing keys: decoder\.mid\.attn_1\.q\.weight"):
         load_vqgan(folder)

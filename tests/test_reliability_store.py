@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from trajectories.base import BaseSpec, load_base
-from trajectories.dump import PENDING, DumpConfig, dump_trajectories
-from trajectories.errors import MigmError
-from trajectories.pairs import PairStream, pair_loader
-from trajectories.rollout import SamplerConfig
-from trajectories.store.dataset import open_dataset
-from trajectories.store.verify import verify_dataset
+from migm.cli.main import app
+from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.dump import PENDING, DumpConfig, dump_trajectories
+from migm.trajectories.errors import MigmError
+from migm.trajectories.pairs import PairStream, pair_loader
+from migm.trajectories.rollout import SamplerConfig
+from migm.trajectories.store.dataset import open_dataset
+from migm.trajectories.store.verify import verify_dataset
 
 runner = CliRunner()
 DIGITS = load_base(BaseSpec("maskgit-digits", device="cpu"))
@@ -131,7 +131,7 @@ def test_item4_verify_reads_every_row(tmp_path, refs):
     """A shard whose last row is wrong (and whose checksum was recomputed, as an old rerun did) fails."""
     import zarr
 
-    from trajectories.store.schema import sha256_path
+    from migm.trajectories.store.schema import sha256_path
 
     ds = copy(refs["zarr"], tmp_path / "ds")
     shard = ds / "shards" / "shard-00001.zarr"
@@ -156,7 +156,7 @@ def test_item4_rerun_of_a_finished_dump_rebuilds_a_deleted_shard(tmp_path, refs,
 
 def test_item4_rerun_rechecks_kept_shards_of_an_unfinished_dump(tmp_path, refs, monkeypatch):
     """A dump killed after its first shard, whose kept shard is then damaged: the rerun rebuilds it."""
-    import trajectories.dump as dump_module
+    import migm.trajectories.dump as dump_module
 
     ds = tmp_path / "ds"
     real, calls = dump_module.rollout, []
@@ -182,7 +182,7 @@ def test_item4_rerun_rechecks_kept_shards_of_an_unfinished_dump(tmp_path, refs, 
 def test_item4_readers_check_checksums_once_before_use(tmp_path, refs, monkeypatch):
     import zarr
 
-    import trajectories.store.dataset as dataset_module
+    import migm.trajectories.store.dataset as dataset_module
 
     ds = copy(refs["zarr"], tmp_path / "ds")
     zarr.open_group(str(ds / "shards" / "shard-00002.zarr"), mode="r+")["features"][0, 0, 0, 0] = (
@@ -345,7 +345,7 @@ def test_item9_push_lists_only_manifest_files_and_no_links(tmp_path, refs):
 
 
 def test_item9_zarr_push_lists_every_file_of_each_shard(tmp_path, refs):
-    from trajectories.store.hub import push_dataset
+    from migm.trajectories.store.hub import push_dataset
 
     ds = copy(refs["zarr"], tmp_path / "ds")
     (ds / "shards" / "stray.txt").write_text("x")
@@ -468,7 +468,7 @@ def test_item11_manifest_dims_that_disagree_with_the_shards_are_caught(tmp_path,
 
 
 def test_item11_a_failed_dump_leaves_no_state_that_refuses_the_next_run(tmp_path, monkeypatch):
-    import trajectories.dump as dump_module
+    import migm.trajectories.dump as dump_module
 
     def broken(*args, **kw):
         raise MigmError("the base failed")

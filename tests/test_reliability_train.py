@@ -14,14 +14,14 @@ from conftest import published_shortcut_layout
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from cli.main import app
-from shortcut_zoo import checkpoint as ckpt_module
-from shortcut_zoo.export import load_shortcut
-from shortcut_zoo.train import TrainConfig, train
-from trajectories.base import BaseSpec, load_base
-from trajectories.dump import DumpConfig, dump_trajectories
-from trajectories.errors import MigmError
-from trajectories.store.schema import sha256_path
+from migm.cli.main import app
+from migm.shortcut_zoo import checkpoint as ckpt_module
+from migm.shortcut_zoo.export import load_shortcut
+from migm.shortcut_zoo.train import TrainConfig, train
+from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.dump import DumpConfig, dump_trajectories
+from migm.trajectories.errors import MigmError
+from migm.trajectories.store.schema import sha256_path
 
 DIGITS = load_base(BaseSpec("maskgit-digits", device="cpu"))
 CPU = BaseSpec(device="cpu")

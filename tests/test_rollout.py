@@ -2,8 +2,8 @@
 
 import torch
 
-from trajectories.rollout import SamplerConfig, rollout, sample_seeds
-from trajectories.schedule import token_schedule
+from migm.trajectories.rollout import SamplerConfig, rollout, sample_seeds
+from migm.trajectories.schedule import token_schedule
 
 CFG = SamplerConfig(steps=6, guidance=2.0, r_temp=2.0)
 

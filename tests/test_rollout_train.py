@@ -11,16 +11,16 @@ from conftest import write_tiny_dimoo
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from cli.main import app
-from shortcut_zoo.archs import ARCHS, build_for_base
-from shortcut_zoo.evaluate import predict
-from shortcut_zoo.export import read_step_errors
-from shortcut_zoo.train import TrainConfig, get_lr, rollout_loss, shortcut_loss, split_rows, train
-from trajectories.base import BaseSpec, load_base
-from trajectories.dump import DumpConfig, dump_trajectories
-from trajectories.errors import MigmError
-from trajectories.pairs import PairStream, pair_batch, pair_loader, split_window, window_batch
-from trajectories.store.dataset import open_dataset
+from migm.cli.main import app
+from migm.shortcut_zoo.archs import ARCHS, build_for_base
+from migm.shortcut_zoo.evaluate import predict
+from migm.shortcut_zoo.export import read_step_errors
+from migm.shortcut_zoo.train import TrainConfig, get_lr, rollout_loss, shortcut_loss, split_rows, train
+from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.dump import DumpConfig, dump_trajectories
+from migm.trajectories.errors import MigmError
+from migm.trajectories.pairs import PairStream, pair_batch, pair_loader, split_window, window_batch
+from migm.trajectories.store.dataset import open_dataset
 
 DIGITS = load_base(BaseSpec("maskgit-digits", device="cpu"))
 CPU = BaseSpec(device="cpu")

@@ -6,14 +6,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
-from shortcut_zoo.export import load_shortcut
-from shortcut_zoo.predictors import TaylorPredictor, make_predictor
-from shortcut_zoo.train import TrainConfig, train
-from trajectories.base import BaseSpec, load_base
-from trajectories.dump import DumpConfig, dump_trajectories
-from trajectories.generate import sample_many
-from trajectories.rollout import SamplerConfig
+from migm.cli.main import app
+from migm.shortcut_zoo.export import load_shortcut
+from migm.shortcut_zoo.predictors import TaylorPredictor, make_predictor
+from migm.shortcut_zoo.train import TrainConfig, train
+from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.dump import DumpConfig, dump_trajectories
+from migm.trajectories.generate import sample_many
+from migm.trajectories.rollout import SamplerConfig
 
 DIGITS = load_base(BaseSpec("maskgit-digits", device="cpu"))
 CPU = BaseSpec(device="cpu")  # train: the base the dataset names, on the CPU

@@ -1,7 +1,7 @@
 import pytest
 
-from trajectories.errors import MigmError
-from trajectories.schedule import full_steps, mask_ratios, token_schedule
+from migm.trajectories.errors import MigmError
+from migm.trajectories.schedule import full_steps, mask_ratios, token_schedule
 
 
 @pytest.mark.parametrize("L", [64, 256, 1024])

@@ -2,10 +2,10 @@
 
 import torch
 
-from trajectories.base import BaseSpec, load_base
-from trajectories.base.digits import load_classifier, load_digits_split
-from trajectories.generate import score
-from trajectories.rollout import SamplerConfig
+from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.base.digits import load_classifier, load_digits_split
+from migm.trajectories.generate import score
+from migm.trajectories.rollout import SamplerConfig
 
 
 def test_classifier_is_accurate_on_held_out_digits():

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from trajectories.base import BaseSpec, load_base
-from trajectories.dump import DumpConfig, dump_trajectories
-from trajectories.errors import MigmError
-from trajectories.pairs import PairStream, all_pairs, pair_loader
-from trajectories.rollout import SamplerConfig, rollout, sample_seeds
-from trajectories.schedule import mask_ratios
-from trajectories.store.codecs import parse_codec
-from trajectories.store.dataset import open_dataset
-from trajectories.store.verify import inspect_dataset, verify_dataset
+from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.dump import DumpConfig, dump_trajectories
+from migm.trajectories.errors import MigmError
+from migm.trajectories.pairs import PairStream, all_pairs, pair_loader
+from migm.trajectories.rollout import SamplerConfig, rollout, sample_seeds
+from migm.trajectories.schedule import mask_ratios
+from migm.trajectories.store.codecs import parse_codec
+from migm.trajectories.store.dataset import open_dataset
+from migm.trajectories.store.verify import inspect_dataset, verify_dataset
 
 DIGITS = load_base(BaseSpec("maskgit-digits", device="cpu"))
 

@@ -12,14 +12,14 @@ from conftest import published_shortcut_layout
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from cli.main import app
-from shortcut_zoo.archs import ARCHS, build
-from shortcut_zoo.export import load_shortcut
-from shortcut_zoo.train import TrainConfig, train
-from trajectories.base import BaseSpec, load_base
-from trajectories.base.checkpoints import load_state_dict_strict
-from trajectories.dump import DumpConfig, dump_trajectories
-from trajectories.errors import MigmError
+from migm.cli.main import app
+from migm.shortcut_zoo.archs import ARCHS, build
+from migm.shortcut_zoo.export import load_shortcut
+from migm.shortcut_zoo.train import TrainConfig, train
+from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.base.checkpoints import load_state_dict_strict
+from migm.trajectories.dump import DumpConfig, dump_trajectories
+from migm.trajectories.errors import MigmError
 
 DIGITS = load_base(BaseSpec("maskgit-digits", device="cpu"))
 CPU = BaseSpec(device="cpu")  # train: the base the dataset names, on the CPU
@@ -115,7 +115,7 @@ def test_two_cpu_ranks_train_and_their_checkpoint_loads_in_one_process(data, tmp
         "--nproc_per_node",
         "2",
         "-m",
-        "cli.main",
+        "migm.cli.main",
         "train",
         "--data",
         str(data),

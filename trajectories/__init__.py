@@ -11,7 +11,7 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 def __getattr__(name: str):
     # `trajectories.open_dataset(DIR)` without importing zarr and pyarrow for every command
     if name == "open_dataset":
-        from trajectories.store.dataset import open_dataset
+        from migm.trajectories.store.dataset import open_dataset
 
         return open_dataset
     raise AttributeError(name)

@@ -9,7 +9,7 @@ import math
 import os
 from pathlib import Path
 
-from trajectories.errors import MigmError
+from migm.trajectories.errors import MigmError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trajectories import __version__
-from trajectories.checks import check_int, check_removable_dir, check_seed, check_writable_dir, writable_dir
-from trajectories.errors import MigmError
-from trajectories.rollout import SamplerConfig, rollout, sample_seeds, stack_cond
-from trajectories.store.codecs import parse_codec
-from trajectories.store.manifest import (
+from migm.trajectories import __version__
+from migm.trajectories.checks import check_int, check_removable_dir, check_seed, check_writable_dir, writable_dir
+from migm.trajectories.errors import MigmError
+from migm.trajectories.rollout import SamplerConfig, rollout, sample_seeds, stack_cond
+from migm.trajectories.store.codecs import parse_codec
+from migm.trajectories.store.manifest import (
     SUBDIR,
     BaseInfo,
     Manifest,
@@ -34,9 +34,17 @@ from trajectories.store.manifest import (
     read_plan,
     write_manifest,
 )
-from trajectories.store.parquet_writer import ParquetShardWriter
-from trajectories.store.schema import FORMATS, MANIFEST, SCHEMA_VERSION, Dims, path_size, sha256_path, write_json_atomic
-from trajectories.store.zarr_writer import ZarrShardWriter
+from migm.trajectories.store.parquet_writer import ParquetShardWriter
+from migm.trajectories.store.schema import (
+    FORMATS,
+    MANIFEST,
+    SCHEMA_VERSION,
+    Dims,
+    path_size,
+    sha256_path,
+    write_json_atomic,
+)
+from migm.trajectories.store.zarr_writer import ZarrShardWriter
 
 PENDING = ".migm-dump.json"  # the intended config, written first: what a rerun resumes against
 CHECKSUM = ".sha256"  # beside each committed shard of an unfinished dump: its checksum, for the rerun
@@ -435,7 +443,7 @@ def abandon_if_empty(out: Path, plan: Plan, created: bool) -> None:
 
 def finish(out: Path, plan: Plan, processes: int) -> Manifest:
     """Collect every shard's recorded checksum, render the card, then commit `dataset.json` (last)."""
-    from trajectories.store.card import dataset_card
+    from migm.trajectories.store.card import dataset_card
 
     shards = []
     for k in range(plan.num_shards):

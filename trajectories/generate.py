@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trajectories.base import SCORERS
-from trajectories.checks import IMAGE_EXTENSIONS, check_int, check_seed, output_file, writable_dir
-from trajectories.errors import MigmError
-from trajectories.metrics import ImageMetrics, image_metrics
-from trajectories.rollout import Predictor, SamplerConfig, rollout, sample_seeds
+from migm.trajectories.base import SCORERS
+from migm.trajectories.checks import IMAGE_EXTENSIONS, check_int, check_seed, output_file, writable_dir
+from migm.trajectories.errors import MigmError
+from migm.trajectories.metrics import ImageMetrics, image_metrics
+from migm.trajectories.rollout import Predictor, SamplerConfig, rollout, sample_seeds
 
 
 @dataclass

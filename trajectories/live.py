@@ -20,13 +20,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from trajectories.checks import check_finite, check_int
-from trajectories.dump import DumpConfig, plan, rollout_rows
-from trajectories.errors import MigmError
-from trajectories.pairs import window_batch
-from trajectories.store.codecs import Codec
-from trajectories.store.dataset import TrajectoryDataset
-from trajectories.store.manifest import Plan
+from migm.trajectories.checks import check_finite, check_int
+from migm.trajectories.dump import DumpConfig, plan, rollout_rows
+from migm.trajectories.errors import MigmError
+from migm.trajectories.pairs import window_batch
+from migm.trajectories.store.codecs import Codec
+from migm.trajectories.store.dataset import TrajectoryDataset
+from migm.trajectories.store.manifest import Plan
 
 
 @dataclass

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trajectories.base.checkpoints import load_state_dict
-from trajectories.checks import IMAGE_EXTENSIONS, check_int, output_file
-from trajectories.errors import MigmError
+from migm.trajectories.base.checkpoints import load_state_dict
+from migm.trajectories.checks import IMAGE_EXTENSIONS, check_int, output_file
+from migm.trajectories.errors import MigmError
 
 FEATURES = 2048  # Inception-v3 pool features: the FID space, as published
 DIMS = (64, 192, 768, 2048)  # torch-fidelity's feature layers (pytorch-fid's --dims): fewer for few samples
@@ -413,7 +413,7 @@ class ImageMetrics:
 def default_samples(base, metrics: ImageMetrics | None, prompts: list[str] | None) -> int:
     """Samples when --samples is not given: for image metrics on a real base, 50 per class (the published
     ImageNet evaluation: 50,000) or each prompt once (the prompt file is the sample list); else 1000."""
-    from trajectories.base import SCORERS
+    from migm.trajectories.base import SCORERS
 
     if metrics is None or base.name in SCORERS:
         return 1000

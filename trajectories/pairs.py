@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from trajectories.errors import MigmError
-from trajectories.store.dataset import TrajectoryDataset, open_dataset
+from migm.trajectories.errors import MigmError
+from migm.trajectories.store.dataset import TrajectoryDataset, open_dataset
 
 
 def pair_batch(

@@ -15,9 +15,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from trajectories.checks import check_finite, check_int
-from trajectories.errors import MigmError
-from trajectories.schedule import RULES, cfg_weight, check_full_steps, choose_tokens, full_steps, unmask_counts
+from migm.trajectories.checks import check_finite, check_int
+from migm.trajectories.errors import MigmError
+from migm.trajectories.schedule import RULES, cfg_weight, check_full_steps, choose_tokens, full_steps, unmask_counts
 
 
 @dataclass

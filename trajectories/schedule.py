@@ -20,7 +20,7 @@ import math
 import numpy as np
 import torch
 
-from trajectories.errors import MigmError
+from migm.trajectories.errors import MigmError
 
 
 def token_schedule(L: int, N: int) -> list[int]:

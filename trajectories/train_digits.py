@@ -1,6 +1,6 @@
 """Train the shipped maskgit-digits base and its digit classifier (seeded, reproducible).
 
-    python -m trajectories.train_digits --out trajectories/base/weights
+    python -m migm.trajectories.train_digits --out trajectories/base/weights
 
 Classifier first (seconds), then the MaskGIT (masked-token cross-entropy, MaskGIT's cosine masking
 schedule, label dropout for CFG, 1-pixel shifts). While training it logs the conditioning gap:
@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from trajectories.base.digits import LEVELS, DigitClassifier, decode_digits, load_digits_split, score_digits, shift
-from trajectories.base.maskgit import MaskGIT, MaskGITConfig, MaskTransformer, masked_token_loss
-from trajectories.rollout import SamplerConfig, rollout, sample_seeds
+from migm.trajectories.base.digits import LEVELS, DigitClassifier, decode_digits, load_digits_split, score_digits, shift
+from migm.trajectories.base.maskgit import MaskGIT, MaskGITConfig, MaskTransformer, masked_token_loss
+from migm.trajectories.rollout import SamplerConfig, rollout, sample_seeds
 
 print = functools.partial(print, flush=True)  # progress shows up in logs as it happens
 
@@ -202,7 +202,7 @@ def main() -> None:
 def resweep(out: Path, per_class: int) -> None:
     """Sweep the sampler of already trained weights and record the new defaults in their JSON
     (the weights, hence the fingerprint, stay as they are)."""
-    from trajectories.base.digits import load_classifier, load_maskgit_digits
+    from migm.trajectories.base.digits import load_classifier, load_maskgit_digits
 
     base, clf = load_maskgit_digits(out), load_classifier(out)
     sweep = sweep_sampler(base, clf, per_class)

@@ -1,6 +1,6 @@
 """Train the shipped dimoo-digits base: a small Lumina-DiMOO on 8×8 digits (seeded, reproducible).
 
-    python -m trajectories.train_dimoo_digits --out trajectories/base/weights/dimoo-digits
+    python -m migm.trajectories.train_dimoo_digits --out trajectories/base/weights/dimoo-digits
 
 Writes a DiMOO folder (config.json, model.safetensors, tokenizer.json, tokenizer_config.json,
 special_tokens.json) plus meta.json (sampler defaults, training record, sweep):
@@ -32,15 +32,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from trajectories.base.digits import LEVELS, decode_digits, load_classifier, load_digits_split, score_digits, shift
-from trajectories.base.dimoo import (
+from migm.trajectories.base.digits import LEVELS, decode_digits, load_classifier, load_digits_split, score_digits, shift
+from migm.trajectories.base.dimoo import (
     SYSTEM_PROMPT,
     UNCONDITION,
     DiMOO,
     SpecialTokens,
     load_tokenizer,
 )
-from trajectories.base.dimoo_digits import (
+from migm.trajectories.base.dimoo_digits import (
     GRID,
     HELD_OUT_PHRASINGS,
     PHRASINGS,
@@ -49,10 +49,10 @@ from trajectories.base.dimoo_digits import (
     phrase,
     prompts_of,
 )
-from trajectories.base.llada import LLaDA, LLaDAConfig
-from trajectories.generate import sample_many
-from trajectories.rollout import SamplerConfig
-from trajectories.train_digits import lr_at, random_masks
+from migm.trajectories.base.llada import LLaDA, LLaDAConfig
+from migm.trajectories.generate import sample_many
+from migm.trajectories.rollout import SamplerConfig
+from migm.trajectories.train_digits import lr_at, random_masks
 
 print = functools.partial(print, flush=True)  # progress shows up in logs as it happens
 

@@ -39,7 +39,7 @@ def build(name: str, **config):
     refused before any weight is allocated."""
     import torch
 
-    from trajectories.errors import MigmError
+    from migm.trajectories.errors import MigmError
 
     if name not in ARCHS:
         raise MigmError(f"unknown arch {name!r}; known archs: {', '.join(sorted(ARCHS))}")
@@ -80,7 +80,7 @@ def build_for_base(name: str, base, **config):
     """`build` for a loaded base: `dim` is the base's D, and an arch whose config class has a
     classmethod `base_fields(base) -> dict` takes those fields from the base (the DiMOO shortcut's block
     shape), where the user gave none (or 0, "from the base"); the user's other fields win."""
-    from trajectories.errors import MigmError
+    from migm.trajectories.errors import MigmError
 
     if name not in ARCHS:
         raise MigmError(f"unknown arch {name!r}; known archs: {', '.join(sorted(ARCHS))}")
@@ -94,4 +94,4 @@ def build_for_base(name: str, base, **config):
     return build(name, **{**config, **{k: fields[k] for k in unset}})
 
 
-from shortcut_zoo.archs import dimoo_transformer, gru, mlp, tiny_transformer  # noqa: E402,F401  (each registers itself)
+from migm.shortcut_zoo.archs import dimoo_transformer, gru, mlp, tiny_transformer  # noqa: E402,F401  (each registers itself)

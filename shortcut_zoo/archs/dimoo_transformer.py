@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from shortcut_zoo.archs import register
-from shortcut_zoo.archs.common import TimeEmbedder, published_time_hidden
-from trajectories.base.llada import Block, LLaDAConfig, RMSNorm
-from trajectories.errors import MigmError
+from migm.shortcut_zoo.archs import register
+from migm.shortcut_zoo.archs.common import TimeEmbedder, published_time_hidden
+from migm.trajectories.base.llada import Block, LLaDAConfig, RMSNorm
+from migm.trajectories.errors import MigmError
 
 
 @dataclass

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from shortcut_zoo.archs import register
-from shortcut_zoo.archs.common import TimeEmbedder, scatter_new_tokens
+from migm.shortcut_zoo.archs import register
+from migm.shortcut_zoo.archs.common import TimeEmbedder, scatter_new_tokens
 
 
 @dataclass

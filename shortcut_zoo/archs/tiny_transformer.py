@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from shortcut_zoo.archs import register
-from shortcut_zoo.archs.common import TimeEmbedder, published_time_hidden
-from trajectories.base.maskgit import Attention, FeedForward, PreNorm
+from migm.shortcut_zoo.archs import register
+from migm.shortcut_zoo.archs.common import TimeEmbedder, published_time_hidden
+from migm.trajectories.base.maskgit import Attention, FeedForward, PreNorm
 
 
 @dataclass

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
-from trajectories.base.digits import digit_statistics, load_maskgit_digits, score_digits
-from trajectories.base.dimoo import load_dimoo
-from trajectories.base.dimoo_digits import load_dimoo_digits
-from trajectories.base.maskgit import load_maskgit
-from trajectories.errors import MigmError
+from migm.trajectories.base.digits import digit_statistics, load_maskgit_digits, score_digits
+from migm.trajectories.base.dimoo import load_dimoo
+from migm.trajectories.base.dimoo_digits import load_dimoo_digits
+from migm.trajectories.base.maskgit import load_maskgit
+from migm.trajectories.errors import MigmError
 
 # name -> (loader, one-line description); a loader's keyword arguments are the local paths it takes
 BASES: dict[str, tuple[Callable, str]] = {

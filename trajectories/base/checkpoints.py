@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from trajectories.errors import MigmError
+from migm.trajectories.errors import MigmError
 
 _REFUSED = re.compile(r"Unsupported (?:global: GLOBAL|class) ([\w.]+)")
 

@@ -17,9 +17,9 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
-from trajectories.base.checkpoints import load_state_dict_strict
-from trajectories.base.maskgit import MaskGIT, MaskGITConfig, MaskTransformer
-from trajectories.errors import MigmError
+from migm.trajectories.base.checkpoints import load_state_dict_strict
+from migm.trajectories.base.maskgit import MaskGIT, MaskGITConfig, MaskTransformer
+from migm.trajectories.errors import MigmError
 
 WEIGHTS = Path(__file__).parent / "weights"
 LEVELS = 17  # grey levels 0…16

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from trajectories.base.llada import LLaDA, LLaDAConfig
-from trajectories.errors import MigmError
+from migm.trajectories.base.llada import LLaDA, LLaDAConfig
+from migm.trajectories.errors import MigmError
 
 SYSTEM_PROMPT = "Generate an image according to the text prompt."
 UNCONDITION = "<uncondition>"

@@ -5,7 +5,7 @@ It ships as a DiMOO folder in `weights/dimoo-digits/` (config.json, model.safete
 files, special_tokens.json, meta.json) and loads through `load_dimoo`, with `decode_digits` in place
 of a VQ model: the 17 grey levels are its image codes (V = 17), 8 rows of 8 cells. A prompt names a
 digit in words or numerals ("a handwritten seven", "the digit 7"); that digit is the sample's label
-when the shipped classifier scores it. Trained by `python -m trajectories.train_dimoo_digits`.
+when the shipped classifier scores it. Trained by `python -m migm.trajectories.train_dimoo_digits`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from trajectories.base.digits import decode_digits
-from trajectories.base.dimoo import DiMOO, load_dimoo, read_json
-from trajectories.errors import MigmError
+from migm.trajectories.base.digits import decode_digits
+from migm.trajectories.base.dimoo import DiMOO, load_dimoo, read_json
+from migm.trajectories.errors import MigmError
 
 WEIGHTS = Path(__file__).parent / "weights" / "dimoo-digits"
 GRID = (8, 8)  # cells; the decoder draws one pixel per cell (not DiMOO's 16)

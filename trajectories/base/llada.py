@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trajectories.errors import MigmError
+from migm.trajectories.errors import MigmError
 
 
 @dataclass

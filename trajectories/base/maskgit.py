@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trajectories.base.checkpoints import fingerprint, load_state_dict_strict
+from migm.trajectories.base.checkpoints import fingerprint, load_state_dict_strict
 
 
 @dataclass
@@ -226,7 +226,7 @@ def masked_token_loss(
 def infer_config(state: dict[str, torch.Tensor], heads: int = 16, codebook_size: int | None = None) -> MaskGITConfig:
     """Dims from tensor shapes. The vocabulary is V codes + mask + classes + null; V is the VQGAN's
     codebook size when known, else the largest power of two that leaves at least one class."""
-    from trajectories.errors import MigmError
+    from migm.trajectories.errors import MigmError
 
     need = ("pos_emb", "tok_emb.weight", "transformer.layers.0.1.fn.net.0.weight")
     missing = [k for k in need if k not in state]
@@ -252,7 +252,7 @@ def infer_config(state: dict[str, torch.Tensor], heads: int = 16, codebook_size:
 
 def read_maskgit_state(path: str) -> dict[str, torch.Tensor]:
     """A published checkpoint (a dict holding `model_state_dict`, optimizer entries ignored) or a bare state dict."""
-    from trajectories.base.checkpoints import load_state_dict
+    from migm.trajectories.base.checkpoints import load_state_dict
 
     return load_state_dict(path, "model_state_dict", "MaskGIT checkpoint")
 
@@ -263,8 +263,8 @@ def load_maskgit(
     """A published MaskGIT ImageNet checkpoint, with the taming VQGAN folder for decoding (optional
     for commands that never decode, such as dump-trajectories). `pixels` maps decoded images to
     [0, 1]: `minmax` (default, per image, as the published sampler and FID evaluation) or `clamp`."""
-    from trajectories.base.vqgan import PIXELS, load_vqgan
-    from trajectories.errors import MigmError
+    from migm.trajectories.base.vqgan import PIXELS, load_vqgan
+    from migm.trajectories.errors import MigmError
 
     if checkpoint is None:
         raise MigmError("--model maskgit needs --checkpoint FILE (a published MaskGIT checkpoint)")

@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trajectories.base.checkpoints import load_state_dict, load_state_dict_strict
-from trajectories.errors import MigmError
+from migm.trajectories.base.checkpoints import load_state_dict, load_state_dict_strict
+from migm.trajectories.errors import MigmError
 
 
 @dataclass

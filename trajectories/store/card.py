@@ -3,13 +3,13 @@ the store)."""
 
 from __future__ import annotations
 
-from trajectories.store.manifest import Manifest
-from trajectories.store.parquet_writer import hf_features
-from trajectories.store.schema import field_specs
+from migm.trajectories.store.manifest import Manifest
+from migm.trajectories.store.parquet_writer import hf_features
+from migm.trajectories.store.schema import field_specs
 
 
 def dataset_card(manifest: Manifest) -> str:
-    from cards import render_dataset_card
+    from migm.cards import render_dataset_card
 
     dims, codec, s = manifest.dims, manifest.codec, manifest.sampler
     parquet = manifest.format == "parquet"

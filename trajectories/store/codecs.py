@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trajectories.errors import MigmError
+from migm.trajectories.errors import MigmError
 
 KNOWN = "lossless, quant[:bits=2..8], delta[:bits=2..8,keyframe=K]"
 

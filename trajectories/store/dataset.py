@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from trajectories.errors import MigmError
-from trajectories.store.manifest import Manifest, read_manifest, shard_path
-from trajectories.store.parquet_reader import ParquetShardReader
-from trajectories.store.schema import field_specs, sha256_path
-from trajectories.store.zarr_reader import ZarrShardReader
+from migm.trajectories.errors import MigmError
+from migm.trajectories.store.manifest import Manifest, read_manifest, shard_path
+from migm.trajectories.store.parquet_reader import ParquetShardReader
+from migm.trajectories.store.schema import field_specs, sha256_path
+from migm.trajectories.store.zarr_reader import ZarrShardReader
 
 READERS = {"zarr": ZarrShardReader, "parquet": ParquetShardReader}
 

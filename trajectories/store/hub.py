@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trajectories.checks import check_repo_id, inert
-from trajectories.errors import MigmError
-from trajectories.store.manifest import read_manifest, shard_path
-from trajectories.store.schema import MANIFEST
-from trajectories.store.verify import verify_dataset
+from migm.trajectories.checks import check_repo_id, inert
+from migm.trajectories.errors import MigmError
+from migm.trajectories.store.manifest import read_manifest, shard_path
+from migm.trajectories.store.schema import MANIFEST
+from migm.trajectories.store.verify import verify_dataset
 
 
 def dataset_files(root: str | Path) -> list[str]:

@@ -16,10 +16,10 @@ import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path, PurePosixPath
 
-from trajectories.errors import MigmError
-from trajectories.rollout import SamplerConfig
-from trajectories.store.codecs import Codec, parse_codec
-from trajectories.store.schema import FORMATS, MANIFEST, SCHEMA_VERSION, Dims, shard_name, write_json_atomic
+from migm.trajectories.errors import MigmError
+from migm.trajectories.rollout import SamplerConfig
+from migm.trajectories.store.codecs import Codec, parse_codec
+from migm.trajectories.store.schema import FORMATS, MANIFEST, SCHEMA_VERSION, Dims, shard_name, write_json_atomic
 
 SUBDIR = {"zarr": "shards", "parquet": "data"}  # where each format keeps its shards
 SHA256 = re.compile(r"[0-9a-f]{64}")

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from trajectories.errors import MigmError
+from migm.trajectories.errors import MigmError
 
 
 class ParquetShardReader:

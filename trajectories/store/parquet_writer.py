@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trajectories.store.codecs import Codec
-from trajectories.store.schema import Dims, field_specs
+from migm.trajectories.store.codecs import Codec
+from migm.trajectories.store.schema import Dims, field_specs
 
 
 def nested_list(values: np.ndarray) -> pa.Array:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trajectories.errors import MigmError
-from trajectories.store.codecs import Codec
+from migm.trajectories.errors import MigmError
+from migm.trajectories.store.codecs import Codec
 
 SCHEMA_VERSION = 1
 MANIFEST = "dataset.json"

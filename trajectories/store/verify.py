@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from trajectories.checks import output_file, writable_dir
-from trajectories.errors import MigmError
-from trajectories.store.dataset import TrajectoryDataset, open_dataset
-from trajectories.store.schema import path_size
+from migm.trajectories.checks import output_file, writable_dir
+from migm.trajectories.errors import MigmError
+from migm.trajectories.store.dataset import TrajectoryDataset, open_dataset
+from migm.trajectories.store.schema import path_size
 
 
 def shard_problem(ds: TrajectoryDataset, k: int, block: int = 64) -> str | None:

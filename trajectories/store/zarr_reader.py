@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from trajectories.errors import MigmError
+from migm.trajectories.errors import MigmError
 
 
 class ZarrShardReader:

@@ -16,8 +16,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-from trajectories.store.codecs import Codec
-from trajectories.store.schema import Dims, field_specs
+from migm.trajectories.store.codecs import Codec
+from migm.trajectories.store.schema import Dims, field_specs
 
 
 class ZarrShardWriter:
