@@ -19,8 +19,8 @@ repeats as fit before `--max-seconds` (default 300, or $DIMOO_GPU_CHECK_SECONDS;
 fits). A phase that fails is reported and the others still run (exit status 1). Prints each phase's
 elapsed time as it goes, a table, and a JSON line (peak GPU memory per phase included). The smoke
 times fp32 (bf16 matmuls are slow on most CPUs); its phase 1 still checks bf16.
-Prompt ids come from the tokenizer of the tiny published fixture in ../shared (one id per word, so
-realistic lengths); without ../shared, from a stand-in that hashes each word to an id.
+Prompt ids come from the tokenizer of the tiny published fixture in tests/fixtures (one id per word, so
+realistic lengths); without it, from a stand-in that hashes each word to an id.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from migm.trajectories.errors import MigmError
 from migm.trajectories.rollout import SamplerConfig, autocast, rollout, sample_seeds, stack_cond
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "published" / "dimoo" / "checkpoint"
+FIXTURE = ROOT / "tests" / "fixtures" / "published" / "dimoo" / "checkpoint"
 
 # Released widths (n_kv_heads 32 assumed, as in benchmarks/dimoo_memory.py); text ids stay below the
 # special ids (126084 and up).
@@ -79,7 +79,7 @@ STEPS, BUDGETS, PUBLISHED = 64, (11, 14), "over 4x at N64B11 (paper: 4-6x)"
 
 
 class WordIds:
-    """Stand-in tokenizer when ../shared is absent: one id per word, markup tag or punctuation mark,
+    """Stand-in tokenizer when the fixture is absent: one id per word, markup tag or punctuation mark,
     hashed below `vocab` (the fixture's tokenizer is word level too, so lengths are alike)."""
 
     def __init__(self, vocab: int):
@@ -91,7 +91,7 @@ class WordIds:
 
 
 def prompt_tokenizer(sizes: dict):
-    """The fixture's tokenizer, or the stand-in where ../shared (or transformers) is missing."""
+    """The fixture's tokenizer, or the stand-in where the fixture (or transformers) is missing."""
     if FIXTURE.is_dir():
         try:
             return load_tokenizer(FIXTURE), "fixture tokenizer"

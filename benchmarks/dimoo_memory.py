@@ -6,7 +6,7 @@ Writes a folder in the released layout with random bf16 weights at the released 
 (d_model 4096, 32 heads, 32 KV heads, MLP 12288, vocabulary 134656, as assumed below) but only
 `--layers` blocks, so it fits a small machine, split into shards of at most `--shard-mib` (a tensor
 larger than that gets a shard of its own). Tokenizer and VQ files come from the tiny published
-fixture in ../shared (they are not part of what is measured). Then, in a fresh process each:
+fixture in tests/fixtures (they are not part of what is measured). Then, in a fresh process each:
 
 - `load_dimoo(..., precision="bf16")` and `precision="fp32"` on the CPU: meta-device module, shards
   read one at a time, each tensor cast as it is read and assigned;
@@ -37,7 +37,7 @@ from migm.shortcut_zoo.bench import cpu_name
 from migm.trajectories.base.dimoo import VQ_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "published" / "dimoo" / "checkpoint"
+FIXTURE = ROOT / "tests" / "fixtures" / "published" / "dimoo" / "checkpoint"
 # The released Lumina-DiMOO is LLaDA-8B with its vocabulary extended by the image codes: 126356 + 8192
 # codes = 134548 ids, padded to 134656 (the LLaDAConfig default). Assumed, not read from the release.
 RELEASED = {

@@ -1,5 +1,6 @@
 """Shared fixtures and the published checkpoint layouts the tests build at tiny sizes (key names
-carried by the tests, from ../shared/formats/)."""
+carried by the tests, from the published formats notes). The published code's reference outputs live in
+`tests/fixtures/published/` (see its README), so a clone runs every test on its own."""
 
 import argparse
 import sys
@@ -273,7 +274,8 @@ def write_vqgan(folder: Path, drop: str | None = None) -> Path:
 
 # --- tiny Lumina-DiMOO folders --------------------------------------------------------------------
 
-DIMOO_FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "published" / "dimoo"
+PUBLISHED = Path(__file__).resolve().parent / "fixtures" / "published"
+DIMOO_FIXTURE = PUBLISHED / "dimoo"
 
 
 def write_tiny_dimoo(
@@ -288,8 +290,7 @@ def write_tiny_dimoo(
 ) -> Path:
     """A Lumina-DiMOO folder in the released layout with random LLaDA weights (keys `model.transformer.*`,
     split into `shards` safetensors files with an index), the published fixture's tokenizer files,
-    special_tokens.json (vocabulary 256 text ids + 32 image codes) and vqvae/. Skips the calling
-    test when ../shared is absent."""
+    special_tokens.json (vocabulary 256 text ids + 32 image codes) and vqvae/."""
     import json
     import shutil
 
@@ -298,8 +299,6 @@ def write_tiny_dimoo(
     from migm.trajectories.base.dimoo import VQ_WEIGHTS
 
     source = DIMOO_FIXTURE / "checkpoint"
-    if not source.is_dir():
-        pytest.skip(f"published DiMOO fixture not found at {source}")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vqvae").mkdir(exist_ok=True)
     # copyfile, not copy: the fixture is read-only and tests remove pieces of their copy

@@ -1,4 +1,4 @@
-"""The Lumina-DiMOO base: the published fixture (`../shared/fixtures/published/dimoo/`, made by the
+"""The Lumina-DiMOO base: the published fixture (`tests/fixtures/published/dimoo/`, made by the
 published code on a tiny random checkpoint) loads through `load_base` and reproduces its prompt ids,
 sequences, features, logits and VQ decode; padded batches equal batch 1; the shortcut's new tokens
 follow the published layout; fingerprints and bad folders."""
@@ -17,11 +17,6 @@ from migm.trajectories.base.dimoo import SpecialTokens, cell_positions, prompt_t
 from migm.trajectories.errors import MigmError
 
 CHECKPOINT = DIMOO_FIXTURE / "checkpoint"
-needs_fixtures = pytest.mark.skipif(
-    not DIMOO_FIXTURE.is_dir(),
-    reason=f"published fixtures not found at {DIMOO_FIXTURE} (clone the repo with shared/ beside it)",
-)
-pytestmark = needs_fixtures
 PROMPT = "a photo of a red cat"
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import DIMOO_FIXTURE
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
@@ -31,7 +32,7 @@ from migm.trajectories.generate import score, spread
 from migm.trajectories.rollout import SamplerConfig
 
 runner = CliRunner()
-FIXTURE_TOKENIZER = Path(__file__).resolve().parents[2] / "shared/fixtures/published/dimoo/checkpoint"
+FIXTURE_TOKENIZER = DIMOO_FIXTURE / "checkpoint"
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,6 @@ def test_tokenizer_round_trips_the_markup(base):
     assert s.image_offset == len(tok) + 6 and s.image_offset + base.V == base.net.cfg.vocab_size
 
 
-@pytest.mark.skipif(not FIXTURE_TOKENIZER.is_dir(), reason="published DiMOO fixture not found")
 def test_tokenizer_config_is_written_like_the_published_one():
     ours = json.loads((WEIGHTS / "tokenizer_config.json").read_text())
     published = json.loads((FIXTURE_TOKENIZER / "tokenizer_config.json").read_text())

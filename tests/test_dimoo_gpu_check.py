@@ -57,7 +57,7 @@ def test_gpu_check_sh_runs_maskgit_then_dimoo_smoke():
 def test_padded_batch_phase_in_bf16():
     check = load_check()
     sizes = check.SMOKE
-    tokenizer = check.WordIds(sizes["text_vocab"])  # the stand-in used without ../shared
+    tokenizer = check.WordIds(sizes["text_vocab"])  # the stand-in used without the fixture tokenizer
     base = check.make_base(sizes, check.random_llada(sizes["llada"], "cpu", torch.bfloat16, seed=0), tokenizer, "bf16")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny bf16 ops: threads only add overhead

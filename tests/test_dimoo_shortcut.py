@@ -1,14 +1,14 @@
 """The published DiMOO shortcut (`MDMShortcut`) reproduced by `dimoo-transformer` on the reference outputs in
-`../shared/fixtures/published/dimoo/` (made by the published code at tiny dims), its padded batches, its
+`tests/fixtures/published/dimoo/` (made by the published code at tiny dims), its padded batches, its
 build from a base, and its zoo import."""
 
 import json
 from dataclasses import asdict
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import PUBLISHED
 from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -20,11 +20,8 @@ from migm.trajectories.base.checkpoints import load_state_dict, load_state_dict_
 from migm.trajectories.base.llada import LLaDAConfig
 from migm.trajectories.errors import MigmError
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "published"
+FIXTURES = PUBLISHED
 DIMOO = FIXTURES / "dimoo"
-pytestmark = pytest.mark.skipif(
-    not DIMOO.is_dir(), reason=f"published fixtures not found at {DIMOO} (clone the repo with shared/ beside it)"
-)
 runner = CliRunner()
 
 

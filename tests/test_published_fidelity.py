@@ -1,5 +1,5 @@
 """What the published MIGM-Shortcut code computes, reproduced: its shortcut forward and its MaskGIT
-base on the reference outputs in `../shared/fixtures/published/maskgit-shortcut/` (made by the
+base on the reference outputs in `tests/fixtures/published/maskgit-shortcut/` (made by the
 published modules at tiny dims), the zoo import of its files, its full-step rule, its image mapping
 and its training options."""
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import PUBLISHED
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -23,10 +24,7 @@ from migm.trajectories.base.vqgan import VQGANConfig, VQGANDecoder, load_vqgan
 from migm.trajectories.errors import MigmError
 from migm.trajectories.schedule import full_steps
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "published" / "maskgit-shortcut"
-needs_fixtures = pytest.mark.skipif(
-    not FIXTURES.is_dir(), reason=f"published fixtures not found at {FIXTURES} (clone the repo with shared/ beside it)"
-)
+FIXTURES = PUBLISHED / "maskgit-shortcut"
 runner = CliRunner()
 VARIANTS = ["b2", "b1-no-t"]
 
@@ -58,7 +56,6 @@ def shortcut_inputs(io: dict, base) -> tuple:
     return io["prev"], emb, positions, torch.ones_like(positions, dtype=torch.bool), io["ratio"]
 
 
-@needs_fixtures
 def test_base_forward_matches_published(io, base):
     cond = torch.where(io["base_drop"], base.num_classes, io["base_labels"])  # dropped label: the null class
     logits, feature = base.forward(io["base_tokens"].flatten(1), cond)
@@ -66,7 +63,6 @@ def test_base_forward_matches_published(io, base):
     assert rel(feature, io["base_feature"]) < 1e-4
 
 
-@needs_fixtures
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_published_shortcut_forward_is_reproduced(io, meta, base, variant):
     state = load_state_dict(FIXTURES / f"shortcut-{variant}.pth", "state_dict", "shortcut state dict")  # weights-only
@@ -88,7 +84,6 @@ def test_published_shortcut_forward_is_reproduced(io, meta, base, variant):
         assert rel(padded, io[f"out_{variant}"]) < 1e-4
 
 
-@needs_fixtures
 def test_the_old_adaln_would_not_pass(io, base):
     """The check can fail: the old adaLN (`shift, scale` after a SiLU) misses the published output by far
     more than 1e-4, although the residual keeps the output close to its input."""
@@ -132,7 +127,6 @@ def write_vqgan(folder: Path, n_embed: int) -> Path:
     return folder
 
 
-@needs_fixtures
 def test_zoo_import_reproduces_the_published_outputs_and_samples(io, base, tmp_path):
     base_opts = ["--checkpoint", str(FIXTURES / "base.pth"), "--heads", "4"]
     import_opts = [*base_opts, "--steps", "6"]  # N for the card's cost figures (the grid has 9 tokens)
@@ -207,7 +201,6 @@ def test_zoo_import_reproduces_the_published_outputs_and_samples(io, base, tmp_p
     assert json.loads(r.output)["images"] == 4 and (tmp_path / "s.png").exists()
 
 
-@needs_fixtures
 def test_zoo_folders_of_the_old_forward_are_refused(tmp_path):
     out = tmp_path / "zoo"
     r = runner.invoke(
@@ -270,7 +263,6 @@ def test_decoded_pixels_map_each_image_by_its_min_and_max(tmp_path):
     assert not torch.allclose(vq(tokens, "clamp"), minmax, atol=1e-3)
 
 
-@needs_fixtures
 def test_pixels_option_reaches_the_decoder(tmp_path):
     vqgan = write_vqgan(tmp_path / "vq", n_embed=32)
     tokens = torch.randint(0, 32, (2, 9), generator=torch.Generator().manual_seed(1))
@@ -320,7 +312,6 @@ def loss_batch(base, seed: int = 0) -> tuple[torch.Tensor, dict]:
     return target + 0.3 * torch.randn(2, T, D, generator=g), {"target": target, "still_masked": still}
 
 
-@needs_fixtures
 def test_loss_weights_and_kl_temperature(base):
     pred, batch = loss_batch(base)
     keep = batch["still_masked"]
