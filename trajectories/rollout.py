@@ -170,12 +170,14 @@ def rollout(
     config: SamplerConfig,
     predictor: Predictor | None = None,
     recorder: Recorder | None = None,
+    noise: torch.Tensor | None = None,
 ) -> RolloutResult:
     """Sample `len(cond)` token grids with `config.steps` steps under the base's rule.
 
     `cond` is class ids [B] or, for text bases, prompt ids [B, P] right-padded with -1. With CFG
     (guidance > 0) the conditional and unconditional branches run as one batch of 2B, conditional
-    first; features handed to the predictor and recorder cover both branches.
+    first; features handed to the predictor and recorder cover both branches. `noise` [batch, N, 2, L]
+    replaces the uniforms the seeds would draw (to replay a reference run's draws).
     """
     N, L, device = config.steps, base.L, base.device
     B_full = config.budget if config.budget is not None else N
@@ -205,7 +207,7 @@ def rollout(
     branch = torch.arange(branches, device=device).repeat_interleave(batch)  # 0 conditional, 1 unconditional
     feat_valid = base.feature_valid(branch_cond)
     padding = {} if feat_valid is None else {"feat_valid": feat_valid}  # only text rows are padded
-    noise = _noise(seeds, N, L, device)
+    noise = _noise(seeds, N, L, device) if noise is None else noise.to(device)
     tokens = torch.full((batch, L), base.mask_id, dtype=torch.long, device=device)
     order = torch.full((batch, L), -1, dtype=torch.long, device=device)
     remaining = L
@@ -220,6 +222,8 @@ def rollout(
     feature = step_input = None
     with autocast(base):  # fp32 unless the base was loaded with --precision bf16/fp16
         for s in range(N):
+            if remaining == 0:  # a MaskGIT schedule may reach L early: the published loop stops here
+                break
             if is_full[s]:
                 forward = getattr(predictor, "full_forward", None)  # a predictor may record the full steps
                 if forward is not None:
