@@ -180,8 +180,7 @@ def test_zoo_import_cli_round_trips(published, io, wte, tmp_path):
     and gives the published output."""
     from migm.trajectories.base import BASES, BaseSpec, load_base
 
-    if "dimoo" not in BASES:
-        pytest.skip("the DiMOO base is not registered yet")
+    assert "dimoo" in BASES
     out = tmp_path / "zoo"
     args = ["zoo", "import", "--published", str(DIMOO / "shortcut.pth"), "--base", "dimoo"]
     result = runner.invoke(app, [*args, "--checkpoint", str(DIMOO / "checkpoint"), "--out", str(out)])
