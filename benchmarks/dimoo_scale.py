@@ -71,16 +71,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from migm.shortcut_zoo.archs import build, build_for_base
 from migm.shortcut_zoo.bench import cpu_name
 from migm.shortcut_zoo.evaluate import count_flops
-from migm.trajectories.base.dimoo import (
-    SYSTEM_PROMPT,
-    UNCONDITION,
-    DiMOO,
-    SpecialTokens,
-    load_dimoo,
-    load_tokenizer,
-    prompt_text,
-    sequence_ids,
-)
+from migm.trajectories.base.dimoo import DiMOO
+from migm.trajectories.base.dimoo_layout import SYSTEM_PROMPT, UNCONDITION, SpecialTokens, prompt_text, sequence_ids
+from migm.trajectories.base.dimoo_loading import load_dimoo, load_tokenizer
 from migm.trajectories.base.llada import LLaDA, LLaDAConfig
 from migm.trajectories.dump import WRITERS, DumpConfig, StepRecorder, sample_major, text_fields, text_layout
 from migm.trajectories.rollout import SamplerConfig, autocast, rollout, sample_seeds, stack_cond

@@ -13,7 +13,7 @@ from conftest import DIMOO_FIXTURE, write_tiny_dimoo
 from safetensors.torch import load_file, save_file
 
 from migm.trajectories.base import BaseSpec, load_base
-from migm.trajectories.base.dimoo import SpecialTokens, cell_positions, prompt_text, sequence_length
+from migm.trajectories.base.dimoo_layout import SpecialTokens, cell_positions, prompt_text, sequence_length
 from migm.trajectories.errors import MigmError
 
 CHECKPOINT = DIMOO_FIXTURE / "checkpoint"

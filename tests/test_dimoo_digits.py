@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 from migm.cli.main import app
 from migm.trajectories.base import BASES, SCORERS, BaseSpec, load_base
 from migm.trajectories.base.digits import decode_digits, load_classifier
-from migm.trajectories.base.dimoo import UNCONDITION, load_dimoo, load_tokenizer
 from migm.trajectories.base.dimoo_digits import (
     DIGIT_WORDS,
     HELD_OUT_PHRASINGS,
@@ -27,6 +26,8 @@ from migm.trajectories.base.dimoo_digits import (
     phrase,
     prompts_of,
 )
+from migm.trajectories.base.dimoo_layout import UNCONDITION
+from migm.trajectories.base.dimoo_loading import load_dimoo, load_tokenizer
 from migm.trajectories.errors import MigmError
 from migm.trajectories.generate import score, spread
 from migm.trajectories.rollout import SamplerConfig

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from migm.trajectories.base.digits import digit_statistics, load_maskgit_digits, score_digits
-from migm.trajectories.base.dimoo import load_dimoo
 from migm.trajectories.base.dimoo_digits import load_dimoo_digits
+from migm.trajectories.base.dimoo_loading import load_dimoo
 from migm.trajectories.base.maskgit import load_maskgit
 from migm.trajectories.errors import MigmError
 
