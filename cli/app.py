@@ -258,7 +258,7 @@ def load_metrics(
     quiet: bool,
 ):
     """The image metrics a command asks for, loaded before any sampling (None: none asked)."""
-    from migm.trajectories.metrics import load_image_metrics, reference_count
+    from migm.shortcut_zoo.image_metrics import load_image_metrics, reference_count
 
     with progress_bar(call(reference_count, fid_ref), "reference images", quiet) as bar:
         return call(

@@ -172,9 +172,9 @@ def score(
 ) -> None:
     """Sample with vanilla sampling and score: the digits bases' classifier (accuracy, Fréchet distance),
     FID and Inception Score against --fid-ref, CLIP score of a text base's images against their prompts."""
+    from migm.shortcut_zoo.image_metrics import default_samples
+    from migm.shortcut_zoo.score import score as run
     from migm.trajectories.base import load_base
-    from migm.trajectories.generate import score as run
-    from migm.trajectories.metrics import default_samples
     from migm.trajectories.rollout import SamplerConfig
 
     base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device, height, width))
@@ -205,9 +205,9 @@ def fid_stats(
     as_json: JsonOpt = False,
 ) -> None:
     """Precompute the FID statistics (Inception-v3 pool features' mean and covariance) of a folder of images."""
+    from migm.shortcut_zoo.image_metrics import fid_stats as run
+    from migm.shortcut_zoo.image_metrics import reference_count
     from migm.trajectories.base import resolve_device
-    from migm.trajectories.metrics import fid_stats as run
-    from migm.trajectories.metrics import reference_count
 
     dev = call(resolve_device, device)
     with progress_bar(call(reference_count, folder), "reference images", quiet or as_json) as bar:
@@ -366,9 +366,9 @@ def bench(
     """Quality vs latency of vanilla, shortcut and training-free configs: table, JSON and Pareto plot
     (quality: FID / IS with --fid-ref, CLIP score with --clip, the digits classifier, token agreement)."""
     from migm.shortcut_zoo.bench import BenchConfig, results_table, run_bench
+    from migm.shortcut_zoo.image_metrics import default_samples
     from migm.shortcut_zoo.predictors import split_predictors
     from migm.trajectories.base import load_base
-    from migm.trajectories.metrics import default_samples
 
     base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device, height, width))
     prompt_list = call(parse_prompts, prompt, prompts)

@@ -3,7 +3,7 @@
 For every (config, predictor): latency per image (warm-up, then repeats timed round-robin over all
 points: median and spread),
 speedup vs vanilla at the same N (same run), class accuracy and Fréchet distance (the base's
-scorer), FID / Inception Score / CLIP score when asked for (trajectories/metrics.py),
+scorer), FID / Inception Score / CLIP score when asked for (shortcut_zoo/image_metrics.py),
 token agreement with vanilla sampling of the same seeds, and measured / ideal latency,
 where ideal = B·t_full + (N−B)·(t_shortcut + t_head) + N·t_sampling from per-call costs measured in
 the same run. Predictors that choose their own full steps (ml-cache) get one row per N (config N{N},
@@ -24,15 +24,16 @@ from pathlib import Path
 
 import torch
 
-from migm.shortcut_zoo.evaluate import FidelityProbe, bootstrap_ci, pareto_front
+from migm.shortcut_zoo.evaluate import FidelityProbe
 from migm.shortcut_zoo.export import load_shortcut, read_step_errors
+from migm.shortcut_zoo.image_metrics import ImageMetrics, image_metrics
 from migm.shortcut_zoo.predictors import check_predictor_name, make_predictor
 from migm.shortcut_zoo.sample import check_placement
+from migm.shortcut_zoo.stats import bootstrap_ci, pareto_front
 from migm.trajectories.base import SCORE_STATISTICS, SCORERS
 from migm.trajectories.checks import check_int, check_seed, check_writable_dir, writable_dir
 from migm.trajectories.errors import MigmError
 from migm.trajectories.generate import sample_many, spread, spread_prompts
-from migm.trajectories.metrics import ImageMetrics, image_metrics
 from migm.trajectories.rollout import SamplerConfig, autocast, rollout, sample_seeds, stack_cond
 
 # image metrics a row can carry (when asked for) and their table headings

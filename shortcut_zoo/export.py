@@ -170,7 +170,7 @@ def import_published(
     base takes a `MaskGITShortcut` as tiny-transformer with `shortcut_heads` heads (not in the file;
     16 as released); a DiMOO base takes an `MDMShortcut` as dimoo-transformer, its block shape
     (heads included) the base's."""
-    from migm.shortcut_zoo.evaluate import relative_cost
+    from migm.shortcut_zoo.cost import relative_cost
     from migm.trajectories.base.checkpoints import load_state_dict
     from migm.trajectories.rollout import SamplerConfig
     from migm.trajectories.store.schema import sha256_path

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from migm.shortcut_zoo.archs import build_for_base
 from migm.shortcut_zoo.checkpoint import CHECKPOINT, check_out_folder, load_checkpoint, save_checkpoint
-from migm.shortcut_zoo.evaluate import chained_errors, masked_positions, predict, relative_cost, validate
+from migm.shortcut_zoo.cost import relative_cost
+from migm.shortcut_zoo.evaluate import chained_errors, masked_positions, predict, validate
 from migm.trajectories.base import BaseSpec, load_base
 from migm.trajectories.checks import check_finite, check_int, check_seed, writable_dir
 from migm.trajectories.errors import MigmError

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from migm.cli.main import app
+from migm.shortcut_zoo.score import score
 from migm.trajectories.base import BASES, SCORERS, BaseSpec, load_base
 from migm.trajectories.base.digits import decode_digits, load_classifier
 from migm.trajectories.base.dimoo_digits import (
@@ -29,7 +30,7 @@ from migm.trajectories.base.dimoo_digits import (
 from migm.trajectories.base.dimoo_layout import UNCONDITION
 from migm.trajectories.base.dimoo_loading import load_dimoo, load_tokenizer
 from migm.trajectories.errors import MigmError
-from migm.trajectories.generate import score, spread
+from migm.trajectories.generate import spread
 from migm.trajectories.rollout import SamplerConfig
 
 runner = CliRunner()

@@ -1,4 +1,4 @@
-"""FID, Inception Score and CLIP score (trajectories/metrics.py) on random-weight networks of the real
+"""FID, Inception Score and CLIP score (shortcut_zoo/image_metrics.py) on random-weight networks of the real
 classes saved to local files: torch-fidelity's Inception-v3 in its weight format, and a tiny transformers
 CLIP saved with save_pretrained. A real Inception forward at 299 px is ~6 GFLOP per image, so most tests
 resize to 75 px (Inception-v3's smallest input) through the class's INPUT_IMAGE_SIZE; one test runs the
@@ -16,15 +16,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from migm.cli.main import app
-from migm.trajectories.base import BaseSpec, load_base
-from migm.trajectories.errors import MigmError
-from migm.trajectories.generate import sample_many, spread, spread_prompts
-from migm.trajectories.metrics import (
+from migm.shortcut_zoo.image_metrics import (
     FEATURES,
     FeatureStats,
     feature_stats,
+    fid,
     fidelity,
-    frechet_distance,
     inception_outputs,
     inception_score,
     load_clip,
@@ -32,6 +29,9 @@ from migm.trajectories.metrics import (
     to_uint8,
     weights_only_loads,
 )
+from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.errors import MigmError
+from migm.trajectories.generate import sample_many, spread, spread_prompts
 from migm.trajectories.rollout import SamplerConfig
 
 runner = CliRunner()
@@ -87,7 +87,7 @@ def test_fid_at_299_px_equals_torchmetrics_own(inception_file):
 
     a, b = images(2, 0), images(2, 1)
     net = load_inception(str(inception_file), dims=64)
-    ours = frechet_distance(feature_stats(inception_outputs(net, a)[0]), feature_stats(inception_outputs(net, b)[0]))
+    ours = fid(feature_stats(inception_outputs(net, a)[0]), feature_stats(inception_outputs(net, b)[0]))
     with weights_only_loads():
         theirs = FrechetInceptionDistance(
             feature=64, feature_extractor_weights_path=str(inception_file), antialias=False
@@ -105,9 +105,9 @@ def test_fid_is_zero_against_itself_and_grows_with_perturbation(inception_file, 
     net = load_inception(str(inception_file), dims=64)
     features, logits = inception_outputs(net, a)
     stats = feature_stats(features)
-    near = frechet_distance(stats, feature_stats(inception_outputs(net, perturbed(a, 20, 1))[0]))
-    far = frechet_distance(stats, feature_stats(inception_outputs(net, perturbed(a, 120, 2))[0]))
-    assert abs(frechet_distance(stats, stats)) < 1e-6 * (1 + np.trace(stats.sigma))
+    near = fid(stats, feature_stats(inception_outputs(net, perturbed(a, 20, 1))[0]))
+    far = fid(stats, feature_stats(inception_outputs(net, perturbed(a, 120, 2))[0]))
+    assert abs(fid(stats, stats)) < 1e-6 * (1 + np.trace(stats.sigma))
     assert 0 < near < far
     # the IS logits of the same pass are torchmetrics' own (its Inception for IS, with torch-fidelity's resize)
     with weights_only_loads():
@@ -137,7 +137,7 @@ def test_stats_file_round_trips_and_bad_files_are_refused(tmp_path):
         assert set(data.files) >= {"mu", "sigma"}
     assert not [p.name for p in tmp_path.iterdir() if p.name != "ref.npz"]  # no temporary left
     other = FeatureStats(x[:3].mean(0), np.cov(x[:3], rowvar=False), 3)
-    assert frechet_distance(back, other) == pytest.approx(frechet_distance(stats, other), rel=1e-12)
+    assert fid(back, other) == pytest.approx(fid(stats, other), rel=1e-12)
 
     np.savez(tmp_path / "no-sigma.npz", mu=stats.mu)
     np.savez(tmp_path / "objects.npz", mu=np.array([{"a": 1}], dtype=object), sigma=stats.sigma)

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from migm.shortcut_zoo.score import score
 from migm.trajectories.base import BaseSpec, load_base
 from migm.trajectories.base.digits import load_classifier, load_digits_split
-from migm.trajectories.generate import score
 from migm.trajectories.rollout import SamplerConfig
 
 
