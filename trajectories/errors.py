@@ -3,3 +3,9 @@
 
 class MigmError(Exception):
     """Raised for bad input or bad files; the message says what to fix."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (at most 160 characters), else its type's name."""
+    text = str(e).strip()
+    return (text.splitlines()[0][:160] if text else type(e).__name__) or type(e).__name__

@@ -41,7 +41,7 @@ from migm.trajectories.base.dimoo_layout import (
     sequence_length,
 )
 from migm.trajectories.base.llada import LLaDA
-from migm.trajectories.errors import MigmError
+from migm.trajectories.errors import MigmError, first_line
 
 
 class DiMOO(PartialForward):
@@ -195,8 +195,6 @@ class DiMOO(PartialForward):
     def vq(self):
         """The diffusers VQModel of `vqvae/` (fp32, loaded on first use)."""
         if self._vq is None:
-            from migm.trajectories.base.dimoo_loading import load_vq  # the loading module imports this one
-
             self._vq = load_vq(self.vq_folder, self.device)
         return self._vq
 
@@ -216,3 +214,21 @@ class DiMOO(PartialForward):
                 tokens.to(vq.device).long().reshape(B, -1), force_not_quantize=True, shape=(B, h, w, self.vq_channels)
             )
         return out.sample.float().clip(0, 1)
+
+
+def needs_package(module: str, name: str):
+    """`name` from the optional package `module`, or a one-line error naming the package to install."""
+    try:
+        return getattr(__import__(module, fromlist=[name]), name)
+    except ImportError:
+        raise MigmError(f"--model dimoo needs the {module} package (pip install {module})") from None
+
+
+def load_vq(folder: Path, device: torch.device):
+    """The diffusers VQModel of `vqvae/` (fp32) on `device`."""
+    VQModel = needs_package("diffusers", "VQModel")
+    try:
+        vq = VQModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
+    except Exception as e:  # diffusers raises many kinds for a broken folder
+        raise MigmError(f"{folder}: not a diffusers VQModel ({first_line(e)})") from None
+    return vq.eval().requires_grad_(False).to(device)

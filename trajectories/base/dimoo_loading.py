@@ -11,10 +11,11 @@ from pathlib import Path
 
 import torch
 
-from migm.trajectories.base.dimoo import DiMOO
+from migm.trajectories.base.checkpoints import key_problems
+from migm.trajectories.base.dimoo import DiMOO, needs_package
 from migm.trajectories.base.dimoo_layout import SpecialTokens, grid_size
 from migm.trajectories.base.llada import LLaDA, LLaDAConfig
-from migm.trajectories.errors import MigmError
+from migm.trajectories.errors import MigmError, first_line
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 VQ_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -31,18 +32,6 @@ def read_json(path: Path) -> dict:
     return data
 
 
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0][:160] if text else type(e).__name__) or type(e).__name__
-
-
-def _import(module: str, name: str):
-    try:
-        return getattr(__import__(module, fromlist=[name]), name)
-    except ImportError:
-        raise MigmError(f"--model dimoo needs the {module} package (pip install {module})") from None
-
-
 def read_special_tokens(path: Path) -> SpecialTokens:
     """The released defaults, overridden by the keys of `special_tokens.json`."""
     data = read_json(path)
@@ -56,16 +45,6 @@ def read_special_tokens(path: Path) -> SpecialTokens:
     if data.get("codes") == 0:
         raise MigmError(f"{path}: codes (the number of image codes) must be at least 1")
     return SpecialTokens(**data)
-
-
-def load_vq(folder: Path, device: torch.device):
-    """The diffusers VQModel of `vqvae/` (fp32) on `device`."""
-    VQModel = _import("diffusers", "VQModel")
-    try:
-        vq = VQModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
-    except Exception as e:  # diffusers raises many kinds for a broken folder
-        raise MigmError(f"{folder}: not a diffusers VQModel ({first_line(e)})") from None
-    return vq.eval().requires_grad_(False).to(device)
 
 
 def shard_files(folder: Path) -> list[Path]:
@@ -109,7 +88,7 @@ def check_folder(folder: Path, vq: bool = True) -> None:
 
 def load_tokenizer(folder: Path):
     """`AutoTokenizer` from DIR, no remote code, its logging warnings silenced."""
-    AutoTokenizer = _import("transformers", "AutoTokenizer")
+    AutoTokenizer = needs_package("transformers", "AutoTokenizer")
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
@@ -139,7 +118,8 @@ def load_shards(net: LLaDA, shards: list[Path], dtype: torch.dtype, device: str,
 
     own = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     where: dict[str, Path] = {}
-    problems, shapes = [], []
+    found: dict[str, tuple] = {}
+    problems = []
     for shard in shards:
         try:
             with safe_open(str(shard), framework="pt", device="cpu") as f:
@@ -148,21 +128,12 @@ def load_shards(net: LLaDA, shards: list[Path], dtype: torch.dtype, device: str,
                     if name in where:
                         problems.append(f"key {key} is in both {where[name].name} and {shard.name}")
                     where[name] = shard
-                    shape = tuple(f.get_slice(key).get_shape())
-                    if name in own and shape != own[name]:
-                        shapes.append(f"{name} {shape} != {own[name]}")
+                    found[name] = tuple(f.get_slice(key).get_shape())
         except MigmError:
             raise
         except Exception as e:  # safetensors raises its own error kinds for a damaged file
             raise MigmError(f"{shard}: not a safetensors file ({first_line(e)})") from None
-    missing = sorted(set(own) - set(where))
-    extra = sorted(set(where) - set(own))
-    if missing:
-        problems.append("missing keys: " + ", ".join(missing[:8]) + (" …" if len(missing) > 8 else ""))
-    if extra:
-        problems.append("unexpected keys: " + ", ".join(extra[:8]) + (" …" if len(extra) > 8 else ""))
-    if shapes:
-        problems.append("wrong shapes: " + ", ".join(shapes[:8]))
+    problems += key_problems(own, found)
     if problems:
         raise MigmError(f"{what}: " + "; ".join(problems))
 
