@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import DIMOO_FIXTURE
+from helpers import ok
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
@@ -173,11 +174,6 @@ def test_score_reports_accuracy_and_frechet(base):
 def test_cli_text_path_end_to_end(tmp_path):
     """dump --prompts -> verify -> inspect -> train dimoo-transformer -> sample --shortcut -> bench (shortcut,
     cache, taylor, ml-cache, accuracy scored by the named digit) -> push --dry-run, all on the shipped base."""
-
-    def ok(args: list[str]) -> str:
-        r = runner.invoke(app, args)
-        assert r.exit_code == 0, r.output
-        return r.output
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a handwritten seven\nthe digit 3\nnumber one\n")

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import PUBLISHED
+from helpers import rel
 from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -23,10 +24,6 @@ from migm.trajectories.errors import MigmError
 FIXTURES = PUBLISHED
 DIMOO = FIXTURES / "dimoo"
 runner = CliRunner()
-
-
-def rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
 @pytest.fixture(scope="module")

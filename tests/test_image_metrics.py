@@ -12,6 +12,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from helpers import one_line_error
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -35,10 +36,6 @@ from migm.trajectories.generate import sample_many, spread, spread_prompts
 from migm.trajectories.rollout import SamplerConfig
 
 runner = CliRunner()
-
-
-def one_line_error(r) -> bool:
-    return r.exit_code == 2 and r.output.startswith("error: ") and len(r.output.strip().splitlines()) == 1
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +235,7 @@ def test_weights_are_loaded_weights_only_and_bad_ones_are_one_line_errors(incept
         r = runner.invoke(
             app, ["fid-stats", str(folder), "--out", str(tmp_path / "s.npz"), "--inception-weights", weights]
         )
-        assert one_line_error(r) and message in r.output, r.output
+        one_line_error(r, message)
     assert not created.exists() and not (tmp_path / "s.npz").exists()
     # torch-fidelity's own loader (weights_only=False in its code) is made weights-only too
     with weights_only_loads(), pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
@@ -258,7 +255,7 @@ def test_missing_weights_offline_is_a_one_line_error(tmp_path, monkeypatch):
     for i in range(2):
         Image.fromarray(images(1, i)[0].permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
     r = runner.invoke(app, ["score", "--samples", "2", "--fid-ref", str(folder), "--quiet"])
-    assert one_line_error(r) and "cannot download torch-fidelity's Inception-v3 weights" in r.output, r.output
+    one_line_error(r, "cannot download torch-fidelity's Inception-v3 weights")
     assert "--inception-weights" in r.output and str(tmp_path / "torch-home") in r.output
     assert not list((tmp_path / "torch-home").rglob("*.pth*"))  # no partial download left
 
@@ -279,7 +276,7 @@ def test_option_mistakes_are_one_line_errors(inception_file, tmp_path):
     ]
     for args in cases:
         r = runner.invoke(app, args)
-        assert one_line_error(r), (args, r.output)
+        one_line_error(r)
 
 
 # --- CLIP score ---------------------------------------------------------------------------------------
@@ -369,4 +366,4 @@ def test_clip_folder_mistakes_are_one_line_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     for folder in (tmp_path / "empty", tmp_path / "missing"):
         r = runner.invoke(app, ["score", "--model", "dimoo-digits", "--samples", "2", "--clip", str(folder)])
-        assert one_line_error(r) and "--clip" in r.output, r.output
+        one_line_error(r, "--clip")

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 from conftest import PUBLISHED
+from helpers import rel
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -27,10 +28,6 @@ from migm.trajectories.schedule import full_steps
 FIXTURES = PUBLISHED / "maskgit-shortcut"
 runner = CliRunner()
 VARIANTS = ["b2", "b1-no-t"]
-
-
-def rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import one_line_error
 from typer.testing import CliRunner
 
 from migm.cli.main import app
@@ -54,14 +55,6 @@ def same(a, b) -> bool:
 
 def manifest(path) -> dict:
     return json.loads((path / "dataset.json").read_text())
-
-
-def one_line_error(result, *fragments) -> None:
-    assert result.exit_code == 2, result.output
-    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
-    assert "Traceback" not in result.output
-    for f in fragments:
-        assert f in result.stderr, (f, result.stderr)
 
 
 def files(root) -> list[str]:

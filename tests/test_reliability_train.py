@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import published_shortcut_layout
+from helpers import one_line_stderr
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -70,11 +71,6 @@ def cli(*args):
     return result.exit_code, result.stdout, result.stderr
 
 
-def one_line_error(code, stderr, message):
-    assert code == 2 and stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
-    assert message in stderr and "Traceback" not in stderr, stderr
-
-
 def same_weights(a: Path, b: Path) -> bool:
     x, y = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
@@ -125,7 +121,7 @@ def test_item1_resume_never_unpickles(data, stopped, tmp_path):
         "--resume",
         "-q",
     )
-    one_line_error(code, stderr, "does not list")
+    one_line_stderr(code, stderr, "does not list")
     assert not pwned.exists()
 
 
@@ -262,7 +258,7 @@ def test_item2_train_refuses_a_folder_that_is_not_its_own(data, tmp_path):
     mine.mkdir()
     (mine / "README.md").write_text("my thesis notes\n")
     code, _, stderr = cli("train", "--data", data, "--out", mine, "--steps", 2, "--device", "cpu", "-q")
-    one_line_error(code, stderr, "is not empty and not a migm zoo folder")
+    one_line_stderr(code, stderr, "is not empty and not a migm zoo folder")
     assert [p.name for p in mine.iterdir()] == ["README.md"] and (mine / "README.md").read_text() == "my thesis notes\n"
 
 
@@ -317,9 +313,9 @@ def test_item9_zoo_push_uploads_only_the_zoo_files(straight, tmp_path, monkeypat
     assert code == 0 and "(public)" in stdout and "notes.txt" not in stdout and "creds" not in stdout
     (folder / "README.md").unlink()
     (folder / "README.md").symlink_to(secret)
-    one_line_error(*cli("push", folder, "--repo-id", "me/x", "--dry-run")[::2], "is a link")
+    one_line_stderr(*cli("push", folder, "--repo-id", "me/x", "--dry-run")[::2], "is a link")
     for bad in ("user/na me", "user/..", "a/" + "b" * 200, "no-namespace"):
-        one_line_error(*cli("push", folder, "--repo-id", bad, "--dry-run")[::2], "repo id")
+        one_line_stderr(*cli("push", folder, "--repo-id", bad, "--dry-run")[::2], "repo id")
 
 
 # ---- item 10: bad input is one line, before any work ----------------------------------------------
@@ -342,7 +338,7 @@ def test_item9_zoo_push_uploads_only_the_zoo_files(straight, tmp_path, monkeypat
 def test_item10_bad_train_options_are_one_line_errors(data, tmp_path, args, message):
     out = tmp_path / "z"
     code, _, stderr = cli("train", "--data", data, "--out", out, "--steps", 2, "--device", "cpu", "-q", *args)
-    one_line_error(code, stderr, message)
+    one_line_stderr(code, stderr, message)
     assert not out.exists()
 
 
@@ -350,7 +346,7 @@ def test_item10_an_out_that_is_a_file_is_refused(data, tmp_path):
     afile = tmp_path / "a-file"
     afile.write_text("x")
     code, _, stderr = cli("train", "--data", data, "--out", afile, "--steps", 2, "--device", "cpu", "-q")
-    one_line_error(code, stderr, "is a file")
+    one_line_stderr(code, stderr, "is a file")
     assert afile.read_text() == "x"
 
 
@@ -359,7 +355,7 @@ def test_item10_resume_with_another_arch_is_one_line(data, stopped, tmp_path):
     code, _, stderr = cli(
         "train", "--data", data, "--out", out, "--arch", "mlp", "--steps", 4, "--device", "cpu", "--resume", "-q"
     )
-    one_line_error(code, stderr, "resume with --arch tiny-transformer")
+    one_line_stderr(code, stderr, "resume with --arch tiny-transformer")
 
 
 ABSURD = [({"bottleneck": 0}, "bottleneck"), ({"blocks": 10**9}, "blocks must")]
@@ -378,7 +374,7 @@ def test_item10_an_absurd_zoo_config_is_refused_before_building(straight, tmp_pa
 def test_item10_zoo_show_without_a_card_is_one_line(straight, tmp_path):
     folder = copy(straight[0], tmp_path)
     (folder / "README.md").unlink()
-    one_line_error(*cli("zoo", "show", folder)[::2], "has no README.md")
+    one_line_stderr(*cli("zoo", "show", folder)[::2], "has no README.md")
 
 
 # ---- item 11: nothing silently accepted ----------------------------------------------------------
@@ -418,4 +414,4 @@ def test_item11_zoo_import_works_for_the_digits_base_and_heads_0_is_refused(tmp_
         "--heads",
         0,
     )
-    one_line_error(code, stderr, "heads")
+    one_line_stderr(code, stderr, "heads")
