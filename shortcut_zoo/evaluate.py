@@ -26,8 +26,8 @@ def masked_positions(batch: dict[str, torch.Tensor], T: int) -> torch.Tensor:
 
 def predict(model: torch.nn.Module, base, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     new_emb = base.embed(batch["new_ids"], batch["new_pos"])
-    padding = {"feat_valid": batch["feat_valid"]} if "feat_valid" in batch else {}  # text rows are right-padded
-    return model(batch["feature"], new_emb, batch["new_pos"], batch["new_valid"], batch["mask_ratio"], **padding)
+    text_rows = {"feat_valid": batch["feat_valid"]} if "feat_valid" in batch else {}  # text rows are right-padded
+    return model(batch["feature"], new_emb, batch["new_pos"], batch["new_valid"], batch["mask_ratio"], **text_rows)
 
 
 @torch.no_grad()

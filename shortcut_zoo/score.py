@@ -9,7 +9,7 @@ from migm.shortcut_zoo.image_metrics import ImageMetrics, image_metrics
 from migm.trajectories.base import SCORERS
 from migm.trajectories.checks import check_int, check_seed
 from migm.trajectories.errors import MigmError
-from migm.trajectories.generate import sample_many, spread, spread_prompts
+from migm.trajectories.generate import cycled_conditions, cycled_prompts, sample_many
 from migm.trajectories.rollout import SamplerConfig
 
 
@@ -35,7 +35,7 @@ def score(
             f"no classifier scorer for {base.name!r} (those are for {', '.join(SCORERS)}): give --fid-ref for FID "
             "and Inception Score, or --clip DIR for the CLIP score of a text base"
         )
-    labels, cond = spread(base, samples, prompts)
+    labels, cond = cycled_conditions(base, samples, prompts)
     s = sample_many(base, labels, config, seed, batch_size, progress=progress, cond=cond)
     result = {"model": base.name, "samples": samples}
     if base.name in SCORERS:
@@ -43,6 +43,6 @@ def score(
             warnings.simplefilter("ignore")
             result |= SCORERS[base.name](s.tokens, s.labels)
     if metrics is not None:
-        texts = spread_prompts(base, samples, prompts)
+        texts = cycled_prompts(base, samples, prompts)
         result |= image_metrics(metrics, base, s.tokens, texts, batch_size, progress=progress) | metrics.about
     return {**result, "latency_per_image_s": s.latency_per_image, "sampler": config.to_dict()}

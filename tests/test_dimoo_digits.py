@@ -31,7 +31,7 @@ from migm.trajectories.base.dimoo_digits import (
 from migm.trajectories.base.dimoo_layout import UNCONDITION
 from migm.trajectories.base.dimoo_loading import load_dimoo, load_tokenizer
 from migm.trajectories.errors import MigmError
-from migm.trajectories.generate import spread
+from migm.trajectories.generate import cycled_conditions
 from migm.trajectories.rollout import SamplerConfig
 
 runner = CliRunner()
@@ -133,13 +133,13 @@ def test_label_of_reads_the_digit_a_prompt_names():
 
 
 def test_spread_labels_samples_by_the_named_digit(base):
-    labels, cond = spread(base, 25)  # no prompts: the base's default prompts, digits first
+    labels, cond = cycled_conditions(base, 25)  # no prompts: the base's default prompts, digits first
     assert labels.tolist() == [i % 10 for i in range(25)]
     assert torch.equal(cond[3, : (cond[3] >= 0).sum()], base.encode_prompts([base.default_prompts[3]])[0])
-    labels, _ = spread(base, 4, ["the digit 2", "number nine"])
+    labels, _ = cycled_conditions(base, 4, ["the digit 2", "number nine"])
     assert labels.tolist() == [2, 9, 2, 9]
     with pytest.raises(MigmError, match="names no class"):
-        spread(base, 4, ["a cat"])
+        cycled_conditions(base, 4, ["a cat"])
 
 
 def read_grid(path: Path, count: int) -> torch.Tensor:

@@ -32,7 +32,7 @@ from migm.shortcut_zoo.image_metrics import (
 )
 from migm.trajectories.base import BaseSpec, load_base
 from migm.trajectories.errors import MigmError
-from migm.trajectories.generate import sample_many, spread, spread_prompts
+from migm.trajectories.generate import cycled_conditions, cycled_prompts, sample_many
 from migm.trajectories.rollout import SamplerConfig
 
 runner = CliRunner()
@@ -342,9 +342,9 @@ def test_clip_score_of_a_text_base_equals_transformers_clip(clip_dir, dimoo_digi
     assert {"accuracy", "frechet", "clip_score"} <= set(result) and "fid" not in result
     # the same samples, drawn and decoded here, scored by transformers directly
     prompts = ["a handwritten seven", "the digit 3"]
-    labels, cond = spread(dimoo_digits, 4, prompts)
+    labels, cond = cycled_conditions(dimoo_digits, 4, prompts)
     tokens = sample_many(dimoo_digits, labels, SamplerConfig.for_base(dimoo_digits, 4), 0, cond=cond).tokens
-    texts = spread_prompts(dimoo_digits, 4, prompts)
+    texts = cycled_prompts(dimoo_digits, 4, prompts)
     expected = direct_clip_score(clip_dir, to_uint8(dimoo_digits.decode(tokens)), texts)
     assert result["clip_score"] == pytest.approx(expected, rel=1e-4, abs=1e-4)
 

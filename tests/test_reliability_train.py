@@ -96,7 +96,7 @@ class Touch:
 # ---- item 1: code never runs on resume --------------------------------------------------------
 
 
-def test_item1_resume_never_unpickles(data, stopped, tmp_path):
+def test_resume_never_unpickles(data, stopped, tmp_path):
     out, pwned = copy(stopped, tmp_path), tmp_path / "pwned"
     for name in ("custom_checkpoint_0.pkl", "optimizer.bin", "random_states_0.pkl"):  # what accelerate reloaded
         torch.save({"decay": 0.999, "updates": 1, "shadow": Touch(pwned)}, out / "checkpoint" / name)
@@ -125,7 +125,7 @@ def test_item1_resume_never_unpickles(data, stopped, tmp_path):
     assert not pwned.exists()
 
 
-def test_item1_resume_is_bit_for_bit_from_safetensors_and_json(data, stopped, straight, tmp_path):
+def test_resume_is_bit_for_bit_from_safetensors_and_json(data, stopped, straight, tmp_path):
     out = copy(stopped, tmp_path)
     assert not [p for p in (out / "checkpoint").iterdir() if p.suffix in (".pkl", ".bin", ".pt")]
     resumed = resume(data, out)
@@ -183,7 +183,7 @@ def _old_layout(ckpt):
         (_old_layout, "never unpickled"),
     ],
 )
-def test_item1_a_damaged_checkpoint_is_refused_never_skipped(data, stopped, tmp_path, tamper, message):
+def test_a_damaged_checkpoint_is_refused_never_skipped(data, stopped, tmp_path, tamper, message):
     out = copy(stopped, tmp_path)
     tamper(out / "checkpoint")
     with pytest.raises(MigmError, match=message):
@@ -193,7 +193,7 @@ def test_item1_a_damaged_checkpoint_is_refused_never_skipped(data, stopped, tmp_
 # ---- item 6: checkpoints whole, bound to their run, and a failed save blocks nothing --------------
 
 
-def test_item6_a_kill_between_the_renames_leaves_a_whole_checkpoint(data, straight, tmp_path, monkeypatch):
+def test_a_kill_between_the_renames_leaves_a_whole_checkpoint(data, straight, tmp_path, monkeypatch):
     out, real = tmp_path / "z", os.replace
 
     def killed(src, dst):
@@ -211,7 +211,7 @@ def test_item6_a_kill_between_the_renames_leaves_a_whole_checkpoint(data, straig
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "checkpoint", "config.json", "model.safetensors"]
 
 
-def test_item6_files_of_two_saves_are_a_torn_checkpoint(data, stopped, straight, tmp_path):
+def test_files_of_two_saves_are_a_torn_checkpoint(data, stopped, straight, tmp_path):
     out = copy(stopped, tmp_path)
     shutil.copy(straight[0] / "checkpoint" / "model.safetensors", out / "checkpoint" / "model.safetensors")
     with pytest.raises(MigmError, match="torn"):
@@ -226,7 +226,7 @@ def test_item6_files_of_two_saves_are_a_torn_checkpoint(data, stopped, straight,
         ({"arch_config": {"blocks": 2}}, "resume with -a blocks=1"),
     ],
 )
-def test_item6_resume_with_another_dataset_or_arch_is_refused(data, stopped, tmp_path, change, message):
+def test_resume_with_another_dataset_or_arch_is_refused(data, stopped, tmp_path, change, message):
     out = copy(stopped, tmp_path)
     if "data" in change:
         change = {"data": str(dump(tmp_path / "other", seed=1))}
@@ -236,7 +236,7 @@ def test_item6_resume_with_another_dataset_or_arch_is_refused(data, stopped, tmp
 
 
 @pytest.mark.parametrize("error", [errno.ENOSPC, errno.EACCES])
-def test_item6_a_failed_first_save_leaves_nothing_that_blocks_a_rerun(data, tmp_path, monkeypatch, error):
+def test_a_failed_first_save_leaves_nothing_that_blocks_a_rerun(data, tmp_path, monkeypatch, error):
     out = tmp_path / "z"
 
     def full(*args, **kwargs):
@@ -253,7 +253,7 @@ def test_item6_a_failed_first_save_leaves_nothing_that_blocks_a_rerun(data, tmp_
 # ---- item 2: train never writes into a folder it does not own --------------------------------------
 
 
-def test_item2_train_refuses_a_folder_that_is_not_its_own(data, tmp_path):
+def test_train_refuses_a_folder_that_is_not_its_own(data, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "README.md").write_text("my thesis notes\n")
@@ -265,7 +265,7 @@ def test_item2_train_refuses_a_folder_that_is_not_its_own(data, tmp_path):
 # ---- item 8: a card's escape sequences are printed inert, its Markdown rendered --------------------
 
 
-def test_item8_zoo_show_renders_the_card_inert(straight, tmp_path):
+def test_zoo_show_renders_the_card_inert(straight, tmp_path):
     folder = copy(straight[0], tmp_path)
     (folder / "README.md").write_text(
         "---\nlicense: other\n---\n# Card \x1b[2J\x1b]0;owned\x07 [/bold]\n\n| a | b |\n|---|---|\n| 1 | 2 |\n"
@@ -294,7 +294,7 @@ class FakeHub:
         FakeHub.calls.append(("commit", sorted(op.path_in_repo for op in operations)))
 
 
-def test_item9_zoo_push_uploads_only_the_zoo_files(straight, tmp_path, monkeypatch):
+def test_zoo_push_uploads_only_the_zoo_files(straight, tmp_path, monkeypatch):
     import huggingface_hub
 
     folder = copy(straight[0], tmp_path)
@@ -335,14 +335,14 @@ def test_item9_zoo_push_uploads_only_the_zoo_files(straight, tmp_path, monkeypat
         (["--val-fraction", "nan"], "--val-fraction must be a finite number"),
     ],
 )
-def test_item10_bad_train_options_are_one_line_errors(data, tmp_path, args, message):
+def test_bad_train_options_are_one_line_errors(data, tmp_path, args, message):
     out = tmp_path / "z"
     code, _, stderr = cli("train", "--data", data, "--out", out, "--steps", 2, "--device", "cpu", "-q", *args)
     one_line_stderr(code, stderr, message)
     assert not out.exists()
 
 
-def test_item10_an_out_that_is_a_file_is_refused(data, tmp_path):
+def test_an_out_that_is_a_file_is_refused(data, tmp_path):
     afile = tmp_path / "a-file"
     afile.write_text("x")
     code, _, stderr = cli("train", "--data", data, "--out", afile, "--steps", 2, "--device", "cpu", "-q")
@@ -350,7 +350,7 @@ def test_item10_an_out_that_is_a_file_is_refused(data, tmp_path):
     assert afile.read_text() == "x"
 
 
-def test_item10_resume_with_another_arch_is_one_line(data, stopped, tmp_path):
+def test_resume_with_another_arch_is_one_line(data, stopped, tmp_path):
     out = copy(stopped, tmp_path)
     code, _, stderr = cli(
         "train", "--data", data, "--out", out, "--arch", "mlp", "--steps", 4, "--device", "cpu", "--resume", "-q"
@@ -362,7 +362,7 @@ ABSURD = [({"bottleneck": 0}, "bottleneck"), ({"blocks": 10**9}, "blocks must")]
 
 
 @pytest.mark.parametrize("arch_config, message", ABSURD)
-def test_item10_an_absurd_zoo_config_is_refused_before_building(straight, tmp_path, arch_config, message):
+def test_an_absurd_zoo_config_is_refused_before_building(straight, tmp_path, arch_config, message):
     folder = copy(straight[0], tmp_path)
     config = json.loads((folder / "config.json").read_text())
     config["arch_config"] |= arch_config
@@ -371,7 +371,7 @@ def test_item10_an_absurd_zoo_config_is_refused_before_building(straight, tmp_pa
         load_shortcut(folder, DIGITS)
 
 
-def test_item10_zoo_show_without_a_card_is_one_line(straight, tmp_path):
+def test_zoo_show_without_a_card_is_one_line(straight, tmp_path):
     folder = copy(straight[0], tmp_path)
     (folder / "README.md").unlink()
     one_line_stderr(*cli("zoo", "show", folder)[::2], "has no README.md")
@@ -380,7 +380,7 @@ def test_item10_zoo_show_without_a_card_is_one_line(straight, tmp_path):
 # ---- item 11: nothing silently accepted ----------------------------------------------------------
 
 
-def test_item11_too_few_held_out_samples_read_n_a_not_zero(data, tmp_path):
+def test_too_few_held_out_samples_read_n_a_not_zero(data, tmp_path):
     out = tmp_path / "z"
     result = train(TrainConfig(data=str(data), out=str(out), **{**RUN, "val_fraction": 0.0}), CPU)
     overall = result["metrics"]["overall"]
@@ -391,7 +391,7 @@ def test_item11_too_few_held_out_samples_read_n_a_not_zero(data, tmp_path):
     assert code == 0 and "n/a" in stdout and "0.0000" not in stdout
 
 
-def test_item11_zoo_import_works_for_the_digits_base_and_heads_0_is_refused(tmp_path):
+def test_zoo_import_works_for_the_digits_base_and_heads_0_is_refused(tmp_path):
     g = torch.Generator().manual_seed(0)
     layout = published_shortcut_layout(D=DIGITS.D, H=DIGITS.D // 2, blocks=1, time_hidden=30)
     torch.save({k: 0.05 * torch.randn(shape, generator=g) for k, shape in layout.items()}, tmp_path / "sc.pth")

@@ -44,7 +44,7 @@ def conditions(base, classes: list[int] | None = None, prompts: list[str] | None
     return classes, torch.tensor(classes)
 
 
-def spread(base, samples: int, prompts: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def cycled_conditions(base, samples: int, prompts: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`samples` labels cycling over every class (or prompt), and the cond of each. A text base's
     prompts default to its `default_prompts`; its labels are the classes its `label_of` reads from
     the prompts (a scorer needs them), else the prompt indices."""
@@ -63,8 +63,8 @@ def spread(base, samples: int, prompts: list[str] | None = None) -> tuple[torch.
     return labels, cond[index]
 
 
-def spread_prompts(base, samples: int, prompts: list[str] | None = None) -> list[str] | None:
-    """The prompt of each of `samples` samples of a text base, cycling as `spread` does (None: class base)."""
+def cycled_prompts(base, samples: int, prompts: list[str] | None = None) -> list[str] | None:
+    """The prompt of each of `samples` samples of a text base, cycling as `cycled_conditions` does (None: class base)."""
     if not base.text:
         return None
     names = list(prompts or getattr(base, "default_prompts", None) or [])

@@ -94,14 +94,14 @@ class Predictor(Protocol):
         ...
 
 
-# recorder(step, feature [B·branches, T, D], new_ids [B, k], new_pos [B, k]) after each step
+# recorder(step, feature [batch·branches, T, D], new_ids [batch, k], new_pos [batch, k]) after each step
 Recorder = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
 @dataclass
 class RolloutResult:
-    tokens: torch.Tensor  # [B, L] final tokens
-    order: torch.Tensor  # [B, L] step at which each position was unmasked
+    tokens: torch.Tensor  # [batch, L] final tokens
+    order: torch.Tensor  # [batch, L] step at which each position was unmasked
     step_times: list[float] = field(default_factory=list)  # seconds per step
     full: list[int] = field(default_factory=list)  # indices of the full steps
 
@@ -118,7 +118,7 @@ def sample_seeds(seed: int, start: int, count: int) -> list[int]:
 
 
 def _noise(seeds: list[int], N: int, L: int, device: torch.device) -> torch.Tensor:
-    """[B, N, 2, L] uniforms: per step, one for token sampling and one for the Gumbel confidence."""
+    """[batch, N, 2, L] uniforms: per step, one for token sampling and one for the Gumbel confidence."""
     out = torch.empty(len(seeds), N, 2, L)
     for i, s in enumerate(seeds):
         out[i] = torch.rand(N, 2, L, generator=torch.Generator().manual_seed(s))
@@ -162,6 +162,67 @@ def autocast(base) -> torch.autocast:
     return torch.autocast(base.device.type, dtype=dtype, enabled=dtype is not None)
 
 
+def place_full_steps(config: SamplerConfig, predictor: Predictor | None) -> list[int]:
+    """The full steps of a run: the predictor's own (ml-cache), its placement of the budget, else the
+    published uniform placement; a budget below N needs a predictor."""
+    N = config.steps
+    B = config.budget if config.budget is not None else N
+    own_steps = getattr(predictor, "full_steps", None)  # a predictor may choose its own full steps
+    if own_steps is not None and config.budget is not None:
+        raise MigmError("this predictor chooses its own full steps; leave the budget (--budget) unset")
+    place = getattr(predictor, "place", None) if B < N else None  # B = N is vanilla, whatever the predictor
+    if predictor is None and B < N:
+        raise MigmError(f"a budget of {B} full steps below N = {N} needs a predictor (--shortcut or --predictor)")
+    if own_steps is not None:
+        return check_full_steps(own_steps(N), N)
+    if place is None:
+        return full_steps(N, B)
+    full = check_full_steps(place(N, B), N)
+    if len(full) != B:
+        raise MigmError(f"the predictor placed {len(full)} full steps for a budget of {B}")
+    return full
+
+
+def step_logits(
+    base, predictor, s: int, full_step: bool, rows: torch.Tensor, cond: torch.Tensor, feature, step_input, text_rows
+):
+    """(logits, feature) of step s for the token rows [R, L] of both branches: the base (or the predictor's
+    `full_forward`) at a full step, else the predictor's feature through the base's head."""
+    if full_step:
+        forward = getattr(predictor, "full_forward", None)  # a predictor may record the full steps
+        logits, feature = forward(base, rows, cond) if forward is not None else base.forward(rows, cond)
+        if predictor is not None:
+            predictor.observe(s, feature)
+        return logits, feature
+    state = {}
+    if getattr(predictor, "needs_state", False):  # a predictor that recomputes from the tokens
+        state = {"base": base, "tokens": rows, "cond": cond}
+    feature = predictor.predict(s, feature, *step_input, **text_rows, **state)
+    return base.head(feature, cond), feature
+
+
+def commit(config: SamplerConfig, logits, noise_s, tokens, order, mask_id: int, s: int, k: int):
+    """Sample a code at every cell, then commit the k most confident masked cells (in place in `tokens`
+    and `order`). Returns the committed codes and cells [batch, k]."""
+    sampled, confidence = choose_tokens(config, logits, noise_s[:, 0], noise_s[:, 1], s)
+    confidence = confidence.masked_fill(tokens != mask_id, -torch.inf)
+    new_pos = confidence.topk(k, dim=-1).indices
+    new_ids = sampled.gather(-1, new_pos)
+    tokens.scatter_(1, new_pos, new_ids)
+    order.scatter_(1, new_pos, s)
+    return new_ids, new_pos
+
+
+def branch_rows(base, cond: torch.Tensor, branches: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The condition of each row of the branches (conditional rows first, then unconditional), each row's
+    branch (0 conditional, 1 unconditional), and for text rows their real positions (`feat_valid`)."""
+    batch = len(cond)
+    branch_cond = stack_cond(cond, base.null_cond(batch).to(cond.device)) if branches == 2 else cond
+    branch = torch.arange(branches, device=cond.device).repeat_interleave(batch)
+    feat_valid = base.feature_valid(branch_cond)
+    return branch_cond, branch, {} if feat_valid is None else {"feat_valid": feat_valid}  # only text rows are padded
+
+
 @torch.no_grad()
 def rollout(
     base,
@@ -174,46 +235,24 @@ def rollout(
 ) -> RolloutResult:
     """Sample `len(cond)` token grids with `config.steps` steps under the base's rule.
 
-    `cond` is class ids [B] or, for text bases, prompt ids [B, P] right-padded with -1. With CFG
-    (guidance > 0) the conditional and unconditional branches run as one batch of 2B, conditional
+    `cond` is class ids [batch] or, for text bases, prompt ids [batch, P] right-padded with -1. With CFG
+    (guidance > 0) the conditional and unconditional branches run as one batch of 2·batch rows, conditional
     first; features handed to the predictor and recorder cover both branches. `noise` [batch, N, 2, L]
     replaces the uniforms the seeds would draw (to replay a reference run's draws).
     """
     N, L, device = config.steps, base.L, base.device
-    B_full = config.budget if config.budget is not None else N
     counts = unmask_counts(config.rule, L, N)
-    own_steps = getattr(predictor, "full_steps", None)  # a predictor may choose its own full steps
-    if own_steps is not None and config.budget is not None:
-        raise MigmError("this predictor chooses its own full steps; leave the budget (--budget) unset")
-    place = getattr(predictor, "place", None) if B_full < N else None  # B = N is vanilla, whatever the predictor
-    if own_steps is not None:
-        full = check_full_steps(own_steps(N), N)
-    elif place is not None:
-        full = check_full_steps(place(N, B_full), N)
-        if len(full) != B_full:
-            raise MigmError(f"the predictor placed {len(full)} full steps for a budget of {B_full}")
-    else:
-        full = full_steps(N, B_full)
-    if predictor is None and B_full < N:
-        raise MigmError(f"a budget of {B_full} full steps below N = {N} needs a predictor (--shortcut or --predictor)")
+    full = place_full_steps(config, predictor)
     if len(seeds) != len(cond):
         raise MigmError(f"got {len(seeds)} seeds for {len(cond)} samples")
 
-    batch = len(cond)
-    cond = cond.to(device)
-    cfg = config.guidance > 0
+    batch, cfg = len(cond), config.guidance > 0
     branches = 2 if cfg else 1
-    branch_cond = stack_cond(cond, base.null_cond(batch).to(device)) if cfg else cond
-    branch = torch.arange(branches, device=device).repeat_interleave(batch)  # 0 conditional, 1 unconditional
-    feat_valid = base.feature_valid(branch_cond)
-    padding = {} if feat_valid is None else {"feat_valid": feat_valid}  # only text rows are padded
+    branch_cond, branch, text_rows = branch_rows(base, cond.to(device), branches)
     noise = _noise(seeds, N, L, device) if noise is None else noise.to(device)
     tokens = torch.full((batch, L), base.mask_id, dtype=torch.long, device=device)
     order = torch.full((batch, L), -1, dtype=torch.long, device=device)
-    remaining = L
-    is_full = [False] * N
-    for s in full:
-        is_full[s] = True
+    remaining, is_full = L, [s in full for s in range(N)]
 
     if predictor is not None:
         predictor.reset()
@@ -224,36 +263,16 @@ def rollout(
         for s in range(N):
             if remaining == 0:  # a MaskGIT schedule may reach L early: the published loop stops here
                 break
-            if is_full[s]:
-                forward = getattr(predictor, "full_forward", None)  # a predictor may record the full steps
-                if forward is not None:
-                    logits, feature = forward(base, tokens.repeat(branches, 1), branch_cond)
-                else:
-                    logits, feature = base.forward(tokens.repeat(branches, 1), branch_cond)
-                if predictor is not None:
-                    predictor.observe(s, feature)
-            else:
-                state = {}
-                if getattr(predictor, "needs_state", False):  # a predictor that recomputes from the tokens
-                    state = {"base": base, "tokens": tokens.repeat(branches, 1), "cond": branch_cond}
-                feature = predictor.predict(s, feature, *step_input, **padding, **state)
-                logits = base.head(feature, branch_cond)
-
+            rows = tokens.repeat(branches, 1)
+            logits, feature = step_logits(
+                base, predictor, s, is_full[s], rows, branch_cond, feature, step_input, text_rows
+            )
             logits = logits.float()
             if cfg:
                 w = cfg_weight(config.rule, config.guidance, s, N)
                 logits = (1 + w) * logits[:batch] - w * logits[batch:]
-
-            # Sample a code at every cell, then commit the k most confident masked cells.
-            sampled, confidence = choose_tokens(config, logits, noise[:, s, 0], noise[:, s, 1], s)
-            confidence = confidence.masked_fill(tokens != base.mask_id, -torch.inf)
-            k = counts[s]
-            new_pos = confidence.topk(k, dim=-1).indices
-            new_ids = sampled.gather(-1, new_pos)
-            tokens.scatter_(1, new_pos, new_ids)
-            order.scatter_(1, new_pos, s)
-            remaining -= k
-
+            new_ids, new_pos = commit(config, logits, noise[:, s], tokens, order, base.mask_id, s, counts[s])
+            remaining -= counts[s]
             if recorder is not None:
                 recorder(s, feature, new_ids, new_pos)
             if s + 1 < N and not is_full[s + 1]:

@@ -165,16 +165,16 @@ class DiMOO(PartialForward):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The shortcut's new tokens per row, as published: cond-branch rows (branch 0) get every prompt
         id (markup included) at positions 0..p-1, then the step's committed cells; uncond rows (branch
-        1) only the committed cells. new_ids [B, k] are loop-level codes (-1: none), new_pos [B, k]
-        cell indices 0..L-1; rows r and r+B of cond [R, P] share them. Returns emb [R, K, D],
+        1) only the committed cells. new_ids [batch, k] are loop-level codes (-1: none), new_pos [batch, k]
+        cell indices 0..L-1; rows r and r + batch of cond [R, P] share them. Returns emb [R, K, D],
         absolute sequence positions pos [R, K] and valid [R, K], right-padded."""
         device = self.device
         cond, branch = cond.to(device).long(), branch.to(device)
         R, P = cond.shape
-        B, k = new_ids.shape
-        if R % B:
-            raise ValueError(f"{R} rows do not split into groups of the {B} rows of new_ids")
-        row = torch.arange(R, device=device) % B
+        batch, k = new_ids.shape
+        if R % batch:
+            raise ValueError(f"{R} rows do not split into groups of the {batch} rows of new_ids")
+        row = torch.arange(R, device=device) % batch
         ids_new, pos_new = new_ids.to(device).long()[row], new_pos.to(device).long()[row]
         p = prompt_lengths(cond)
         cell_pos = cell_positions(p, *self.grid).gather(1, pos_new.clamp(0, self.L - 1))
@@ -208,10 +208,10 @@ class DiMOO(PartialForward):
             return self.decoder(tokens).float().clip(0, 1)
         vq = self.vq()
         h, w = self.grid
-        B = tokens.shape[0]
+        n = tokens.shape[0]
         with torch.autocast(vq.device.type, enabled=False):
             out = vq.decode(
-                tokens.to(vq.device).long().reshape(B, -1), force_not_quantize=True, shape=(B, h, w, self.vq_channels)
+                tokens.to(vq.device).long().reshape(n, -1), force_not_quantize=True, shape=(n, h, w, self.vq_channels)
             )
         return out.sample.float().clip(0, 1)
 
