@@ -341,7 +341,7 @@ def zoo_import(
     as_json: JsonOpt = False,
 ) -> None:
     """Wrap a published shortcut into a zoo folder bound to its base's fingerprint (loaded on the CPU)."""
-    from migm.shortcut_zoo.export import import_published
+    from migm.shortcut_zoo.published import import_published
     from migm.trajectories.base import load_base
 
     base = call(load_base, replace(spec, device="cpu"))

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from migm.cli.main import app
 from migm.shortcut_zoo.archs import build, build_for_base
-from migm.shortcut_zoo.export import import_published, load_shortcut, published_dimoo_arch_config, read_zoo_config
+from migm.shortcut_zoo.export import load_shortcut, read_zoo_config
+from migm.shortcut_zoo.published import import_published, published_dimoo_arch_config
 from migm.trajectories.base.checkpoints import load_state_dict, load_state_dict_strict
 from migm.trajectories.base.llada import LLaDAConfig
 from migm.trajectories.errors import MigmError

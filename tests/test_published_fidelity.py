@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from migm.cli.main import app
 from migm.shortcut_zoo.archs import build
-from migm.shortcut_zoo.export import load_shortcut, published_arch_config, read_zoo_config
+from migm.shortcut_zoo.export import load_shortcut, read_zoo_config
+from migm.shortcut_zoo.published import published_arch_config
 from migm.shortcut_zoo.train import TrainConfig, check_config, get_lr, shortcut_loss
 from migm.trajectories.base.checkpoints import load_state_dict
 from migm.trajectories.base.maskgit import load_maskgit

@@ -11,8 +11,8 @@ from conftest import PUBLISHED
 from safetensors.torch import load_file
 
 from migm.shortcut_zoo.archs import build, build_for_base
-from migm.shortcut_zoo.export import published_arch_config, published_dimoo_arch_config
 from migm.shortcut_zoo.predictors import make_predictor
+from migm.shortcut_zoo.published import published_arch_config, published_dimoo_arch_config
 from migm.trajectories.base.checkpoints import load_state_dict, load_state_dict_strict
 from migm.trajectories.base.dimoo_loading import load_dimoo
 from migm.trajectories.base.maskgit import load_maskgit
