@@ -55,7 +55,7 @@ class Plan:
     seed: int
     classes: list[int]  # sample i is conditioned on classes[i % len(classes)] (text: a prompt index)
     branches: int  # rows per sample: 2 with classifier-free guidance (conditional first), else 1
-    text: dict | None  # text bases: {"prompts": [...], "image_offset": id of image code 0}; else None
+    text: dict | None  # text bases: {"prompts": [...], "image_offset": id of image code 0 or None}; else None
 
     @property
     def num_shards(self) -> int:
@@ -143,7 +143,7 @@ SAMPLER_KEYS = {
 }
 SAMPLER_DEFAULTS = {"rule": "maskgit", "temperature": 1.0}  # absent from datasets written before DiMOO
 DIMS_KEYS = {"N": int, "L": int, "C": int, "D": int, "V": int, "P": int}
-TEXT_KEYS = {"prompts": list, "image_offset": int}
+TEXT_KEYS = {"prompts": list, "image_offset": "int?"}  # None: the feature is the image grid alone
 SHARD_KEYS = {"name": str, "rows": int, "sha256": str, "bytes": int}
 PLAN_KEYS = {
     "schema_version": int,
@@ -232,7 +232,7 @@ def _plan(d: dict, keys: dict) -> Plan:
         _keys(text, TEXT_KEYS, "text")
         if not text["prompts"] or not all(isinstance(p, str) for p in text["prompts"]):
             raise ValueError("text.prompts must be a non-empty list of strings")
-        if text["image_offset"] < 0 or dims["P"] < 1:
+        if (text["image_offset"] is not None and text["image_offset"] < 0) or dims["P"] < 1:
             raise ValueError("a text dataset needs image_offset >= 0 and dims P >= 1")
         if any(c >= len(text["prompts"]) for c in d["classes"] if _is(c, int)):
             raise ValueError("classes of a text dataset index its prompts")
