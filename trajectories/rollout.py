@@ -19,6 +19,8 @@ from migm.trajectories.checks import check_finite, check_int
 from migm.trajectories.errors import MigmError
 from migm.trajectories.schedule import check_full_steps, full_steps
 
+LEGACY_SAMPLER = {"rule": "maskgit", "temperature": 1.0}  # what a sampler config without these keys means
+
 
 @dataclass
 class SamplerConfig:
@@ -51,9 +53,12 @@ class SamplerConfig:
             raise MigmError(f"sm-temp must be above 0, got {self.sm_temp}")
 
     def to_dict(self) -> dict:
+        """The fields, less `rule` and `temperature` when they hold the values files written before they
+        existed mean (such files, and their fingerprints, stay as they were)."""
         d = asdict(self)
-        if self.rule == "maskgit" and self.temperature == 1.0:  # MaskGIT files keep their keys (and fingerprints)
-            del d["rule"], d["temperature"]
+        if all(d[k] == v for k, v in LEGACY_SAMPLER.items()):
+            for k in LEGACY_SAMPLER:
+                del d[k]
         return d
 
     @classmethod

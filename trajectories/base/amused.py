@@ -337,11 +337,23 @@ def scheduler_config(folder: Path, vocab_size: int) -> tuple[int, str]:
 
 
 def _load(cls, path: Path, **kw):
-    """`cls.from_pretrained(path)`: local files, safetensors only, no remote code; errors in one line."""
+    """`cls.from_pretrained(path)`: local files, safetensors only, no remote code, no progress bars
+    or warnings; errors in one line."""
+    from diffusers.utils import logging as dl
+    from transformers.utils import logging as tl
+
+    levels = dl.get_verbosity(), tl.get_verbosity()
+    for lib in (dl, tl):
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
     try:
         return cls.from_pretrained(str(path), local_files_only=True, use_safetensors=True, **kw)
     except Exception as e:  # both libraries raise many kinds for a broken folder
         raise MigmError(f"{path}: not loadable as {cls.__name__} ({first_line(e)})") from None
+    finally:
+        for lib, level in zip((dl, tl), levels):
+            lib.set_verbosity(level)
+            lib.enable_progress_bar()
 
 
 def load_amused(

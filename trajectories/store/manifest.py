@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path, PurePosixPath
 
 from migm.trajectories.errors import MigmError
-from migm.trajectories.rollout import SamplerConfig
+from migm.trajectories.rollout import LEGACY_SAMPLER, SamplerConfig
 from migm.trajectories.store.codecs import Codec, parse_codec
 from migm.trajectories.store.schema import FORMATS, MANIFEST, SCHEMA_VERSION, Dims, shard_name, write_json_atomic
 
@@ -141,7 +141,6 @@ SAMPLER_KEYS = {
     "rule": str,
     "temperature": float,
 }
-SAMPLER_DEFAULTS = {"rule": "maskgit", "temperature": 1.0}  # absent from datasets written before DiMOO
 DIMS_KEYS = {"N": int, "L": int, "C": int, "D": int, "V": int, "P": int}
 TEXT_KEYS = {"prompts": list, "image_offset": "int?"}  # None: the feature is the image grid alone
 SHARD_KEYS = {"name": str, "rows": int, "sha256": str, "bytes": int}
@@ -224,9 +223,9 @@ def _plan(d: dict, keys: dict) -> Plan:
     if d["format"] not in FORMATS:
         raise ValueError(f"unknown format {d['format']!r}")
     dims = _keys({"P": 0, **d["dims"]} if isinstance(d["dims"], dict) else d["dims"], DIMS_KEYS, "dims")
-    bad = [k for k, v in dims.items() if v < (0 if k == "P" else 1)]
+    bad = [k for k, v in dims.items() if v < (0 if k in ("P", "C") else 1)]  # C = 0: aMUSEd's feature is the grid
     if bad:
-        raise ValueError(f"dims {', '.join(bad)} must be at least 1")
+        raise ValueError(f"dims {', '.join(bad)} must be at least {0 if bad[0] in ('P', 'C') else 1}")
     text = d["text"]
     if text is not None:
         _keys(text, TEXT_KEYS, "text")
@@ -239,7 +238,7 @@ def _plan(d: dict, keys: dict) -> Plan:
     elif dims["P"]:
         raise ValueError("dims P is set but the dataset has no text section")
     try:
-        given = d["sampler"] if not isinstance(d["sampler"], dict) else {**SAMPLER_DEFAULTS, **d["sampler"]}
+        given = d["sampler"] if not isinstance(d["sampler"], dict) else {**LEGACY_SAMPLER, **d["sampler"]}
         sampler = SamplerConfig(**_keys(given, SAMPLER_KEYS, "sampler"))
     except MigmError as e:
         raise ValueError(f"sampler: {e}") from None
