@@ -13,10 +13,12 @@ from dataclasses import dataclass
 
 import torch
 
+from migm.trajectories.base import hub
 from migm.trajectories.base.registry import names, registration
 from migm.trajectories.errors import MigmError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+HUB_PATHS = ("checkpoint", "vqgan")  # options that may name a Hub reference (hf://ORG/NAME[/PATH])
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class BaseSpec:
     `load_base`, and the loaded base is passed down (library code never rebuilds a base by name)."""
 
     name: str | None = None  # None: the base a dataset or zoo model names (train), else an error
-    checkpoint: str | None = None  # local files of real checkpoints (None: not given)
+    checkpoint: str | None = None  # local files of real checkpoints, or hf:// references (None: not given)
     vqgan: str | None = None
     heads: int | None = None
     pixels: str | None = None  # MaskGIT image mapping: minmax (published) or clamp
@@ -88,6 +90,7 @@ def load_base(spec: BaseSpec):
         options = ", ".join("--" + k.replace("_", "-") for k in unknown)
         why = " (it ships its own weights and decoder)" if "checkpoint" not in params else ""
         raise MigmError(f"{options} not used by --model {spec.name}{why}")
+    paths = {k: hub.local(v) if k in HUB_PATHS else v for k, v in paths.items()}  # hf:// -> the cached copy
     if "device" in params and "precision" in params:
         return loader(**paths, device=device, precision=spec.precision)
     base = loader(**paths).to(device)
