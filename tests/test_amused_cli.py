@@ -33,9 +33,11 @@ def folder(tmp_path_factory):
     return write_amused(tmp_path_factory.mktemp("amused") / "amused-tiny")
 
 
-def test_dump_verify_train_sample_bench(folder, tmp_path):
+def test_generate_dump_verify_train_sample_bench(folder, tmp_path):
     args = ["--model", "amused", "--checkpoint", str(folder)]
     prompts = ["--prompt", "the red cat", "--prompt", "a dog"]
+    ok(["generate", *args, *prompts, "--per-class", "2", "--steps", "8", "--out", str(tmp_path / "g.png"), "-q"])
+    assert (tmp_path / "g.txt").read_text() == "row 1: the red cat\nrow 2: a dog\n"
     ds = tmp_path / "ds"
     ok(["dump-trajectories", *args, *prompts, "--num-samples", "8", "--steps", "8", "--batch-size", "4",
         "--shard-size", "4", "--out", str(ds), "-q"])  # fmt: skip
