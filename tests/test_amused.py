@@ -7,6 +7,7 @@ from amused_folder import write_amused
 
 from migm.trajectories.base import BaseSpec, load_base
 from migm.trajectories.base.amused import load_amused
+from migm.trajectories.base.protocol import TextBase
 from migm.trajectories.rollout import SamplerConfig, _noise, rollout, sample_seeds
 
 PROMPTS = ["the red cat", "a dog"]
@@ -58,6 +59,7 @@ def test_logits_equal_the_pipelines_transformer_call_and_the_head_reproduces_the
     expected = pipeline_call(pipe, torch.where(tokens == base.V, pipe.scheduler.config.mask_token_id, tokens))
     logits, feature = base.forward(tokens, base.encode_prompts(PROMPTS))
     assert feature.shape == (2, base.L, base.D)
+    assert isinstance(base, TextBase)
     assert float((logits - expected).norm() / expected.norm()) < 1e-5
     assert float((base.head(feature) - logits).norm() / logits.norm()) < 1e-5
 

@@ -58,11 +58,15 @@ def plugins(tmp_path, monkeypatch):
         sys.modules.pop(module, None)
 
 
-def test_the_docs_tiny_base_follows_the_protocol(plugins):
+def test_the_docs_tiny_base_and_the_built_in_ones_follow_the_protocol(plugins):
     import tinybase
+
+    from migm.trajectories.base import BaseSpec, load_base
 
     base = tinybase.load_tiny()
     assert isinstance(base, Base) and not isinstance(base, TextBase)
+    assert isinstance(load_base(BaseSpec("maskgit-digits", device="cpu")), Base)
+    assert isinstance(load_base(BaseSpec("dimoo-digits", device="cpu")), TextBase)
 
 
 def test_a_plugin_base_runs_through_the_cli(plugins, tmp_path):
