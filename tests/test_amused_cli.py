@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 from amused_folder import write_amused
+from test_image_metrics import clip_dir  # noqa: F401  (a tiny random CLIP folder)
 from typer.testing import CliRunner
 
 from migm.cli.main import app
@@ -73,3 +74,11 @@ def test_bad_amused_input_is_one_line(folder, tmp_path):
     args = ["generate", "--model", "amused", "--checkpoint", str(folder), "--out", out]
     assert "not --classes" in refused([*args, "--classes", "0-3"])
     assert "multiple of 2" in refused([*args, "--prompt", "a cat", "--height", "7"])
+
+
+def test_score_reports_the_clip_score_of_amused_samples(folder, clip_dir, tmp_path):  # noqa: F811 (the fixture)
+    (tmp_path / "p.txt").write_text("the red cat\na dog\n")
+    args = ["score", "--model", "amused", "--checkpoint", str(folder), "--prompts", str(tmp_path / "p.txt")]
+    result = json.loads(ok([*args, "--samples", "2", "--steps", "4", "--clip", str(clip_dir), "--json", "-q"]))
+    assert 0 <= result["clip_score"] <= 100 and "accuracy" not in result
+    assert "no classifier scorer" in refused(args)  # no scorer ships for aMUSEd: FID or CLIP must be asked for
