@@ -113,8 +113,20 @@ class Amused:
     default_prompts: list[str] | None = None
     label_of = None
 
-    def __init__(self, transformer, vqvae, text_encoder, tokenizer, rule, mask_token_id, grid, fingerprint, **kw):
-        self.name = kw.get("name", "amused")
+    def __init__(
+        self,
+        transformer,
+        vqvae,
+        text_encoder,
+        tokenizer,
+        rule: AmusedRule,
+        mask_token_id: int,
+        grid: tuple[int, int],
+        fingerprint: str,
+        feature: str = "up",
+        name: str = "amused",
+    ):
+        self.name = name
         self.net = transformer.eval().requires_grad_(False)
         # used under no_grad only; their parameters keep requires_grad as diffusers loads them, because
         # CPU convolutions take another kernel without it (the decoded images moved by ~1e-7)
@@ -125,7 +137,7 @@ class Amused:
         self.mask_token_id = mask_token_id
         self.grid = grid
         self.fingerprint = fingerprint
-        self.feature = kw.get("feature", "up")
+        self.feature = feature
         self.precision = "fp32"
         scale = 2 ** (len(vqvae.config.block_out_channels) - 1)  # the pipeline's vae_scale_factor
         self.micro_conds = [grid[1] * scale, grid[0] * scale, *CROP, AESTHETIC_SCORE]  # width, height, crop, score
