@@ -342,13 +342,13 @@ def zoo_import(
 ) -> None:
     """Wrap a published shortcut into a zoo folder bound to its base's fingerprint (loaded on the CPU)."""
     from migm.shortcut_zoo.published import import_published
-    from migm.trajectories.base import load_base
+    from migm.trajectories.base import hub, load_base
 
     base = call(load_base, replace(spec, device="cpu"))
     steps = steps_for(base, steps, 32)
     config = call(
         import_published,
-        published,
+        call(hub.local, published),
         out,
         base,
         shortcut_heads=shortcut_heads,

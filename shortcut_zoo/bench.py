@@ -31,7 +31,6 @@ from migm.shortcut_zoo.image_metrics import ImageMetrics, image_metrics
 from migm.shortcut_zoo.predictors import check_predictor_name, make_predictor
 from migm.shortcut_zoo.sample import check_placement
 from migm.shortcut_zoo.stats import bootstrap_ci, pareto_front
-from migm.trajectories.base import SCORE_STATISTICS, SCORERS
 from migm.trajectories.checks import check_int, check_seed, check_writable_dir, writable_dir
 from migm.trajectories.errors import MigmError
 from migm.trajectories.generate import cycled_conditions, cycled_prompts, sample_many
@@ -78,7 +77,7 @@ def shortcut_method(name: str, placement: str) -> str:
 
 def own_steps(spec: str) -> bool:
     """Whether the predictor `spec` names picks its own full steps (ml-cache) instead of a budget's."""
-    return spec != "shortcut" and hasattr(make_predictor(spec), "full_steps")
+    return spec != "shortcut" and make_predictor(spec).full_steps(1) is not None
 
 
 def _interleaved_times(fns: list[Callable[[], object]], repeats: int) -> list[tuple[float, float, float]]:
@@ -188,7 +187,7 @@ class BenchRun:
 
     @property
     def scorer(self) -> Callable | None:  # None: no classifier ships for this base; quality is token agreement
-        return SCORERS.get(self.base.name)
+        return self.base.scorer
 
     def sample(self, config: SamplerConfig, predictor=None, seed_offset: int = 0):
         """Sample every condition; with --fidelity a predictor is wrapped in a probe. Returns (samples, probe)."""
@@ -218,7 +217,7 @@ class BenchRun:
         interval (KEY_ci) of every quality column the samples allow: the scorer's too."""
         agree = (s.tokens == self.vanilla[N]).double().mean(1).numpy() if N in self.vanilla else None
         fidelity = probe.values() if probe is not None else None
-        per_subset = SCORE_STATISTICS.get(self.base.name)  # the scorer's metrics per subset of samples
+        per_subset = self.base.score_statistics  # the scorer's metrics per subset of samples
         stats = dict(per_subset(s.tokens, s.labels)) if per_subset else {}
         columns = {"token_agreement": 1.0 if agree is None else float(agree.mean())}
         if agree is not None:

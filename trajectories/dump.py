@@ -23,7 +23,7 @@ from migm.trajectories import __version__
 from migm.trajectories.checks import check_int, check_removable_dir, check_seed, check_writable_dir, writable_dir
 from migm.trajectories.errors import MigmError
 from migm.trajectories.rollout import SamplerConfig, rollout, sample_seeds, stack_cond
-from migm.trajectories.schedule import steps_run, unmask_counts
+from migm.trajectories.schedule import steps_run
 from migm.trajectories.store.codecs import parse_codec
 from migm.trajectories.store.manifest import (
     SUBDIR,
@@ -82,7 +82,7 @@ def plan(cfg: DumpConfig, base) -> Plan:
     sampler = SamplerConfig.for_base(
         base, cfg.steps, guidance=cfg.guidance, r_temp=cfg.r_temp, sm_temp=cfg.sm_temp, temperature=cfg.temperature
     )
-    check_every_step_runs(sampler, base.L)
+    check_every_step_runs(sampler, base)
     branches = 2 if sampler.guidance > 0 else 1
     if base.text:
         classes, text, dims = text_layout(cfg, base, branches)
@@ -110,10 +110,11 @@ def plan(cfg: DumpConfig, base) -> Plan:
     )
 
 
-def check_every_step_runs(sampler: SamplerConfig, L: int) -> None:
+def check_every_step_runs(sampler: SamplerConfig, base) -> None:
     """A trajectory holds a feature for each of the N steps: refuse an N whose published schedule commits
     every cell early (the loop stops there, leaving the last steps without a feature)."""
-    counts = unmask_counts(sampler.rule, L, sampler.steps)
+    L = base.L
+    counts = base.rule.unmask_counts(L, sampler.steps)
     ran = steps_run(counts)
     if ran < sampler.steps:
         raise MigmError(
@@ -136,7 +137,7 @@ def text_layout(cfg: DumpConfig, base, branches: int) -> tuple[list[int], dict, 
     rows = stack_cond(ids, base.null_cond(len(ids))) if branches == 2 else ids
     T = int(base.feature_valid(rows).shape[1])
     dims = Dims(N=cfg.steps, L=base.L, C=T - base.L, D=base.D, V=base.V, P=int(rows.shape[1]))
-    text = {"prompts": prompts, "image_offset": int(base.special.image_offset)}
+    text = {"prompts": prompts, "image_offset": base.image_offset}  # None: new tokens are the grid's cells
     return list(range(len(prompts))), text, dims
 
 

@@ -41,6 +41,7 @@ from migm.trajectories.base.dimoo_layout import (
     sequence_length,
 )
 from migm.trajectories.base.llada import LLaDA
+from migm.trajectories.base.rules import DIMOO_RULE
 from migm.trajectories.errors import MigmError, first_line
 
 
@@ -61,6 +62,9 @@ class DiMOO(PartialForward):
     name = "dimoo"
     num_classes = 0
     text = True
+    rule = DIMOO_RULE
+    shortcut_arch = "dimoo-transformer"
+    scorer = score_statistics = None  # the shipped digits base sets its classifier's
 
     def __init__(
         self,
@@ -98,6 +102,7 @@ class DiMOO(PartialForward):
     D = property(lambda self: self.net.cfg.d_model)
     mask_id = property(lambda self: self.V)
     device = property(lambda self: self.net.transformer.wte.weight.device)
+    image_offset = property(lambda self: self.special.image_offset)  # new tokens include the prompt
 
     def to(self, device: str | torch.device) -> DiMOO:
         self.net.to(device)
