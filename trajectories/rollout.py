@@ -142,14 +142,26 @@ def autocast(base) -> torch.autocast:
     return torch.autocast(base.device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def choose_full_steps(predictor: Predictor | None, N: int, B: int, budget_given: bool) -> list[int]:
+def rule_of(base, config: SamplerConfig):
+    """The base's sampling rule, which the config must be made for."""
+    if config.rule != base.rule.name:
+        raise MigmError(
+            f"the sampler config is for the {config.rule!r} rule; --model {base.name} samples by {base.rule.name!r}"
+        )
+    return base.rule
+
+
+def choose_full_steps(predictor: Predictor | None, N: int, budget: int | None) -> list[int]:
     """The full steps of a rollout: the predictor's own choice, its placement of a budget B < N, or
-    the uniform rule (B = N is vanilla, whatever the predictor)."""
+    the uniform rule (B = N is vanilla, whatever the predictor); a budget below N needs a predictor."""
+    B = budget if budget is not None else N
     own = predictor.full_steps(N) if predictor is not None else None
     if own is not None:
-        if budget_given:
+        if budget is not None:
             raise MigmError("this predictor chooses its own full steps; leave the budget (--budget) unset")
         return check_full_steps(own, N)
+    if predictor is None and B < N:
+        raise MigmError(f"a budget of {B} full steps below N = {N} needs a predictor (--shortcut or --predictor)")
     if predictor is not None and B < N:
         full = check_full_steps(predictor.place(N, B), N)
         if len(full) != B:
@@ -212,16 +224,9 @@ def rollout(
     first; features handed to the predictor and recorder cover both branches. `noise` [batch, N, 2, L]
     replaces the uniforms the seeds would draw (to replay a reference run's draws).
     """
-    N, L, device, rule = config.steps, base.L, base.device, base.rule
-    if config.rule != rule.name:
-        raise MigmError(
-            f"the sampler config is for the {config.rule!r} rule; --model {base.name} samples by {rule.name!r}"
-        )
-    B_full = config.budget if config.budget is not None else N
+    N, L, device, rule = config.steps, base.L, base.device, rule_of(base, config)
     counts = rule.unmask_counts(L, N)
-    full = choose_full_steps(predictor, N, B_full, config.budget is not None)
-    if predictor is None and B_full < N:
-        raise MigmError(f"a budget of {B_full} full steps below N = {N} needs a predictor (--shortcut or --predictor)")
+    full = choose_full_steps(predictor, N, config.budget)
     if len(seeds) != len(cond):
         raise MigmError(f"got {len(seeds)} seeds for {len(cond)} samples")
 
