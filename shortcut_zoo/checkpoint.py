@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from migm.trajectories.base.checkpoints import load_state_dict_strict
 from migm.trajectories.checks import inert
 from migm.trajectories.errors import MigmError
+from migm.trajectories.safe_load import load_json
 from migm.trajectories.store.schema import sha256_path
 
 CHECKPOINT = "checkpoint"
@@ -205,9 +206,9 @@ def read_train_state(ckpt: Path) -> dict:
     if not path.exists():
         raise older if pickles else MigmError(f"{ckpt} has no {STATE}: not a whole checkpoint")
     try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MigmError(f"{path} is not valid JSON ({getattr(e, 'msg', e)}); the checkpoint is damaged") from None
+        record = load_json(path)
+    except MigmError as e:
+        raise MigmError(f"{e}; the checkpoint is damaged") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         if pickles and isinstance(record, dict) and "format" not in record:
             raise older

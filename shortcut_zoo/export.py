@@ -6,7 +6,6 @@ refuses a base whose fingerprint differs (unless `force`), pickles, and malforme
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -16,10 +15,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from migm.shortcut_zoo.archs import ARCHS, build, build_for_base
+from migm.shortcut_zoo.zoo_config import check_zoo_config
 from migm.trajectories import __version__
 from migm.trajectories.base.checkpoints import load_state_dict_strict
 from migm.trajectories.checks import writable_dir
 from migm.trajectories.errors import MigmError
+from migm.trajectories.safe_load import load_json
 from migm.trajectories.store.manifest import Manifest
 from migm.trajectories.store.schema import write_json_atomic
 
@@ -219,25 +220,21 @@ def read_zoo_config(path: str | Path) -> dict:
         raise MigmError(f"{str(path)!r} is not a zoo folder")
     if not (path / CONFIG).exists():
         raise MigmError(f"{str(path)!r} has no {CONFIG}: not a zoo folder")
-    try:
-        config = json.loads((path / CONFIG).read_text())
-    except json.JSONDecodeError as e:
-        raise MigmError(f"{path / CONFIG} is not valid JSON ({e.msg})") from None
+    config = load_json(path / CONFIG)  # size, UTF-8, depth and integer limits
+    if not isinstance(config, dict):
+        raise MigmError(f"{path / CONFIG}: must be a JSON object, got a JSON {type(config).__name__}")
     fmt = config.get("zoo_format", 0)  # none: written before zoo formats were numbered
     if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt > ZOO_FORMAT:
         raise MigmError(f"{path / CONFIG}: zoo format {fmt!r} is not supported (this migm reads up to {ZOO_FORMAT})")
-    if fmt < FORWARD_SINCE.get(config.get("arch"), 1):
+    arch = config.get("arch")
+    if fmt < (FORWARD_SINCE.get(arch, 1) if isinstance(arch, str) else 1):
         raise MigmError(
             f"{path}: zoo format {fmt} holds weights trained for the old {config.get('arch')} forward "
             f"(this migm computes the published one); retrain it with migm train, or re-import the published file"
         )
-    for key, kind in (("arch", str), ("arch_config", dict), ("base", dict)):
-        if not isinstance(config.get(key), kind):
-            raise MigmError(f"{path / CONFIG}: field {key!r} is missing or not a {kind.__name__}")
+    check_zoo_config(config, path / CONFIG)  # every field's kind, before any reader uses it
     if config["arch"] not in ARCHS:
         raise MigmError(f"{path / CONFIG}: unknown arch {config['arch']!r}; known archs: {', '.join(sorted(ARCHS))}")
-    if not isinstance(config["base"].get("fingerprint"), str) or not isinstance(config["base"].get("name"), str):
-        raise MigmError(f"{path / CONFIG}: field 'base' needs a name and a fingerprint")
     return config
 
 

@@ -115,3 +115,93 @@ def test_cause1_a_rehashed_hostile_shard_is_refused_by_verify_and_train(
         *cli("train", "--data", ds, "--out", out, "--steps", 2, "--device", "cpu", "-q")[::2], name, "row 2", message
     )
     assert sorted(p.name for p in ds.rglob("*")) == before and not (out / "config.json").exists()
+
+
+# ---- cause 2: hostile metadata files are one line, never a traceback -------------------------------
+
+DEEP = "[" * 100_000 + "]" * 100_000
+LONG_INT = "1" * 5000
+ZOO = {
+    "zoo_format": 2,
+    "arch": "mlp",
+    "arch_config": {"dim": 8},
+    "base": {"name": "maskgit-digits", "fingerprint": "ab"},
+}
+HOSTILE_CONFIGS = [
+    (json.dumps({**ZOO, "metrics": []}), "field 'metrics'"),
+    (json.dumps({**ZOO, "metrics": {"overall": {"cos": "high"}}}), "metrics.overall.cos"),
+    (json.dumps({**ZOO, "cost": {"parameters": "12"}}), "cost.parameters"),
+    (json.dumps({**ZOO, "arch_config": [1, 2]}), "field 'arch_config'"),
+    (json.dumps({**ZOO, "arch": ["mlp"]}), "field 'arch'"),
+    (json.dumps([ZOO]), "must be a JSON object"),
+    (json.dumps(ZOO).encode()[:-1] + b', "x": "\xff\xfe"}', "not UTF-8"),
+    (json.dumps({**ZOO, "cost": {"parameters": 0}})[:-1] + f', "n": {LONG_INT}}}', "number too long"),
+    (json.dumps(ZOO)[:-1] + f', "n": {DEEP}}}', "nests deeper"),
+]
+
+
+@pytest.mark.parametrize("text, message", HOSTILE_CONFIGS)
+def test_cause2_a_hostile_zoo_config_is_one_line_for_list_and_show(tmp_path, text, message):
+    folder = tmp_path / "zoo" / "z"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_bytes(text if isinstance(text, bytes) else text.encode())
+    (folder / "README.md").write_text("# card\n")
+    one_line_error(*cli("zoo", "list", tmp_path / "zoo")[::2], message)
+    one_line_error(*cli("zoo", "show", folder)[::2], message)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: t[:-2] + b', "x": "\xc3\x28"}', "not UTF-8"),
+        (lambda t: t[:-2] + f', "seed": {LONG_INT}}}'.encode(), "number too long"),
+        (lambda t: t[:-2] + f', "x": {DEEP}}}'.encode(), "nests deeper"),
+        (lambda t: t.replace(b'"seed": ', b'"seed": 1' + b"0" * 100 + b', "y": '), "at most 2**64"),
+    ],
+)
+def test_cause2_a_hostile_dataset_json_is_one_line_for_verify(datasets, tmp_path, edit, message):
+    ds = copy(datasets["zarr"], tmp_path / "ds")
+    raw = (ds / "dataset.json").read_bytes().rstrip()
+    (ds / "dataset.json").write_bytes(edit(raw))
+    one_line_error(*cli("verify", ds)[::2], "dataset.json", message)
+
+
+def test_cause2_a_readme_in_invalid_utf8_is_one_line_for_push_dry_run(datasets, tmp_path):
+    ds = copy(datasets["parquet"], tmp_path / "ds")
+    (ds / "README.md").write_bytes(b"# card \xff\xfe broken\n")
+    one_line_error(*cli("push", ds, "--repo-id", "me/ds", "--dry-run")[::2], "README.md", "not UTF-8")
+
+
+def test_cause2_a_fid_reference_of_strings_is_refused(tmp_path):
+    from migm.trajectories.errors import MigmError
+    from migm.trajectories.metrics import FeatureStats
+
+    np.savez(tmp_path / "ref.npz", mu=np.array(["a"] * 64), sigma=np.zeros((64, 64)))
+    with pytest.raises(MigmError, match="array 'mu' holds <U1, not numbers"):
+        FeatureStats.load(tmp_path / "ref.npz", dims=64)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
+
+
+def test_cause2_a_decompression_bomb_png_is_refused_before_decoding(tmp_path):
+    from migm.trajectories.errors import MigmError
+    from migm.trajectories.metrics import read_image
+
+    (tmp_path / "bomb.png").write_bytes(png_claiming(40_000, 40_000))
+    with pytest.raises(MigmError, match="bomb.png is too large to decode"):
+        read_image(tmp_path / "bomb.png")
+    (tmp_path / "big.png").write_bytes(png_claiming(10_000, 10_000))  # past PIL's warning limit only
+    with pytest.raises(MigmError, match="big.png is too large to decode"):
+        read_image(tmp_path / "big.png")

@@ -378,10 +378,9 @@ def pad_rows(rows: list[list[int]], device: str | torch.device = "cpu") -> torch
 
 
 def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MigmError(f"{path}: not readable JSON ({first_line(e)})") from None
+    from migm.trajectories.safe_load import load_json
+
+    data = load_json(path)  # size, UTF-8, depth and integer limits: one line naming the file
     if not isinstance(data, dict):
         raise MigmError(f"{path}: expected a JSON object")
     return data
