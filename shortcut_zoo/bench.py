@@ -44,6 +44,8 @@ QUALITY_LABELS = {
     "token_agreement": "token agreement with vanilla (higher is better)",
 }
 
+MAX_BOOTSTRAP = 10_000  # resamples: scipy's own default is 9,999; each one recomputes every statistic
+
 
 @dataclass
 class BenchConfig:
@@ -155,7 +157,7 @@ def run_bench(
         raise MigmError(f"samples must be at least 2, got {cfg.samples}")
     check_int("--repeats", cfg.repeats)
     check_int("--batch-size", cfg.batch_size)
-    check_int("--bootstrap", cfg.bootstrap, low=0)
+    check_int("--bootstrap", cfg.bootstrap, low=0, high=MAX_BOOTSTRAP)
     check_seed(cfg.seed)
     for placement in cfg.placements:
         check_placement(placement)

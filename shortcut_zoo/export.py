@@ -20,7 +20,7 @@ from migm.trajectories import __version__
 from migm.trajectories.base.checkpoints import load_state_dict_strict
 from migm.trajectories.checks import writable_dir
 from migm.trajectories.errors import MigmError
-from migm.trajectories.safe_load import load_json
+from migm.trajectories.safe_load import load_json, read_bytes
 from migm.trajectories.store.manifest import Manifest
 from migm.trajectories.store.schema import write_json_atomic
 
@@ -35,6 +35,7 @@ CONFIG = "config.json"
 CARD = "README.md"
 ZOO_FILES = (WEIGHTS, CONFIG, CARD)  # a zoo folder is these files; `push` uploads exactly them
 PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+MAX_CARD_BYTES = 256 << 10  # `zoo show` renders at most this much card (ours are a few kilobytes)
 
 
 def export_shortcut(
@@ -296,10 +297,8 @@ def read_model_card(path: str | Path) -> str:
     card = path / CARD
     if not card.is_file():
         raise MigmError(f"{path} has no {CARD} (model card); `migm zoo list {path}` shows its figures")
-    try:
-        text = card.read_text(errors="replace")
-    except OSError as e:
-        raise MigmError(f"cannot read {card}: {e.strerror or e}") from None
+    # bounded: rich's Markdown renderer takes minutes on megabytes; invalid UTF-8 is shown replaced
+    text = read_bytes(card, MAX_CARD_BYTES, "model card").decode("utf-8", errors="replace")
     if text.startswith("---\n"):  # YAML front matter: metadata for the Hub, not for reading
         end = text.find("\n---\n", 4)
         text = text[end + 5 :] if end >= 0 else text

@@ -205,3 +205,53 @@ def test_cause2_a_decompression_bomb_png_is_refused_before_decoding(tmp_path):
     (tmp_path / "big.png").write_bytes(png_claiming(10_000, 10_000))  # past PIL's warning limit only
     with pytest.raises(MigmError, match="big.png is too large to decode"):
         read_image(tmp_path / "big.png")
+
+
+# ---- cause 3: work a user asks for by mistake is refused, not run -----------------------------------
+
+
+def test_cause3_bench_bootstrap_beyond_its_bound_is_refused(tmp_path):
+    out = tmp_path / "b"
+    args = ["bench", "--configs", "N4", "--predictors", "cache", "--samples", 4, "--out", out, "--device", "cpu"]
+    code, _, stderr = cli(*args, "--bootstrap", 10_000_000)
+    one_line_error(code, stderr.lstrip("\n"), "--bootstrap must be at most 10000")  # bench opens with a blank line
+    assert not out.exists()
+
+
+def test_cause3_zoo_show_refuses_a_card_too_large_to_render(tmp_path):
+    folder = tmp_path / "z"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(ZOO))
+    (folder / "README.md").write_text("# card\n" + "word " * 200_000)  # 1 MB
+    one_line_error(*cli("zoo", "show", folder)[::2], "model card", "more than the 262,144")
+    (folder / "README.md").write_bytes(b"# card \xff in Latin-1\n")  # read as text: shown with a replacement mark
+    code, stdout, _ = cli("zoo", "show", folder)
+    assert code == 0 and "card" in stdout and "\ufffd" in stdout
+
+
+def test_cause3_a_prompt_longer_than_the_base_takes_is_refused_before_sampling(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("seven " * 200_000 + "\n")  # one line of 1.2 MB
+    out = tmp_path / "g.png"
+    one_line_error(
+        *cli("generate", "--model", "dimoo-digits", "--prompts", prompts, "--out", out, "--device", "cpu")[::2],
+        "prompt 1 is",
+        "more than the 4,096 dimoo-digits takes",
+    )
+    assert not out.exists()
+
+
+def test_cause3_a_class_range_too_large_to_hold_is_refused(tmp_path):
+    out = tmp_path / "g.png"
+    one_line_error(
+        *cli("generate", "--classes", "0-100000000000", "--out", out, "--device", "cpu")[::2], "--classes range"
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["1" * 5000, "1" + "0" * 30])
+def test_cause3_arch_sizes_of_any_length_are_one_line(datasets, tmp_path, value):
+    out = tmp_path / "z"
+    args = ["train", "--data", datasets["zarr"], "--out", out, "--steps", 2, "--device", "cpu", "-q"]
+    one_line_error(*cli(*args, "-a", f"blocks={value}")[::2], "blocks")
+    assert not out.exists()
