@@ -19,7 +19,7 @@ from migm.shortcut_zoo.zoo_config import check_zoo_config
 from migm.trajectories import __version__
 from migm.trajectories.base.checkpoints import load_state_dict_strict
 from migm.trajectories.checks import writable_dir
-from migm.trajectories.errors import MigmError
+from migm.trajectories.errors import MigmError, write_error
 from migm.trajectories.safe_load import load_json, read_bytes
 from migm.trajectories.store.manifest import Manifest
 from migm.trajectories.store.schema import write_json_atomic
@@ -91,8 +91,8 @@ def write_zoo_folder(out: Path, model: torch.nn.Module, config: dict) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS))
         (out / CARD).write_text(render_model_card(config, str(out)))
-    except OSError as e:
-        raise MigmError(f"cannot write zoo folder {out}: {e.strerror or e}") from None
+    except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error
+        raise MigmError(f"cannot write zoo folder {out}: {write_error(e)}") from None
     write_json_atomic(out / CONFIG, config)
     return config
 

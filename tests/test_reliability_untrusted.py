@@ -255,3 +255,72 @@ def test_cause3_arch_sizes_of_any_length_are_one_line(datasets, tmp_path, value)
     args = ["train", "--data", datasets["zarr"], "--out", out, "--steps", 2, "--device", "cpu", "-q"]
     one_line_error(*cli(*args, "-a", f"blocks={value}")[::2], "blocks")
     assert not out.exists()
+
+
+# ---- cause 4: a full disk while saving is one line; the last checkpoint stays whole ---------------
+
+# What safetensors raises on a full filesystem (measured on a 64 KB tmpfs, safetensors 0.8).
+ENOSPC = "Error while serializing: I/O error: No space left on device (os error 28)"
+TRAIN = [
+    "--steps",
+    4,
+    "--batch-size",
+    16,
+    "--save-every",
+    2,
+    "--val-fraction",
+    0.25,
+    "--warmup",
+    1,
+    "--device",
+    "cpu",
+    "-q",
+]
+
+
+def disk_full_after(monkeypatch, writes: int) -> None:
+    """safetensors' writer fails like a full disk after `writes` more files."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    real, count = safetensors.torch.serialize_file, [0]
+
+    def serialize_file(*args, **kwargs):
+        count[0] += 1
+        if count[0] > writes:
+            raise SafetensorError(ENOSPC)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "serialize_file", serialize_file)
+
+
+def digests(folder) -> dict:
+    return {p.name: sha256_path(p) for p in sorted(folder.iterdir())}
+
+
+def test_cause4_disk_full_during_a_checkpoint_or_export_keeps_the_last_checkpoint_and_resume_continues(
+    datasets, tmp_path, monkeypatch
+):
+    data, out, straight = datasets["zarr"], tmp_path / "z", tmp_path / "straight"
+    assert cli("train", "--data", data, "--out", straight, *TRAIN)[0] == 0
+    assert cli("train", "--data", data, "--out", out, *TRAIN, "--stop-at", 2)[0] == 0
+    before = digests(out / "checkpoint")
+
+    disk_full_after(monkeypatch, 1)  # the step-4 save writes its RNG state, then the disk is full
+    code, _, stderr = cli("train", "--data", data, "--out", out, *TRAIN, "--resume")
+    one_line_error(code, stderr, "cannot write checkpoint", "checkpoint.partial", "No space left on device", "is kept")
+    assert digests(out / "checkpoint") == before and sorted(p.name for p in out.iterdir()) == ["checkpoint"]
+
+    monkeypatch.undo()
+    disk_full_after(monkeypatch, 4)  # the step-4 checkpoint is written whole; the zoo export then fails
+    code, _, stderr = cli("train", "--data", data, "--out", out, *TRAIN, "--resume")
+    one_line_error(code, stderr, f"cannot write zoo folder {out}", "No space left on device")
+    assert not (out / "config.json").exists()
+
+    monkeypatch.undo()  # space again: the rerun continues from the step-4 checkpoint and exports
+    code, _, stderr = cli("train", "--data", data, "--out", out, *TRAIN, "--resume")
+    assert code == 0, stderr
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(straight / "model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)  # as if never interrupted
