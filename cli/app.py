@@ -243,7 +243,8 @@ def progress_bar(total: int, what: str, quiet: bool) -> Iterator[Callable[[int],
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
     ]
-    with Progress(*columns, console=err_console, transient=True) as bar:
+    # off when stderr is no terminal (a log, a pipe): rich would leave a blank line beside an error there
+    with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
         task = bar.add_task(what, total=total, rate="")
         start = time.perf_counter()
 

@@ -29,7 +29,7 @@ from migm.shortcut_zoo.export import load_shortcut, read_step_errors
 from migm.shortcut_zoo.predictors import check_predictor_name, make_predictor
 from migm.shortcut_zoo.sample import check_placement
 from migm.trajectories.base import SCORE_STATISTICS, SCORERS
-from migm.trajectories.checks import check_int, check_seed, check_writable_dir, writable_dir
+from migm.trajectories.checks import check_int, check_outside_data, check_seed, check_writable_dir, writable_dir
 from migm.trajectories.errors import MigmError
 from migm.trajectories.generate import sample_many, spread, spread_prompts
 from migm.trajectories.metrics import ImageMetrics, image_metrics
@@ -169,6 +169,7 @@ def run_bench(
         check_predictor_name(name, base)
     if "shortcut" in cfg.predictors and not cfg.shortcuts and any(b for _, b in configs):
         raise MigmError("the shortcut predictor needs --shortcut zoo/NAME (or leave it out of --predictors)")
+    check_outside_data(cfg.out, "--out", itself=True)  # bench writes its own files into the folder
     out = check_writable_dir(cfg.out, "--out")
     for N, B in configs:
         SamplerConfig.for_base(base, N, B)  # validates 1 <= B <= N <= L before any work

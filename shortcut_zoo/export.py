@@ -18,7 +18,7 @@ from migm.shortcut_zoo.archs import ARCHS, build, build_for_base
 from migm.shortcut_zoo.zoo_config import check_zoo_config
 from migm.trajectories import __version__
 from migm.trajectories.base.checkpoints import load_state_dict_strict
-from migm.trajectories.checks import writable_dir
+from migm.trajectories.checks import check_outside_data, writable_dir
 from migm.trajectories.errors import MigmError, write_error
 from migm.trajectories.safe_load import load_json, read_bytes
 from migm.trajectories.store.manifest import Manifest
@@ -178,6 +178,7 @@ def import_published(
     from migm.trajectories.store.schema import sha256_path
 
     file, out = Path(file), Path(out)
+    check_outside_data(out, "--out")
     writable_dir(out.parent, "folder")
     if out.exists() and any(out.iterdir()):
         raise MigmError(f"{out} is not empty; choose a new zoo folder")

@@ -324,3 +324,32 @@ def test_cause4_disk_full_during_a_checkpoint_or_export_keeps_the_last_checkpoin
 
     a, b = load_file(str(out / "model.safetensors")), load_file(str(straight / "model.safetensors"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)  # as if never interrupted
+
+
+# ---- cause 5: no output is written among a dataset's or a zoo folder's own files --------------------
+
+
+def test_cause5_outputs_inside_a_dataset_or_zoo_folder_are_refused(datasets, tmp_path):
+    ds = copy(datasets["zarr"], tmp_path / "ds")
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    (zoo / "config.json").write_text(json.dumps(ZOO))
+    (zoo / "model.safetensors").write_bytes(b"")
+    (tmp_path / "link").symlink_to(ds / "shards")
+    before = {p: p.stat().st_mtime_ns for p in [*ds.rglob("*"), *zoo.rglob("*")]}
+    shard = ds / "shards" / "shard-00000.zarr"
+    for args, where in [
+        (["inspect", ds, "--plot", shard / "x.png"], "the dataset"),
+        (["inspect", ds, "--plot", ds / "x.png"], "the dataset"),
+        (["inspect", ds, "--plot", tmp_path / "link" / "x.png"], "the dataset"),
+        (["generate", "--out", zoo / "grid.png", "--device", "cpu"], "the zoo folder"),
+        (["dump-trajectories", "--out", ds / "shards" / "more", "--num-samples", 2, "-q"], "the dataset"),
+        (["train", "--data", ds, "--out", ds / "z", "--steps", 2, "--device", "cpu", "-q"], "the dataset"),
+        (["bench", "--configs", "N4", "--predictors", "cache", "--samples", 4, "--out", ds], "the dataset"),
+    ]:
+        code, _, stderr = cli(*args)
+        one_line_error(code, stderr.lstrip("\n"), "lies inside", where)
+    assert {p: p.stat().st_mtime_ns for p in [*ds.rglob("*"), *zoo.rglob("*")]} == before
+    assert verify_dataset(ds)["ok"]
+    code, _, stderr = cli("inspect", ds, "--plot", tmp_path / "plots" / "x.png")  # beside it: fine
+    assert code == 0 and (tmp_path / "plots" / "x.png").is_file(), stderr
