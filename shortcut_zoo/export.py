@@ -90,7 +90,9 @@ def write_zoo_folder(out: Path, model: torch.nn.Module, config: dict) -> dict:
     try:
         out.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS))
-        (out / CARD).write_text(render_model_card(config, str(out)))
+        card = render_model_card(config, str(out))
+        # a path that is not UTF-8 (bytes kept as surrogate escapes) is shown escaped, not a crash
+        (out / CARD).write_text(card.encode("utf-8", "backslashreplace").decode("utf-8"), encoding="utf-8")
     except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error
         raise MigmError(f"cannot write zoo folder {out}: {write_error(e)}") from None
     write_json_atomic(out / CONFIG, config)
@@ -183,6 +185,7 @@ def import_published(
     if out.exists() and any(out.iterdir()):
         raise MigmError(f"{out} is not empty; choose a new zoo folder")
     state = load_state_dict(file, "state_dict", "shortcut state dict")
+    check_finite_weights(state, str(file))  # a NaN shortcut would sample NaN features without a word
     dimoo = is_dimoo_base(base)
     if not dimoo and "ln_f.weight" in state:
         raise MigmError(f"{file} is a DiMOO shortcut (MDMShortcut); import it with --base dimoo")
@@ -282,13 +285,40 @@ def load_shortcut(path: str | Path, base, force: bool = False) -> torch.nn.Modul
         )
     if config["arch_config"].get("dim") != base.D:
         raise MigmError(f"shortcut {path} has width {config['arch_config'].get('dim')}, the base has D = {base.D}")
+    state = read_weights(weights)
+    model = build_for_base(config["arch"], base, **config["arch_config"])
+    load_state_dict_strict(model, state, str(weights))
+    return model.to(base.device).eval().requires_grad_(False)
+
+
+def check_finite_weights(state: dict[str, torch.Tensor], what: str) -> None:
+    """Every floating-point tensor of a state dict finite; else one line naming the first bad one."""
+    for key, t in state.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise MigmError(f"{what}: weight {key!r} holds NaN or infinite values; refusing a broken shortcut")
+
+
+def read_weights(weights: Path) -> dict[str, torch.Tensor]:
+    """A zoo folder's safetensors weights (header and offsets checked by safetensors), all finite."""
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise MigmError(f"{weights} is not a safetensors file ({e}); pickled weights are never loaded") from None
-    model = build_for_base(config["arch"], base, **config["arch_config"])
-    load_state_dict_strict(model, state, str(weights))
-    return model.to(base.device).eval().requires_grad_(False)
+    check_finite_weights(state, str(weights))
+    return state
+
+
+def check_zoo_folder(path: str | Path) -> dict:
+    """A zoo folder as `push` may upload it: config readable and typed, weights a sane safetensors
+    file with finite values that load strictly into the arch the config names. Returns the config."""
+    path = Path(path)
+    config = read_zoo_config(path)
+    weights = path / WEIGHTS
+    if weights.is_symlink() or not weights.is_file():
+        raise MigmError(f"{path} has no {WEIGHTS} (a plain file)")
+    model = build(config["arch"], **config["arch_config"])
+    load_state_dict_strict(model, read_weights(weights), str(weights))
+    return config
 
 
 def read_model_card(path: str | Path) -> str:
@@ -340,6 +370,6 @@ def push(path: str | Path, repo_id: str, private: bool = True, dry_run: bool = F
     path = Path(path)
     check_repo_id(repo_id)
     if (path / CONFIG).exists() or (path / CONFIG).is_symlink():
-        read_zoo_config(path)
+        check_zoo_folder(path)  # never upload weights that do not load, or that hold NaN
         return upload_files(path, list(ZOO_FILES), repo_id, "model", private, dry_run)
     return push_dataset(path, repo_id, private, dry_run)

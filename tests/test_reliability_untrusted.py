@@ -353,3 +353,91 @@ def test_cause5_outputs_inside_a_dataset_or_zoo_folder_are_refused(datasets, tmp
     assert verify_dataset(ds)["ok"]
     code, _, stderr = cli("inspect", ds, "--plot", tmp_path / "plots" / "x.png")  # beside it: fine
     assert code == 0 and (tmp_path / "plots" / "x.png").is_file(), stderr
+
+
+# ---- cause 6: bad numbers are refused where options are checked, and broken weights nowhere pass ----
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--grad-clip", "nan", "--grad-clip must be a finite number"),
+        ("--kl-weight", "nan", "--kl-weight must be a finite number"),
+        ("--warmup", str(10**20), "--warmup must be at most"),
+        ("--weight-decay", "nan", "--weight-decay must be a finite number"),
+        ("--weight-decay", "-1", "--weight-decay must be at least 0"),
+        ("--lr", "nan", "--lr must be a finite number"),
+        ("--ema", "nan", "--ema must be a finite number"),
+        ("--mse-weight", "inf", "--mse-weight must be a finite number"),
+        ("--kl-temperature", "nan", "--kl-temperature must be a finite number"),
+        ("--lr-decay-step", str(10**20), "--lr-decay-step must be at most"),
+    ],
+)
+def test_cause6_non_finite_or_absurd_training_numbers_are_refused_before_any_work(
+    datasets, tmp_path, option, value, message
+):
+    out = tmp_path / "z"
+    args = ["train", "--data", datasets["zarr"], "--out", out, "--steps", 2, "--device", "cpu", "-q"]
+    one_line_error(*cli(*args, option, value)[::2], message)
+    assert not out.exists()
+
+
+@pytest.fixture
+def published(tmp_path):
+    """A published-layout MaskGIT shortcut for the digits base, random weights (torch file)."""
+    import torch
+    from conftest import published_shortcut_layout
+
+    g = torch.Generator().manual_seed(0)
+    layout = published_shortcut_layout(D=DIGITS.D, H=DIGITS.D // 2, blocks=1, time_hidden=30)
+    return {k: 0.05 * torch.randn(shape, generator=g) for k, shape in layout.items()}
+
+
+def zoo_import(state, tmp_path, out):
+    import torch
+
+    torch.save(state, tmp_path / "sc.pth")
+    return cli("zoo", "import", "--published", tmp_path / "sc.pth", "--out", out, "--base", "maskgit-digits")
+
+
+def test_cause6_a_published_shortcut_with_nan_weights_is_refused_on_import(published, tmp_path):
+    key = next(iter(published))
+    published[key][0] = float("nan")
+    one_line_error(*zoo_import(published, tmp_path, tmp_path / "z")[::2], "NaN or infinite", key)
+    assert not (tmp_path / "z").exists()
+
+
+def test_cause6_push_refuses_a_zoo_folder_with_nan_weights_or_a_lying_header(published, tmp_path):
+    import struct
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "z"
+    assert zoo_import(published, tmp_path, folder)[0] == 0
+    assert cli("push", folder, "--repo-id", "me/sc", "--dry-run")[0] == 0
+    weights = folder / "model.safetensors"
+    good = weights.read_bytes()
+
+    state = load_file(str(weights))
+    state[next(iter(state))][0] = torch.inf
+    save_file(state, str(weights))
+    one_line_error(*cli("push", folder, "--repo-id", "me/sc", "--dry-run")[::2], "NaN or infinite")
+
+    n = struct.unpack("<Q", good[:8])[0]  # a header whose first tensor's offsets run past the data
+    header = json.loads(good[8 : 8 + n])
+    first = next(k for k in header if k != "__metadata__")
+    header[first]["data_offsets"][1] += 4
+    text = json.dumps(header).encode()
+    weights.write_bytes(struct.pack("<Q", len(text)) + text + good[8 + n :])
+    one_line_error(*cli("push", folder, "--repo-id", "me/sc", "--dry-run")[::2], "not a safetensors file")
+
+
+def test_cause6_a_zoo_folder_path_that_is_not_utf8_gets_a_utf8_card(published, tmp_path):
+    import os
+
+    out = tmp_path / os.fsdecode(b"sc-\xff")
+    code, _, stderr = zoo_import(published, tmp_path, out)
+    assert code == 0, stderr
+    card = (out / "README.md").read_bytes().decode("utf-8")  # valid UTF-8, the odd byte shown escaped
+    assert "sc-\\udcff" in card

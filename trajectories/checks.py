@@ -109,11 +109,12 @@ _BIDI = set("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 
 def inert(text: str) -> str:
     """`text` safe to print on a terminal: control characters (escape sequences, carriage returns,
-    bells, bidi overrides) shown as visible `\\xNN` / `\\uNNNN` escapes; newlines and tabs kept."""
+    bells, bidi overrides) and lone surrogates (the bytes of a path that is not UTF-8) shown as
+    visible `\\xNN` / `\\uNNNN` escapes; newlines and tabs kept."""
     import unicodedata
 
     def show(ch: str) -> str:
-        if ch in "\n\t" or (unicodedata.category(ch) != "Cc" and ch not in _BIDI):
+        if ch in "\n\t" or (unicodedata.category(ch) not in ("Cc", "Cs") and ch not in _BIDI):
             return ch
         return ascii(ch)[1:-1]
 
