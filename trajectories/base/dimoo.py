@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from migm.trajectories.base.llada import LLaDA, LLaDAConfig
+from migm.trajectories.base.rules import DIMOO_RULE
 from migm.trajectories.errors import MigmError
 
 SYSTEM_PROMPT = "Generate an image according to the text prompt."
@@ -181,6 +182,9 @@ class DiMOO:
     name = "dimoo"
     num_classes = 0
     text = True
+    rule = DIMOO_RULE
+    shortcut_arch = "dimoo-transformer"
+    scorer = score_statistics = None  # the shipped digits base sets its classifier's
     max_prompt = DEFAULT_MAX_PROMPT  # the most prompt tokens it takes (`max_prompt_tokens`), set by the loader
 
     def __init__(
@@ -219,6 +223,7 @@ class DiMOO:
     D = property(lambda self: self.net.cfg.d_model)
     mask_id = property(lambda self: self.V)
     device = property(lambda self: self.net.transformer.wte.weight.device)
+    image_offset = property(lambda self: self.special.image_offset)  # new tokens include the prompt
 
     def to(self, device: str | torch.device) -> DiMOO:
         self.net.to(device)
