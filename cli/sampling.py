@@ -331,7 +331,10 @@ def bench(
         ),
     ] = "uniform",
     bootstrap: Annotated[
-        int, typer.Option("--bootstrap", help="Resamples of the 95% intervals of every quality column (0: none).")
+        int,
+        typer.Option(
+            "--bootstrap", help="Resamples of the 95% intervals of every quality column (0: none; at most 10000)."
+        ),
     ] = 1000,
     fidelity: Annotated[
         bool,
