@@ -270,7 +270,10 @@ BenchPlacementOpt = Annotated[
     ),
 ]
 BootstrapOpt = Annotated[
-    int, typer.Option("--bootstrap", help="Resamples of the 95% intervals of every quality column (0: none).")
+    int,
+    typer.Option(
+        "--bootstrap", help="Resamples of the 95% intervals of every quality column (0: none; at most 10000)."
+    ),
 ]
 FidelityOpt = Annotated[
     bool,

@@ -361,8 +361,10 @@ def zoo_import(
         return
     a = config["arch_config"]
     console.print(
-        f"wrote {out} ({config['arch']}, bottleneck {a['bottleneck']}, {a['blocks']} block(s), "
-        f"{a['heads']} heads, mask-ratio conditioning {'on' if a['time'] else 'off'}, "
-        f"{config['cost']['parameters']:,} parameters, {config['cost']['relative_cost']:.3f}x a base forward, "
-        f"base {config['base']['name']} {config['base']['fingerprint'][:12]})"
+        plain(
+            f"wrote {out} ({config['arch']}, bottleneck {a['bottleneck']}, {a['blocks']} block(s), "
+            f"{a['heads']} heads, mask-ratio conditioning {'on' if a['time'] else 'off'}, "
+            f"{config['cost']['parameters']:,} parameters, {config['cost']['relative_cost']:.3f}x a base forward, "
+            f"base {config['base']['name']} {config['base']['fingerprint'][:12]})"
+        )
     )

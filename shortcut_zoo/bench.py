@@ -31,7 +31,7 @@ from migm.shortcut_zoo.image_metrics import ImageMetrics, image_metrics
 from migm.shortcut_zoo.predictors import check_predictor_name, make_predictor
 from migm.shortcut_zoo.sample import check_placement
 from migm.shortcut_zoo.stats import bootstrap_ci, pareto_front
-from migm.trajectories.checks import check_int, check_seed, check_writable_dir, writable_dir
+from migm.trajectories.checks import check_int, check_outside_data, check_seed, check_writable_dir, writable_dir
 from migm.trajectories.errors import MigmError
 from migm.trajectories.generate import cycled_conditions, cycled_prompts, sample_many
 from migm.trajectories.rollout import SamplerConfig, autocast, rollout, sample_seeds, stack_cond
@@ -44,6 +44,10 @@ QUALITY_LABELS = {
     "frechet": "Fréchet distance (lower is better)",
     "token_agreement": "token agreement with vanilla (higher is better)",
 }
+
+MAX_BOOTSTRAP = 10_000  # resamples: scipy's own default is 9,999; each one recomputes every statistic
+
+MAX_BOOTSTRAP = 10_000  # resamples: scipy's own default is 9,999; each one recomputes every statistic
 
 
 @dataclass
@@ -153,7 +157,7 @@ def check_bench(cfg: BenchConfig, base) -> list[tuple[int, int | None]]:
         raise MigmError(f"samples must be at least 2, got {cfg.samples}")
     check_int("--repeats", cfg.repeats)
     check_int("--batch-size", cfg.batch_size)
-    check_int("--bootstrap", cfg.bootstrap, low=0)
+    check_int("--bootstrap", cfg.bootstrap, low=0, high=MAX_BOOTSTRAP)
     check_seed(cfg.seed)
     for placement in cfg.placements:
         check_placement(placement)
@@ -391,6 +395,7 @@ def run_bench(
     adds FID / Inception Score (with a reference) and CLIP score (text bases) to every row.
     Plan (check the options, load the shortcuts) → sample and score each point → time them → rows → files."""
     configs = check_bench(cfg, base)
+    check_outside_data(cfg.out, "--out", itself=True)  # bench writes its own files into the folder
     out = check_writable_dir(cfg.out, "--out")
     labels, cond = cycled_conditions(base, cfg.samples, cfg.prompts)
     run = BenchRun(

@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 
 from migm.shortcut_zoo.archs import build, build_for_base
-from migm.shortcut_zoo.export import ZOO_FORMAT, write_zoo_folder
+from migm.shortcut_zoo.export import ZOO_FORMAT, check_finite_weights, write_zoo_folder
 from migm.trajectories import __version__
 from migm.trajectories.base.checkpoints import load_state_dict_strict
-from migm.trajectories.checks import writable_dir
+from migm.trajectories.checks import check_outside_data, writable_dir
 from migm.trajectories.errors import MigmError
 
 
@@ -89,10 +89,12 @@ def import_published(
     from migm.trajectories.store.schema import sha256_path
 
     file, out = Path(file), Path(out)
+    check_outside_data(out, "--out")
     writable_dir(out.parent, "folder")
     if out.exists() and any(out.iterdir()):
         raise MigmError(f"{out} is not empty; choose a new zoo folder")
     state = load_state_dict(file, "state_dict", "shortcut state dict")
+    check_finite_weights(state, str(file))  # a NaN shortcut would sample NaN features without a word
     arch = base.shortcut_arch
     if arch not in ("tiny-transformer", "dimoo-transformer"):
         raise MigmError(f"--model {base.name} has no published shortcut layout to import (its arch is {arch})")

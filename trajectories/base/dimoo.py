@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from migm.trajectories.base.dimoo_cache import PartialForward
 from migm.trajectories.base.dimoo_layout import (
+    DEFAULT_MAX_PROMPT,
     UNCONDITION,
     SpecialTokens,
     cell_positions,
@@ -65,6 +66,7 @@ class DiMOO(PartialForward):
     rule = DIMOO_RULE
     shortcut_arch = "dimoo-transformer"
     scorer = score_statistics = None  # the shipped digits base sets its classifier's
+    max_prompt = DEFAULT_MAX_PROMPT  # the most prompt tokens it takes (`max_prompt_tokens`), set by the loader
 
     def __init__(
         self,
@@ -122,7 +124,14 @@ class DiMOO(PartialForward):
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise MigmError(f"prompt {i + 1} is empty")
-        return pad_rows([self._encode_one(t) for t in texts], self.device)
+        rows = [self._encode_one(t) for t in texts]
+        for i, ids in enumerate(rows):  # attention grows with the square of the sequence: refused, not run
+            if len(ids) > self.max_prompt:
+                raise MigmError(
+                    f"prompt {i + 1} is {len(ids):,} tokens with its markup, more than the "
+                    f"{self.max_prompt:,} {self.name} takes; shorten it"
+                )
+        return pad_rows(rows, self.device)
 
     def null_cond(self, batch: int) -> torch.Tensor:
         """Uncond-branch prompt ids [batch, P_u] ("<uncondition>" as the user text)."""

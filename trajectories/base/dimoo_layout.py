@@ -18,6 +18,9 @@ from migm.trajectories.errors import MigmError
 
 SYSTEM_PROMPT = "Generate an image according to the text prompt."
 UNCONDITION = "<uncondition>"
+# LLaDA-8B's published max_sequence_length: the prompt bound when a folder states none (dimoo-digits:
+# RoPE positions and an unset tokenizer maximum)
+DEFAULT_MAX_PROMPT = 4096
 
 
 @dataclass(frozen=True)

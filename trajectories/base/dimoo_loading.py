@@ -13,7 +13,7 @@ import torch
 
 from migm.trajectories.base.checkpoints import key_problems
 from migm.trajectories.base.dimoo import DiMOO, needs_package
-from migm.trajectories.base.dimoo_layout import SpecialTokens, grid_size
+from migm.trajectories.base.dimoo_layout import DEFAULT_MAX_PROMPT, SpecialTokens, grid_size
 from migm.trajectories.base.llada import LLaDA, LLaDAConfig
 from migm.trajectories.errors import MigmError, first_line
 
@@ -23,10 +23,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MigmError(f"{path}: not readable JSON ({first_line(e)})") from None
+    from migm.trajectories.safe_load import load_json
+
+    data = load_json(path)  # size, UTF-8, depth and integer limits: one line naming the file
     if not isinstance(data, dict):
         raise MigmError(f"{path}: expected a JSON object")
     return data
@@ -166,6 +165,17 @@ def default_precision(device: str) -> str:
     return "bf16" if str(device).startswith("cuda") else "fp32"
 
 
+def max_prompt_tokens(hf: dict, tokenizer) -> int:
+    """The most prompt ids (markup included) a DiMOO folder takes: the tokenizer's `model_max_length`
+    when it is set (transformers writes 1e30 for unset), else the language model's
+    `max_sequence_length` in config.json, else DEFAULT_MAX_PROMPT. The image part is not counted:
+    its length is set by --height / --width, and RoPE runs past the text maximum at 1024 px."""
+    for given in (getattr(tokenizer, "model_max_length", None), hf.get("max_sequence_length")):
+        if isinstance(given, int) and not isinstance(given, bool) and 1 <= given < 10**9:
+            return given
+    return DEFAULT_MAX_PROMPT
+
+
 def image_codes(folder: Path, special: SpecialTokens, vq: bool) -> tuple[int, int | None]:
     """V and the VQ model's channels from vqvae/config.json (`vq`), else V from special_tokens.json."""
     if not vq:
@@ -219,7 +229,8 @@ def load_dimoo(
     folder = Path(checkpoint)
     check_folder(folder, vq=decoder is None)
     shards = shard_files(folder)
-    cfg = LLaDAConfig.from_hf(read_json(folder / "config.json"))
+    hf = read_json(folder / "config.json")
+    cfg = LLaDAConfig.from_hf(hf)
     special_file = folder / "special_tokens.json"
     special = read_special_tokens(special_file) if special_file.is_file() else SpecialTokens()
     V, vq_channels = image_codes(folder, special, vq=decoder is None)
@@ -234,6 +245,8 @@ def load_dimoo(
     config = {"name": name, "llada": asdict(cfg), "special": ids, "V": V}
     vq_folder = folder / "vqvae" if decoder is None else None
     fingerprint = combine_fingerprint(config, digests)
-    return DiMOO(
+    base = DiMOO(
         net, tokenizer, special, grid, V, vq_folder, vq_channels, fingerprint, precision, decoder=decoder, name=name
     )
+    base.max_prompt = max_prompt_tokens(hf, tokenizer)
+    return base
