@@ -26,7 +26,7 @@ def cli_reference() -> str:
         "Generated from the Typer app (`migm.cli.main:app`) when the site is built: every command, argument "
         "and option as `migm COMMAND --help` prints it.\n\n"
     )
-    title, _, rest = body.partition("\n")  # Typer's title is `# \`migm\``; the page's is the nav's
+    _, _, rest = body.partition("\n")  # Typer's title is `# \`migm\``; the page's is the nav's
     return "# CLI reference\n\n" + intro + rest
 
 
