@@ -35,6 +35,7 @@ from migm.cli.app import (
     parse_prompts,
     plain,
     print_metrics,
+    print_per_step,
     steps_for,
 )
 from migm.trajectories.errors import MigmError
@@ -274,6 +275,7 @@ def train(
         },
         False,
     )
+    print_per_step(result["metrics"]["per_step"])
     console.print(plain(f"wrote {cfg.out}/model.safetensors, config.json, README.md"))
 
 
