@@ -5,6 +5,7 @@ User errors (MigmError) print `error: …` and exit 2 (`--debug` shows the trace
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,8 +28,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # click's plain help: flags read as flags, not as `--json <bool>`
 )
-console = Console()
-err_console = Console(stderr=True)
+# Lines of output that goes to a pipe or a file (`migm … | cat`, CI logs): wide enough for every table.
+PIPE_WIDTH = 200
+
+
+def make_console(stderr: bool = False) -> Console:
+    """rich's console on a terminal; on a pipe or file (rich would assume 80 columns and cut table cells to
+    "…"), wide tables and no wrapping of plain text, so a markdown table keeps one row per line. An
+    explicit $COLUMNS is kept."""
+    console = Console(stderr=stderr)
+    if console.is_terminal or "COLUMNS" in os.environ:
+        return console
+    return Console(stderr=stderr, width=PIPE_WIDTH, soft_wrap=True)
+
+
+console = make_console()
+err_console = make_console(stderr=True)
 _state = {"debug": False}
 
 # Options shared by several commands.
@@ -269,6 +284,14 @@ def print_metrics(title: str, result: dict, as_json: bool) -> None:
     for key, value in flat.items():  # None: a figure not measured (e.g. too few held-out samples)
         shown = "n/a" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
         table.add_row(plain(key), plain(shown))
+    console.print(table)
+
+
+def print_per_step(per_step: list[dict]) -> None:
+    """The per-step validation figures, one row per step (as many rows as steps, so any N fits)."""
+    table = Table("step", "cosine", "cache cosine", "token agreement", "cache agreement", title="per step (held-out)")
+    for r in per_step:
+        table.add_row(str(r["step"]), *(f"{r[k]:.4f}" for k in ("cos", "cache_cos", "agree", "cache_agree")))
     console.print(table)
 
 

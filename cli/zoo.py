@@ -23,6 +23,7 @@ from migm.cli.app import (
     parse_overrides,
     plain,
     print_metrics,
+    print_per_step,
     steps_for,
 )
 from migm.cli.groups import (
@@ -262,6 +263,7 @@ def print_training(cfg, result: dict, as_json: bool) -> None:
         },
         False,
     )
+    print_per_step(result["metrics"]["per_step"])
     console.print(plain(f"wrote {cfg.out}/model.safetensors, config.json, README.md"))
 
 

@@ -477,17 +477,35 @@ def image_cell(row: dict, key: str) -> str:
 
 def pareto_plot(rows: list[dict], path: Path, title: str, quality: str = "frechet") -> None:
     """Quality vs latency, one colour per method; quality is FID or CLIP score when measured, else the
-    Fréchet distance, or token agreement with vanilla for bases without a scorer. A line joins a method's
-    points of the same N across budgets (vanilla: across N), error bars are the bootstrap 95% intervals,
-    and a ring marks each method's Pareto front (`mark_pareto`)."""
+    Fréchet distance, or token agreement with vanilla for bases without a scorer. Beside any quality but
+    token agreement, a second panel plots token agreement: its intervals are narrow enough at a few hundred
+    samples to tell predictors apart where the Fréchet distance's overlap. A line joins a method's points
+    of the same N across budgets (vanilla: across N), error bars are the bootstrap 95% intervals, and a
+    ring marks each method's Pareto front in that panel's quality."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    panels = [quality] if quality == "token_agreement" else [quality, "token_agreement"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 5), dpi=120, squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (ax, q) in enumerate(zip(axes[0], panels)):
+        # the side panel leaves vanilla out (its agreement is 1 by definition) so that the peers' spread shows
+        quality_panel(ax, rows, q, colours, skip=("vanilla",) if k else ())
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def quality_panel(ax, rows: list[dict], quality: str, colours: list[str], skip: tuple[str, ...] = ()) -> None:
+    """One panel of `pareto_plot`: `quality` against latency, intervals, lines and Pareto rings."""
+    higher = quality not in ("fid", "frechet")
+    ring_label = "Pareto front of its method"  # once per panel
     for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
+        if method in skip:
+            continue
         mine = [r for r in rows if r["method"] == method]
         lines = (
             [mine]
@@ -511,8 +529,7 @@ def pareto_plot(rows: list[dict], path: Path, title: str, quality: str = "freche
             )
             for r, x, y in zip(pts, xs, ys):
                 ax.annotate(r["config"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    front = [r for r in rows if r.get("pareto_front")]
-    if front:
+        front = [r for r, f in zip(mine, pareto_front([(r["latency_s"], r[quality]) for r in mine], higher)) if f]
         ax.scatter(
             [1000 * r["latency_s"] for r in front],
             [r[quality] for r in front],
@@ -520,13 +537,10 @@ def pareto_plot(rows: list[dict], path: Path, title: str, quality: str = "freche
             facecolors="none",
             edgecolors="black",
             linewidths=1,
-            label="Pareto front of its method",
+            label=ring_label,
         )
+        ring_label = None
     ax.set_xlabel("latency per image (ms)")
     ax.set_ylabel(QUALITY_LABELS[quality])
-    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

@@ -39,6 +39,8 @@ from migm.trajectories.safe_load import load_npz, read_rgb
 
 FEATURES = 2048  # Inception-v3 pool features: the FID space, as published
 DIMS = (64, 192, 768, 2048)  # torch-fidelity's feature layers (pytorch-fid's --dims): fewer for few samples
+# the release trajectories/metrics.py was tested with (pyproject's `metrics` extra, the Makefile's --no-deps install)
+FIDELITY = "torch-fidelity==0.4.0"
 IS_SPLITS = 10  # Inception Score: mean over 10 splits, as published
 
 
@@ -65,7 +67,10 @@ def fidelity():
     """torch-fidelity's Inception module (FeatureExtractorInceptionV3, URL_INCEPTION_V3), importable beside
     torchmetrics without torchvision (module docstring)."""
     if not _bare_fidelity():
-        raise MigmError("FID / IS need torch-fidelity: `pip install --no-deps torch-fidelity` (make installs it)")
+        raise MigmError(
+            f"FID / IS need torch-fidelity: `pip install --no-deps {FIDELITY}` (no torchvision; what `make` "
+            f"installs), or `pip install 'migm[metrics]'` where a torchvision matching your torch can come with it"
+        )
     from torch_fidelity import feature_extractor_inceptionv3
 
     return feature_extractor_inceptionv3

@@ -39,6 +39,9 @@ from migm.trajectories.store.manifest import Manifest
 
 @dataclass
 class TrainConfig:
+    """The options of `migm train`: data (or a live rollout), arch and its options, optimisation, loss,
+    validation, checkpoints and rollout training (`rollout` = K chained steps per window)."""
+
     data: str | None  # dataset folder; None with `live`
     arch: str = "tiny-transformer"
     out: str = "zoo/tiny-transformer"

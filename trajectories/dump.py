@@ -55,6 +55,9 @@ WRITERS = {"zarr": ZarrShardWriter, "parquet": ParquetShardWriter}
 
 @dataclass
 class DumpConfig:
+    """What `dump-trajectories` writes: how many samples, at how many steps, where, in which format and
+    codec; sampler options left None take the base's own defaults."""
+
     num_samples: int = 2048
     steps: int = 16
     out: str = "data/digits-n16"

@@ -24,6 +24,9 @@ LEGACY_SAMPLER = {"rule": "maskgit", "temperature": 1.0}  # what a sampler confi
 
 @dataclass
 class SamplerConfig:
+    """The sampler: N steps, B full steps (None: all), CFG weight, the confidence noise and softmax
+    temperatures of MaskGIT's rule, or the DiMOO rule and its temperature."""
+
     steps: int = 16  # N
     budget: int | None = None  # B full steps; None means every step is full
     guidance: float = 2.8  # CFG weight: MaskGIT's w reached at the last step (linear ramp), DiMOO's constant s
