@@ -39,7 +39,7 @@ from migm.trajectories.safe_load import load_npz, read_rgb
 
 FEATURES = 2048  # Inception-v3 pool features: the FID space, as published
 DIMS = (64, 192, 768, 2048)  # torch-fidelity's feature layers (pytorch-fid's --dims): fewer for few samples
-# the release trajectories/metrics.py was tested with (pyproject's `metrics` extra, the Makefile's --no-deps install)
+# the release this module was tested with (pyproject's `metrics` extra, the Makefile's --no-deps install)
 FIDELITY = "torch-fidelity==0.4.0"
 IS_SPLITS = 10  # Inception Score: mean over 10 splits, as published
 
