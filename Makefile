@@ -4,7 +4,7 @@ VENV ?= .venv
 # The CPU build of torch; override for a GPU machine, e.g. `make TORCH="torch==2.13.0 --index-url ..."`.
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
-# the tested torch-fidelity (= pyproject's `metrics` extra and trajectories/metrics.py's FIDELITY)
+# the tested torch-fidelity (= pyproject's `metrics` extra and shortcut_zoo/image_metrics.py's FIDELITY)
 FIDELITY := torch-fidelity==0.4.0
 
 .PHONY: demo demo-text test lint format docs bench train-digits train-dimoo-digits clean

@@ -17,7 +17,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from migm.trajectories.base import BaseSpec
 from migm.trajectories.checks import inert
 from migm.trajectories.errors import MigmError
 
@@ -144,36 +143,8 @@ ClipOpt = Annotated[
 ]
 
 
-def base_spec(
-    model: str | None,
-    checkpoint: str | None = None,
-    vqgan: str | None = None,
-    heads: int | None = None,
-    pixels: str | None = None,
-    precision: str | None = None,
-    device: str = "auto",
-    height: int | None = None,
-    width: int | None = None,
-) -> BaseSpec:
-    """The base options of a command, parsed once into the spec that `load_base` loads."""
-    return BaseSpec(
-        model,
-        checkpoint=checkpoint,
-        vqgan=vqgan,
-        heads=heads,
-        pixels=pixels,
-        precision=precision,
-        device=device,
-        height=height,
-        width=width,
-    )
-
-
-def condition_args(
-    base, classes: str | None, prompt: list[str] | None, prompts_file: str | None
-) -> tuple[list[int] | None, list[str] | None]:
+def condition_args(base, classes: str | None, prompts: list[str] | None) -> tuple[list[int] | None, list[str] | None]:
     """(class ids, prompts) of a sampling command: a text base takes prompts, a class base classes (default 0-9)."""
-    prompts = parse_prompts(prompt, prompts_file)
     if base.text:
         if classes is not None:
             raise MigmError(
@@ -276,16 +247,16 @@ def progress_bar(total: int, what: str, quiet: bool) -> Iterator[Callable[[int],
 
 def load_metrics(
     base,
-    fid_ref: str | None,
-    inception_weights: str | None,
-    fid_dims: int,
-    clip: str | None,
     seed: int,
     batch_size: int,
     quiet: bool,
+    fid_ref: str | None = None,
+    inception_weights: str | None = None,
+    fid_dims: int = 2048,
+    clip: str | None = None,
 ):
-    """The image metrics a command asks for, loaded before any sampling (None: none asked)."""
-    from migm.trajectories.metrics import load_image_metrics, reference_count
+    """The image metrics a command asks for (its metric options), loaded before any sampling (None: none asked)."""
+    from migm.shortcut_zoo.image_metrics import load_image_metrics, reference_count
 
     with progress_bar(call(reference_count, fid_ref), "reference images", quiet) as bar:
         return call(
