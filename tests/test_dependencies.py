@@ -10,7 +10,7 @@ import pytest
 import tomllib
 import torch
 
-from migm.trajectories import metrics
+from migm.shortcut_zoo import image_metrics as metrics
 from migm.trajectories.errors import MigmError
 
 ROOT = Path(__file__).resolve().parents[1]
