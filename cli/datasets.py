@@ -25,6 +25,7 @@ from migm.cli.app import (
     SeedOpt,
     SmTempOpt,
     StepsOpt,
+    StorageOpt,
     TemperatureOpt,
     WidthOpt,
     app,
@@ -38,12 +39,19 @@ from migm.cli.app import (
     progress_bar,
     steps_for,
 )
-from migm.trajectories.checks import check_writable_dir, inert
+from migm.trajectories.checks import inert
 
 
 @app.command("dump-trajectories")
 def dump_trajectories(
-    out: Annotated[str, typer.Option("--out", "-o", help="Dataset folder to write (missing folders are created).")],
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Dataset folder (missing folders are created) or URL (s3://bucket/set, gs://…) to write.",
+        ),
+    ],
     model: ModelOpt = "maskgit-digits",
     num_samples: Annotated[
         int, typer.Option("--num-samples", help="Samples to roll out (one row per CFG branch).")
@@ -73,6 +81,7 @@ def dump_trajectories(
     sm_temp: SmTempOpt = None,
     temperature: TemperatureOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an output made with another config.")] = False,
+    storage_option: StorageOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
     checkpoint: CheckpointOpt = None,
@@ -84,8 +93,9 @@ def dump_trajectories(
 ) -> None:
     """Roll out a base model and write its per-step feature trajectories as a dataset."""
     from migm.trajectories.base import load_base
-    from migm.trajectories.dump import DumpConfig
+    from migm.trajectories.dump import DumpConfig, check_out
     from migm.trajectories.dump import dump_trajectories as run
+    from migm.trajectories.store.location import parse_storage_options
 
     cfg = DumpConfig(
         num_samples=num_samples,
@@ -102,8 +112,9 @@ def dump_trajectories(
         r_temp=r_temp,
         sm_temp=sm_temp,
         temperature=temperature,
+        storage_options=call(parse_storage_options, storage_option),
     )
-    call(check_writable_dir, out, "--out")  # before loading the base: a bad --out never wastes a load
+    call(check_out, out, cfg.storage_options)  # before loading the base: a bad --out never wastes a load
     spec = base_spec(model, checkpoint, heads=heads, precision=precision, device=device, height=height, width=width)
     base = call(load_base, spec)
     cfg = replace(cfg, steps=steps_for(base, steps, 16))
@@ -121,11 +132,16 @@ def dump_trajectories(
 
 
 @app.command()
-def verify(dataset: Annotated[str, typer.Argument(help="Dataset folder.")], as_json: JsonOpt = False) -> None:
+def verify(
+    dataset: Annotated[str, typer.Argument(help="Dataset folder or URL.")],
+    storage_option: StorageOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Check a dataset's manifest, shard checksums and every row; exit 2 if any shard is bad."""
+    from migm.trajectories.store.location import parse_storage_options
     from migm.trajectories.store.verify import verify_dataset
 
-    report = call(verify_dataset, dataset)
+    report = call(verify_dataset, dataset, call(parse_storage_options, storage_option))
     if as_json:
         print(json.dumps(report, indent=2))
     else:
@@ -141,23 +157,25 @@ def verify(dataset: Annotated[str, typer.Argument(help="Dataset folder.")], as_j
 
 @app.command("inspect")
 def inspect_dataset(
-    dataset: Annotated[str, typer.Argument(help="Dataset folder.")],
+    dataset: Annotated[str, typer.Argument(help="Dataset folder or URL.")],
     plot: Annotated[
         Optional[str],
         typer.Option(
             "--plot", help="Smoothness curve PNG to write (default: a temporary file; the dataset is never written)."
         ),
     ] = None,
+    storage_option: StorageOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Rows, dims, size vs raw float16, codec error, and the smoothness curve of the features."""
     import tempfile
 
+    from migm.trajectories.store.location import parse_storage_options
     from migm.trajectories.store.verify import inspect_dataset as run
 
     if plot is None:  # inspect only reads the dataset (it may be read-only): the plot goes elsewhere
         plot = tempfile.NamedTemporaryFile(prefix="migm-smoothness-", suffix=".png", delete=False).name
-    info = call(run, dataset, plot=plot)
+    info = call(run, dataset, plot=plot, storage_options=call(parse_storage_options, storage_option))
     if as_json:
         print(json.dumps(info, indent=2))
         return

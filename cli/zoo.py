@@ -23,6 +23,7 @@ from migm.cli.app import (
     RTempOpt,
     SeedOpt,
     SmTempOpt,
+    StorageOpt,
     TemperatureOpt,
     WidthOpt,
     app,
@@ -70,7 +71,24 @@ def live_config(live: bool, data: str | None, model: str | None, **options):
 
 @app.command()
 def train(
-    data: Annotated[Optional[str], typer.Option("--data", help="Trajectory dataset folder (or --live).")] = None,
+    data: Annotated[
+        Optional[str],
+        typer.Option("--data", help="Trajectory dataset folder or URL, e.g. s3://bucket/set (or --live)."),
+    ] = None,
+    storage_option: StorageOpt = None,
+    cache_dir: Annotated[
+        Optional[str],
+        typer.Option(
+            "--cache-dir", help="--data URL: local folder of the shard cache (default: the temporary folder)."
+        ),
+    ] = None,
+    cache_size: Annotated[
+        str,
+        typer.Option(
+            "--cache-size",
+            help="--data URL: local bytes of whole shards kept per reading process, e.g. 2GB (0: read straight from the store).",
+        ),
+    ] = "2GB",
     arch: Annotated[
         str, typer.Option("--arch", help="tiny-transformer, mlp, gru, or dimoo-transformer (DiMOO-architecture bases).")
     ] = "tiny-transformer",
@@ -187,6 +205,8 @@ def train(
     rolled out in this job: held-out samples 0..V-1 validate, training samples follow them."""
     from migm.shortcut_zoo.train import TrainConfig
     from migm.shortcut_zoo.train import train as run
+    from migm.trajectories.store.cache import cache_config
+    from migm.trajectories.store.location import parse_storage_options
 
     live_cfg = call(
         live_config,
@@ -232,6 +252,8 @@ def train(
         stop_at=stop_at,
         seed=seed,
         live=live_cfg,
+        storage_options=call(parse_storage_options, storage_option),
+        cache=call(cache_config, cache_dir, cache_size),
     )
     spec = base_spec(model, checkpoint, heads=heads, precision=precision, device=device, height=height, width=width)
     if not (quiet or as_json):
