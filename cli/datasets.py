@@ -186,7 +186,7 @@ def inspect_dataset(
 
 @app.command()
 def push(
-    dataset: Annotated[str, typer.Argument(help="Dataset folder or zoo folder.")],
+    dataset: Annotated[str, typer.Argument(help="Dataset folder or URL, or zoo folder.")],
     repo_id: Annotated[
         str,
         typer.Option(
@@ -197,6 +197,7 @@ def push(
         bool, typer.Option("--private/--public", help="Create the repo private (default), or public.")
     ] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be uploaded, upload nothing.")] = False,
+    storage_option: StorageOpt = None,
 ) -> None:
     """Upload a verified dataset folder, or a zoo folder, to the Hugging Face Hub: exactly the files
     its manifest or zoo config lists, nothing else, never through a link."""
@@ -204,10 +205,14 @@ def push(
 
     from migm.shortcut_zoo.export import push as push_zoo
     from migm.trajectories.store.hub import push_dataset
+    from migm.trajectories.store.location import parse_storage_options, protocol_of
     from migm.trajectories.store.schema import MANIFEST
 
-    run = push_dataset if (Path(dataset) / MANIFEST).exists() else push_zoo  # a dataset goes straight to the store
-    result = call(run, dataset, repo_id, private=private, dry_run=dry_run)
+    options = call(parse_storage_options, storage_option)
+    if protocol_of(dataset) is not None or (Path(dataset) / MANIFEST).exists():  # a dataset goes straight to the store
+        result = call(push_dataset, dataset, repo_id, private=private, dry_run=dry_run, storage_options=options)
+    else:
+        result = call(push_zoo, dataset, repo_id, private=private, dry_run=dry_run)
     verb = "would upload" if dry_run else "uploaded"
     console.print(
         f"{verb} {len(result['files'])} files ({result['bytes'] / 1e6:.1f} MB) to {repo_id}"

@@ -298,3 +298,13 @@ def test_bad_locations_are_one_line_errors_naming_the_url(tmp_path, s3, monkeypa
 
 def test_storage_options_must_be_key_value(s3):
     one_line_error(runner.invoke(app, ["verify", "s3://bucket/x", "--storage-option", "endpoint_url"]), "KEY=VALUE")
+
+
+def test_push_dry_run_of_a_store_dataset_lists_what_a_local_push_lists(tmp_path, s3):
+    dump = ["dump-trajectories", *SMALL, "--format", "zarr"]
+    ok(runner.invoke(app, [*dump, "--out", str(tmp_path / "local")]))
+    ok(runner.invoke(app, [*dump, "--out", "s3://bucket/push", *s3.opt]))
+    push = ["push", "--repo-id", "someone/digits", "--dry-run"]
+    local = ok(runner.invoke(app, [*push, str(tmp_path / "local")])).stdout
+    remote = ok(runner.invoke(app, [*push, "s3://bucket/push", *s3.opt])).stdout
+    assert remote == local and "shards/shard-00000.zarr/zarr.json" in remote

@@ -10,6 +10,7 @@ disk, the next shards fetched ahead (`store.cache`)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ class TrajectoryDataset:
         self.starts = np.cumsum([0] + [s.rows for s in self.shards])
         self.verified: set[int] = set()  # shards whose checksum matched; copied into worker processes
         self._readers: dict[int, object] = {}  # opened lazily, so each worker process opens its own
+        self._pid = os.getpid()
         self.cache = ShardCache(self.loc, manifest, cache) if cache is not None and not self.loc.local else None
         self.upcoming: list[int] = []  # shards the reader will want next (read-ahead hint)
 
@@ -82,6 +84,8 @@ class TrajectoryDataset:
         return reader(path, self.specs, shard.rows, name=shard.name)
 
     def reader(self, k: int):
+        if self._pid != os.getpid():  # a forked DataLoader worker: the parent's readers (and their
+            self._readers, self._pid = {}, os.getpid()  # store clients and event loops) are not its own
         if k in self._readers and self.cache is not None and self.cache.evicted(k):
             del self._readers[k]  # its local copy was evicted: fetched (and checked) again
         if k not in self._readers:
