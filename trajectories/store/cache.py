@@ -10,7 +10,6 @@ the current one are fetched in background threads while the current one is read.
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import tempfile
@@ -18,6 +17,7 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.util import Finalize
 from pathlib import Path
 
 from migm.trajectories.errors import MigmError
@@ -93,7 +93,8 @@ class ShardCache:
             self.folder = Path(tempfile.mkdtemp(prefix="migm-cache-", dir=base))
         except OSError as e:
             raise MigmError(f"cannot create the shard cache in {base}: {e.strerror or e}") from None
-        atexit.register(shutil.rmtree, self.folder, True)
+        # removed when the process ends, DataLoader workers included (their exit skips `atexit`, not this)
+        Finalize(None, shutil.rmtree, args=(str(self.folder), True), exitpriority=0)
         self.held, self.pending, self.pinned = OrderedDict(), {}, set()
         self.lock, self.pool, self.pid = threading.Lock(), ThreadPoolExecutor(max(1, self.cfg.ahead)), os.getpid()
 
@@ -115,13 +116,13 @@ class ShardCache:
         files = self.loc.files(shard.name)
         if not files:
             raise MigmError(f"shard {shard.name!r} is missing from {self.loc.url}")
-        try:
-            for rel in files:
-                target = tmp / rel if rel else tmp
-                target.parent.mkdir(parents=True, exist_ok=True)
-                self.loc.fs.get_file(self.loc.path(f"{shard.name}/{rel}" if rel else shard.name), str(target))
-        except MigmError:
-            raise
+        targets = [tmp / rel if rel else tmp for rel in files]
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        try:  # one call: an async store (s3fs, gcsfs, adlfs) fetches a Zarr shard's objects concurrently
+            self.loc.fs.get(
+                [self.loc.path(f"{shard.name}/{r}" if r else shard.name) for r in files], list(map(str, targets))
+            )
         except Exception as e:
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
             raise storage_error(self.loc.url_of(shard.name), "read", e) from None
