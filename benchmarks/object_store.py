@@ -132,6 +132,9 @@ def main() -> None:
         fs.put(str(local) + "/", "bench/ds/", recursive=True)
         url, opts = "s3://bench/ds", {"endpoint_url": endpoint}
         assert open_dataset(url, storage_options=opts).manifest.to_dict() == manifest.to_dict()
+        t0 = time.perf_counter()  # the server's own rate: every object of the dataset, fetched once
+        fs.get("bench/ds/", str(work / "raw") + "/", recursive=True)
+        raw_mb_s = manifest.bytes / 1e6 / (time.perf_counter() - t0)
         cache = CacheConfig(dir=str(work / "cache"), size=1 << 30)
         rows = []
         for source, u, o, c in (
@@ -155,6 +158,7 @@ def main() -> None:
             "shards": len(manifest.shards),
             "bytes": manifest.bytes,
         },
+        "server_get_mb_per_second": raw_mb_s,
         "loader": rows,
         "train": {
             "local folder": train_local,
@@ -162,6 +166,7 @@ def main() -> None:
         },
     }
     print(f"dataset: {manifest.rows} rows, {len(manifest.shards)} shards, {manifest.bytes / 1e6:.1f} MB")
+    print(f"local S3 server, whole dataset fetched once: {raw_mb_s:.1f} MB/s")
     print(f"{'source':<16} {'workers':>7} {'open s':>7} {'pairs/s':>9}")
     for r in rows:
         print(f"{r['source']:<16} {r['workers']:>7} {r['open_s']:>7.2f} {r['pairs_per_second']:>9.0f}")

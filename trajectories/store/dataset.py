@@ -166,7 +166,8 @@ class TrajectoryDataset:
         """Check every shard now (once, in this process: DataLoader worker copies inherit the result).
         With a cache (streaming), only that every shard is there: each is checked when first fetched."""
         if self.cache is not None:
-            missing = [s.name for s in self.shards if not self.loc.files(s.name)]
+            held = {"/".join(rel.split("/")[:2]) for rel in self.loc.entries(set())}  # one listing
+            missing = [s.name for s in self.shards if s.name not in held]
             if missing:
                 raise MigmError(
                     f"shard {missing[0]!r} is missing from {self.root}"
