@@ -302,3 +302,30 @@ def test_push_dry_run_of_a_store_dataset_lists_what_a_local_push_lists(tmp_path,
     local = ok(runner.invoke(app, [*push, str(tmp_path / "local")])).stdout
     remote = ok(runner.invoke(app, [*push, "s3://bucket/push", *s3.opt])).stdout
     assert remote == local and "shards/shard-00000.zarr/zarr.json" in remote
+
+
+def test_the_cache_holds_at_most_its_size_evicting_whole_shards(tmp_path, s3):
+    from migm.trajectories.store.cache import CacheConfig
+    from migm.trajectories.store.dataset import open_dataset
+
+    url, opts = "s3://bucket/cached", {"endpoint_url": s3.endpoint}
+    ok(runner.invoke(app, ["dump-trajectories", *SMALL, "--shard-size", "1", "--out", url, *s3.opt]))  # 6 shards
+    sizes = [s["bytes"] for s in store_manifest(s3, "cached")["shards"]]
+    one_line_error(
+        runner.invoke(app, ["train", "--data", url, *s3.opt, *TRAIN, "--cache-size", str(max(sizes))]),
+        "--cache-size",
+        "cannot hold",
+    )
+    size = 2 * max(sizes)  # the shard being read and one ahead
+    ds = open_dataset(url, storage_options=opts, cache=CacheConfig(dir=str(tmp_path / "c"), size=size))
+    plain = open_dataset(url, storage_options=opts)
+    for k in [0, 1, 2, 3, 4, 5, 5, 0]:  # 5 again: read from the cache
+        ds.prefetch([k, (k + 1) % 6])  # the read order from here
+        a, b = ds.rows(2 * k, 2 * k + 2), plain.rows(2 * k, 2 * k + 2)
+        assert all(np.array_equal(a[f], b[f]) for f in a)
+        folder = ds.cache.folder
+        held = [p for p in folder.iterdir() if not p.name.endswith(".part")]
+        assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) <= size
+        assert 1 <= len(held) <= 2  # whole shards only: each one a complete Zarr group
+        for fetch in list(ds.cache.pending.values()):  # let the read-ahead land: the next read finds it held
+            fetch.exception()

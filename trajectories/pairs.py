@@ -197,7 +197,7 @@ class PairStream(IterableDataset):
         steps = self.ds.dims.N - self.window  # window starts per row: s = 0 … N−1−window
         shards = self.shard_of(blocks)
         for i in range(0, len(blocks), self.buffer_blocks):
-            nxt = shards[i + self.buffer_blocks : i + self.buffer_blocks + 4096]  # enough to name the next shards
+            nxt = shards[i : i + self.buffer_blocks + 4096]  # this buffer's shards, then enough to name the next
             self.ds.prefetch(list(dict.fromkeys(nxt.tolist())))  # read-ahead hint
             data = self.read_blocks(blocks[i : i + self.buffer_blocks])
             pairs = np.arange(len(data["tokens"]) * steps)

@@ -71,6 +71,7 @@ class ShardCache:
         self.held: OrderedDict[int, Path] = OrderedDict()  # shard -> local copy, least recently used first
         self.pending: dict[int, Future] = {}
         self.pinned: set[int] = set()
+        self.current: int | None = None  # the shard being read
         self.lock = threading.Lock()
         self.pool: ThreadPoolExecutor | None = None
         self.pid = None
@@ -80,7 +81,7 @@ class ShardCache:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self.folder, self.held, self.pending, self.pinned = None, OrderedDict(), {}, set()
+        self.folder, self.held, self.pending, self.pinned, self.current = None, OrderedDict(), {}, set(), None
         self.lock, self.pool, self.pid = threading.Lock(), None, None
 
     def _start(self) -> None:
@@ -95,19 +96,20 @@ class ShardCache:
             raise MigmError(f"cannot create the shard cache in {base}: {e.strerror or e}") from None
         # removed when the process ends, DataLoader workers included (their exit skips `atexit`, not this)
         Finalize(None, shutil.rmtree, args=(str(self.folder), True), exitpriority=0)
-        self.held, self.pending, self.pinned = OrderedDict(), {}, set()
+        self.held, self.pending, self.pinned, self.current = OrderedDict(), {}, set(), None
         self.lock, self.pool, self.pid = threading.Lock(), ThreadPoolExecutor(max(1, self.cfg.ahead)), os.getpid()
 
     def used(self) -> int:
         return sum(self.shards[k].bytes for k in list(self.held) + list(self.pending))
 
-    def _make_room(self, k: int) -> None:
-        """Evict least recently used whole shards (not pinned, not being fetched) until k fits."""
+    def _make_room(self, k: int) -> bool:
+        """Evict least recently used whole shards (not pinned) until k fits; False if it cannot."""
         while self.used() + self.shards[k].bytes > self.cfg.size:
             victim = next((j for j in self.held if j not in self.pinned), None)
             if victim is None:
-                return  # everything held is in use; the size check at start makes this rare
+                return False
             shutil.rmtree(self.held.pop(victim), ignore_errors=True)
+        return True
 
     def _download(self, k: int) -> Path:
         shard = self.shards[k]
@@ -135,51 +137,53 @@ class ShardCache:
         return dest
 
     def _fetch(self, k: int) -> None:
-        path = self._download(k)
+        try:
+            path = self._download(k)
+        except BaseException:
+            with self.lock:
+                self.pending.pop(k, None)  # nothing held: asked for again, fetched (and reported) again
+            raise
         with self.lock:
             self.pending.pop(k, None)
             self.held[k] = path
 
     def prefetch(self, upcoming: list[int]) -> None:
-        """Fetch these shards ahead (at most `ahead` of them) in the background."""
+        """Fetch the next `ahead` of these shards in the background, where that needs no eviction
+        of the shard being read (otherwise they are fetched when asked for)."""
         self._start()
         with self.lock:
+            self.pinned = {self.current, *upcoming[: self.cfg.ahead]} - {None}
             for k in upcoming[: self.cfg.ahead]:
                 if k in self.held or k in self.pending:
                     continue
-                self.pinned.add(k)
-                self._make_room(k)
+                if not self._make_room(k):
+                    break
                 self.pending[k] = self.pool.submit(self._fetch, k)
 
     def get(self, k: int, upcoming: list[int] = ()) -> Path:
         """The local copy of shard k (fetched and checked now if needed); pins it and the next ones."""
         self._start()
         with self.lock:
+            self.current = k
             self.pinned = {k, *list(upcoming)[: self.cfg.ahead]}
+            stale = [f for j, f in self.pending.items() if j not in self.pinned]
+        for f in stale:  # fetches nobody wants now: let them land, so that they can be evicted
+            f.exception()
+        with self.lock:
             future = self.pending.get(k)
-            if future is None and k not in self.held:
+            mine = future is None and k not in self.held
+            if mine:
                 self._make_room(k)
                 self.pending[k] = future = Future()
                 future.set_running_or_notify_cancel()
-                local = True
-            else:
-                local = False
-        if local:
+        if mine:
             try:
                 self._fetch(k)
                 future.set_result(None)
             except BaseException as e:
-                with self.lock:
-                    self.pending.pop(k, None)
                 future.set_exception(e)
-                raise
-        elif future is not None:
-            try:
-                future.result()
-            except BaseException:
-                with self.lock:
-                    self.pending.pop(k, None)
-                raise
+        if future is not None:  # None: already held
+            future.result()
         with self.lock:
             self.held.move_to_end(k)
             path = self.held[k]

@@ -60,7 +60,8 @@ class TrajectoryDataset:
         return self.loc.size(self.shards[k].name) if not self.loc.local else path_size(self.path(k))
 
     def prefetch(self, upcoming: list[int]) -> None:
-        """A hint: these shards come next (a cached store dataset fetches them in the background)."""
+        """A hint: these shards are read next, in this order (a cached store dataset fetches the
+        first ones in the background)."""
         self.upcoming = list(upcoming)
         if self.cache is not None and upcoming:
             self.cache.prefetch(self.upcoming)
@@ -71,9 +72,8 @@ class TrajectoryDataset:
         shard = self.shards[k]
         reader = READERS[self.manifest.format]
         if self.cache is not None:
-            return reader(
-                self.cache.get(k, [j for j in self.upcoming if j != k]), self.specs, shard.rows, name=shard.name
-            )
+            after = self.upcoming[self.upcoming.index(k) + 1 :] if k in self.upcoming else self.upcoming
+            return reader(self.cache.get(k, after), self.specs, shard.rows, name=shard.name)
         if not self.loc.local:
             if not self.loc.exists(shard.name):
                 raise MigmError(f"shard {shard.name!r} is missing from {self.root}")
