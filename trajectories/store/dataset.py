@@ -1,12 +1,13 @@
 """Random access to a trajectory dataset by row, for both backends: `open_dataset(DIR or URL)`.
 
 A shard is checked before its first use: its structure when opened (fields, shapes, every chunk
-present) and its sha256 against the manifest (hashed once per open dataset, not per read).
+present), its sha256 against the manifest and its rows' content (`store.content`), once per open
+dataset, not per read.
 
 A dataset on an object store is read either straight from the store (zarr's own `FsspecStore`,
 pyarrow through fsspec; its checksum streamed over its objects first), or with a `cache`: each
-shard downloaded whole into a bounded local cache, checked on that first read, then read from
-disk, the next shards fetched ahead (`store.cache`)."""
+shard downloaded whole into a bounded local cache, its checksum checked on that first read, then
+read from disk, the next shards fetched ahead (`store.cache`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from migm.trajectories.errors import MigmError
 from migm.trajectories.store.cache import CacheConfig, ShardCache
+from migm.trajectories.store.content import shard_content_problem
 from migm.trajectories.store.location import Location, open_location
 from migm.trajectories.store.manifest import Manifest, read_manifest, shard_path
 from migm.trajectories.store.parquet_reader import ParquetShardReader
@@ -89,19 +91,20 @@ class TrajectoryDataset:
         if k in self._readers and self.cache is not None and self.cache.evicted(k):
             del self._readers[k]  # its local copy was evicted: fetched (and checked) again
         if k not in self._readers:
-            if self.cache is None:
-                reader = self.open_shard(k)
-                self.check(k)
-            else:
-                reader = self.open_shard(k)  # the download checked the checksum
-                self.verified.add(k)
+            reader = self.open_shard(k)
+            self.check(k, reader)
             self._readers[k] = reader
         return self._readers[k]
 
-    def check(self, k: int) -> None:
-        """Raise if shard k's bytes do not match the manifest (hashed once)."""
+    def check(self, k: int, reader=None) -> None:
+        """Raise if shard k's bytes do not match the manifest, or its rows hold what no dump writes
+        (token, step, class or branch out of range, non-finite features): checked once."""
         if k not in self.verified:
-            problem = self.checksum_problem(k)
+            # a cached copy's checksum was checked when it was downloaded
+            problem = None if self.cache is not None else self.checksum_problem(k)
+            if problem is None:
+                reader = reader or self.open_shard(k)
+                problem = shard_content_problem(reader, self.manifest, self.shards[k].rows)
             if problem:
                 raise MigmError(
                     f"shard {self.shards[k].name!r} is damaged ({problem}); `migm verify {self.root}` lists every bad shard, rerunning the dump rebuilds them"

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from migm.trajectories.errors import MigmError
 from migm.trajectories.rollout import LEGACY_SAMPLER, SamplerConfig
+from migm.trajectories.safe_load import load_json
 from migm.trajectories.store.codecs import Codec, parse_codec
 from migm.trajectories.store.location import Location, open_location
 from migm.trajectories.store.schema import FORMATS, MANIFEST, SCHEMA_VERSION, Dims, shard_name
@@ -339,12 +340,8 @@ def plan_from_dict(d, where: str | Path) -> Plan:
 
 
 def read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MigmError(f"{path} is not valid JSON ({getattr(e, 'msg', e)})") from None
-    except OSError as e:
-        raise MigmError(f"cannot read {path}: {e.strerror or e}") from None
+    """A JSON file read back within the safe loader's limits (size, UTF-8, depth, integers)."""
+    return load_json(path)
 
 
 def read_manifest(root: str | Path | Location, storage_options: dict | None = None) -> Manifest:
@@ -362,13 +359,21 @@ def read_manifest(root: str | Path | Location, storage_options: dict | None = No
 
 
 def read_store_json(loc: Location, name: str):
-    """A JSON object of a store location; a missing one names the location."""
+    """A JSON object of a store location, within the safe loader's limits (size, UTF-8, depth,
+    integers); a missing one names the location."""
+    from migm.trajectories.safe_load import MAX_JSON_BYTES, parse_json
+
+    where = loc.url_of(name)
     if not loc.exists(name):
         raise MigmError(f"{loc.url} has no {name}: not a trajectory dataset, or its dump has not finished")
+    size = loc.size(name)
+    if size > MAX_JSON_BYTES:
+        raise MigmError(f"JSON file {where} is {size:,} bytes, more than the {MAX_JSON_BYTES:,} this tool reads")
     try:
-        return json.loads(loc.read_bytes(name))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MigmError(f"{loc.url_of(name)} is not valid JSON ({getattr(e, 'msg', e)})") from None
+        text = loc.read_bytes(name).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MigmError(f"JSON file {where} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    return parse_json(text, where)
 
 
 def read_plan(loc: Location, name: str) -> Plan:
