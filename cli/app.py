@@ -83,6 +83,15 @@ WidthOpt = Annotated[
     Optional[int], typer.Option("--width", help="Image width in pixels, a multiple of 16 (--model dimoo).")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+# A dataset location may be an fsspec URL (s3://, gs://, az://, hf://datasets/… to read, memory://, file://).
+StorageOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--storage-option",
+        help="Option of the dataset URL's filesystem, KEY=VALUE (repeatable), e.g. endpoint_url=http://host:9000 "
+        "for an S3-compatible server; credentials come as the store's own tools expect (environment, config files).",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 # Real bases (--model maskgit) load from local files.
 CheckpointOpt = Annotated[

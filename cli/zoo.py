@@ -15,6 +15,7 @@ from migm.cli.app import (
     JsonOpt,
     QuietOpt,
     SeedOpt,
+    StorageOpt,
     app,
     call,
     console,
@@ -157,7 +158,20 @@ LIVE_OPTIONS: Options = {
 TRAIN_MODEL = (option("--model", Optional[str], "Base model (default: the one the dataset names).", "-m"), None)
 
 
-DataOpt = Annotated[Optional[str], typer.Option("--data", help="Trajectory dataset folder (or --live).")]
+DataOpt = Annotated[
+    Optional[str], typer.Option("--data", help="Trajectory dataset folder or URL, e.g. s3://bucket/set (or --live).")
+]
+CacheDirOpt = Annotated[
+    Optional[str],
+    typer.Option("--cache-dir", help="--data URL: local folder of the shard cache (default: the temporary folder)."),
+]
+CacheSizeOpt = Annotated[
+    str,
+    typer.Option(
+        "--cache-size",
+        help="--data URL: local bytes of whole shards kept per reading process, e.g. 2GB (0: read straight from the store).",
+    ),
+]
 OutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help="Zoo folder to write (default: zoo/ARCH).")]
 ArchOptionOpt = Annotated[
     Optional[list[str]],
@@ -195,6 +209,9 @@ def train(
     prompt_list: list[str] | None,
     spec: BaseSpec,
     data: DataOpt = None,
+    storage_option: StorageOpt = None,
+    cache_dir: CacheDirOpt = None,
+    cache_size: CacheSizeOpt = "2GB",
     out: OutOpt = None,
     arch_option: ArchOptionOpt = None,
     rollout_weights: RolloutWeightsOpt = None,
@@ -210,6 +227,8 @@ def train(
     rolled out in this job: held-out samples 0..V-1 validate, training samples follow them."""
     from migm.shortcut_zoo.train import TrainConfig
     from migm.shortcut_zoo.train import train as run
+    from migm.trajectories.store.cache import cache_config
+    from migm.trajectories.store.location import parse_storage_options
 
     live_cfg = call(live_config, live, data, spec.name, prompts=prompt_list, **sampler, **live_options)
     cfg = TrainConfig(
@@ -218,6 +237,8 @@ def train(
         arch_config=call(parse_overrides, arch_option or []),
         rollout_weights=call(parse_weights, rollout_weights),
         live=live_cfg,
+        storage_options=call(parse_storage_options, storage_option),
+        cache=call(cache_config, cache_dir, cache_size),
         **train_options,
     )
     if quiet or as_json:

@@ -33,6 +33,7 @@ from migm.trajectories.checks import check_finite, check_int, check_seed, writab
 from migm.trajectories.errors import MigmError
 from migm.trajectories.live import LiveConfig, LiveSource, MemoryDataset, heldout_rows, live_fingerprint, live_plan
 from migm.trajectories.pairs import PairStream, pair_loader, split_window
+from migm.trajectories.store.cache import CacheConfig
 from migm.trajectories.store.dataset import open_dataset
 from migm.trajectories.store.manifest import Manifest
 
@@ -68,6 +69,8 @@ class TrainConfig:
     rollout: int = 1  # K: chain the shortcut over K steps from a true feature (1: one-step pairs)
     rollout_weights: list[float] | None = None  # loss weight of each chained step (None: equal)
     live: LiveConfig | None = None  # train from live rollouts of the base instead of a dataset
+    storage_options: dict | None = None  # a dataset at an fsspec URL: options of its filesystem
+    cache: CacheConfig | None = None  # a dataset on a store: streamed through this bounded local cache
 
 
 def get_lr(step: int, cfg: TrainConfig) -> float:
@@ -363,7 +366,7 @@ def export_trained(run: Run, pairs: int, seconds: float) -> dict:
     step_errors = chained_errors(final, base, val, device)
     cost = relative_cost(final, base, manifest.dims.N)
     training = {
-        **asdict(cfg),
+        **{k: v for k, v in asdict(cfg).items() if k != "storage_options"},  # may hold credentials
         "processes": run.accelerator.num_processes,
         "seconds": seconds,
         "pairs_per_second": pairs / seconds,
@@ -397,7 +400,7 @@ def train(
     check_config(cfg)
     if (cfg.data is None) == (cfg.live is None):
         raise MigmError("give a dataset (--data DIR) or --live with a base (--model), not both")
-    ds = open_dataset(cfg.data) if cfg.live is None else None
+    ds = open_dataset(cfg.data, storage_options=cfg.storage_options, cache=cfg.cache) if cfg.live is None else None
     out = Path(cfg.out)
     check_out_folder(out, resume, marker=CONFIG)
     run = start_run(cfg, spec or BaseSpec(), ds, out, resume)
