@@ -11,6 +11,7 @@ from rich.table import Table
 
 from migm.cli.app import (
     CheckpointOpt,
+    CompileOpt,
     DeviceOpt,
     GuidanceOpt,
     HeadsOpt,
@@ -75,6 +76,7 @@ def dump_trajectories(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an output made with another config.")] = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
+    compile: CompileOpt = False,
     checkpoint: CheckpointOpt = None,
     heads: HeadsOpt = None,
     height: HeightOpt = None,
@@ -104,7 +106,9 @@ def dump_trajectories(
         temperature=temperature,
     )
     call(check_writable_dir, out, "--out")  # before loading the base: a bad --out never wastes a load
-    spec = base_spec(model, checkpoint, heads=heads, precision=precision, device=device, height=height, width=width)
+    spec = base_spec(
+        model, checkpoint, heads=heads, precision=precision, device=device, height=height, width=width, compile=compile
+    )
     base = call(load_base, spec)
     cfg = replace(cfg, steps=steps_for(base, steps, 16))
     with progress_bar(num_samples, "dumping samples", quiet or as_json) as bar:

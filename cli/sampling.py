@@ -13,6 +13,7 @@ from migm.cli.app import (
     BudgetOpt,
     CheckpointOpt,
     ClipOpt,
+    CompileOpt,
     DeviceOpt,
     FidDimsOpt,
     FidRefOpt,
@@ -96,6 +97,7 @@ def generate(
     temperature: TemperatureOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
+    compile: CompileOpt = False,
     checkpoint: CheckpointOpt = None,
     vqgan: VqganOpt = None,
     pixels: PixelsOpt = None,
@@ -111,7 +113,9 @@ def generate(
     from migm.trajectories.generate import generate as run
     from migm.trajectories.rollout import SamplerConfig
 
-    base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device, height, width))
+    base = call(
+        load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device, height, width, compile)
+    )
     class_ids, prompt_list = call(condition_args, base, classes, prompt, prompts)
     steps = steps_for(base, steps, 16)
     config = call(
@@ -156,6 +160,7 @@ def score(
     temperature: TemperatureOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
+    compile: CompileOpt = False,
     checkpoint: CheckpointOpt = None,
     vqgan: VqganOpt = None,
     pixels: PixelsOpt = None,
@@ -177,7 +182,9 @@ def score(
     from migm.trajectories.metrics import default_samples
     from migm.trajectories.rollout import SamplerConfig
 
-    base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device, height, width))
+    base = call(
+        load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device, height, width, compile)
+    )
     steps = steps_for(base, steps, 16)
     config = call(
         SamplerConfig.for_base, base, steps, guidance=guidance, r_temp=r_temp, sm_temp=sm_temp, temperature=temperature
@@ -250,6 +257,7 @@ def sample(
     ] = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
+    compile: CompileOpt = False,
     checkpoint: CheckpointOpt = None,
     vqgan: VqganOpt = None,
     pixels: PixelsOpt = None,
@@ -265,7 +273,9 @@ def sample(
     from migm.trajectories.base import load_base
     from migm.trajectories.rollout import SamplerConfig
 
-    base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device, height, width))
+    base = call(
+        load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device, height, width, compile)
+    )
     class_ids, prompt_list = call(condition_args, base, classes, prompt, prompts)
     steps = steps_for(base, steps, 32)
     config = call(
@@ -349,6 +359,7 @@ def bench(
     force: Annotated[bool, typer.Option("--force", help="Use shortcuts trained for another base fingerprint.")] = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
+    compile: CompileOpt = False,
     checkpoint: CheckpointOpt = None,
     vqgan: VqganOpt = None,
     pixels: PixelsOpt = None,
@@ -370,7 +381,9 @@ def bench(
     from migm.trajectories.base import load_base
     from migm.trajectories.metrics import default_samples
 
-    base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device, height, width))
+    base = call(
+        load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device, height, width, compile)
+    )
     prompt_list = call(parse_prompts, prompt, prompts)
     metrics = load_metrics(base, fid_ref, inception_weights, fid_dims, clip, seed, batch_size, quiet or as_json)
     cfg = BenchConfig(

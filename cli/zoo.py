@@ -11,6 +11,7 @@ from rich.table import Table
 
 from migm.cli.app import (
     CheckpointOpt,
+    CompileOpt,
     DeviceOpt,
     GuidanceOpt,
     HeadsOpt,
@@ -50,10 +51,12 @@ def parse_weights(text: str | None) -> list[float] | None:
         raise MigmError(f"--rollout-weights takes comma-separated numbers, e.g. 1,0.5,0.25, got {text!r}") from None
 
 
-def live_config(live: bool, data: str | None, model: str | None, **options):
+def live_config(live: bool, data: str | None, model: str | None, compile: bool = False, **options):
     """`LiveConfig` of `train --live` (None without it), after checking the options belong together."""
     from migm.trajectories.live import LiveConfig
 
+    if compile and not live:
+        raise MigmError("--compile compiles the rollouts of --live; training on --data samples nothing")
     if live and data is not None:
         raise MigmError("give --data DIR or --live, not both")
     if not live and data is None:
@@ -176,6 +179,7 @@ def train(
     height: HeightOpt = None,
     width: WidthOpt = None,
     precision: PrecisionOpt = None,
+    compile: CompileOpt = False,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -193,6 +197,7 @@ def train(
         live,
         data,
         model,
+        compile,
         steps=sampling_steps,
         classes=call(parse_classes, classes) if classes else None,
         prompts=call(parse_prompts, prompt, prompts),
@@ -233,7 +238,9 @@ def train(
         seed=seed,
         live=live_cfg,
     )
-    spec = base_spec(model, checkpoint, heads=heads, precision=precision, device=device, height=height, width=width)
+    spec = base_spec(
+        model, checkpoint, heads=heads, precision=precision, device=device, height=height, width=width, compile=compile
+    )
     if not (quiet or as_json):
         columns = [
             TextColumn("training"),

@@ -19,6 +19,7 @@ from migm.shortcut_zoo.archs import ARCHS, build, build_for_base
 from migm.trajectories import __version__
 from migm.trajectories.base.checkpoints import load_state_dict_strict
 from migm.trajectories.checks import writable_dir
+from migm.trajectories.compile import compile_shortcut
 from migm.trajectories.errors import MigmError
 from migm.trajectories.store.manifest import Manifest
 from migm.trajectories.store.schema import write_json_atomic
@@ -289,7 +290,10 @@ def load_shortcut(path: str | Path, base, force: bool = False) -> torch.nn.Modul
         raise MigmError(f"{weights} is not a safetensors file ({e}); pickled weights are never loaded") from None
     model = build_for_base(config["arch"], base, **config["arch_config"])
     load_state_dict_strict(model, state, str(weights))
-    return model.to(base.device).eval().requires_grad_(False)
+    model = model.to(base.device).eval().requires_grad_(False)
+    if getattr(base, "compiled", False):  # a base loaded with --compile: its shortcuts are compiled too
+        compile_shortcut(model, base.device)
+    return model
 
 
 def read_model_card(path: str | Path) -> str:

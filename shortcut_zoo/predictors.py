@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from migm.trajectories.compile import is_compiled
 from migm.trajectories.errors import MigmError
 from migm.trajectories.schedule import full_steps, placed_full_steps
 
@@ -29,6 +30,12 @@ class ShortcutPredictor:
         if self.step_errors is None:
             return full_steps(N, B)
         return placed_full_steps(N, B, step_cost(self.step_errors, N))
+
+    @property
+    def static_new_tokens(self) -> bool:
+        """A compiled shortcut gets every step's new tokens padded to one width (one graph, see
+        trajectories/compile.py); an eager one gets them as they are."""
+        return is_compiled(self.model)
 
     def reset(self) -> None:
         pass

@@ -73,7 +73,9 @@ class Predictor(Protocol):
     `full_steps(N) -> list[int]` picks the full steps itself (then no budget is given);
     `place(N, B) -> list[int]` places the B full steps of a budget B < N (default: `schedule.full_steps`);
     `full_forward(base, tokens, cond) -> (logits, feature)` runs the full steps in place of `base.forward`;
-    `needs_state = True` adds base=, tokens= [R, L] and cond= [R, P] (both branches) to `predict`."""
+    `needs_state = True` adds base=, tokens= [R, L] and cond= [R, P] (both branches) to `predict`;
+    `static_new_tokens = True` (a compiled shortcut) pads every step's new tokens to the rollout's widest
+    step (`new_valid` False on the padding), so the predictor sees one shape at every step."""
 
     def reset(self) -> None: ...
 
@@ -156,6 +158,22 @@ def stack_cond(cond: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
     return torch.cat([cond, null])
 
 
+def new_tokens_width(base, cond: torch.Tensor, branch: torch.Tensor, batch: int, k: int) -> int:
+    """The widest new tokens a step committing at most k cells gives under `cond`: the base's own
+    `new_tokens` of k cells (a text base adds the prompt ids of its conditional rows)."""
+    ids = torch.zeros(batch, k, dtype=torch.long, device=cond.device)
+    return base.new_tokens(ids, torch.arange(k, device=cond.device).expand(batch, k), cond, branch)[0].shape[1]
+
+
+def pad_new_tokens(emb: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, width: int) -> tuple:
+    """New tokens [R, K, …] right-padded to `width` (zero embeddings at position 0, not valid)."""
+    extra = width - emb.shape[1]
+    if extra < 0:
+        raise ValueError(f"new tokens of width {emb.shape[1]} exceed the padded width {width}")
+    pad = torch.nn.functional.pad
+    return pad(emb, (0, 0, 0, extra)), pad(pos, (0, extra)), pad(valid, (0, extra), value=False)
+
+
 def autocast(base) -> torch.autocast:
     """Autocast for the base's precision (a no-op at fp32); logits are sampled in fp32 regardless."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(getattr(base, "precision", "fp32"))
@@ -209,6 +227,10 @@ def rollout(
     tokens = torch.full((batch, L), base.mask_id, dtype=torch.long, device=device)
     order = torch.full((batch, L), -1, dtype=torch.long, device=device)
     remaining = L
+    # A compiled predictor sees one shape: every step's new tokens padded to the widest step's.
+    width = 0
+    if getattr(predictor, "static_new_tokens", False) and not all(s in full for s in range(1, N)):
+        width = new_tokens_width(base, branch_cond, branch, batch, max(counts))
     is_full = [False] * N
     for s in full:
         is_full[s] = True
@@ -254,6 +276,8 @@ def rollout(
                 recorder(s, feature, new_ids, new_pos)
             if s + 1 < N and not is_full[s + 1]:
                 new_emb, pos, valid = base.new_tokens(new_ids, new_pos, branch_cond, branch)
+                if width:
+                    new_emb, pos, valid = pad_new_tokens(new_emb, pos, valid, width)
                 ratio = torch.full((batch * branches,), remaining / L, device=device)
                 step_input = (new_emb, pos, valid, ratio)
             clock.mark()

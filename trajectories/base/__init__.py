@@ -19,6 +19,7 @@ from migm.trajectories.base.digits import digit_statistics, load_maskgit_digits,
 from migm.trajectories.base.dimoo import load_dimoo
 from migm.trajectories.base.dimoo_digits import load_dimoo_digits
 from migm.trajectories.base.maskgit import load_maskgit
+from migm.trajectories.compile import compile_base
 from migm.trajectories.errors import MigmError
 
 # name -> (loader, one-line description); a loader's keyword arguments are the local paths it takes
@@ -65,6 +66,7 @@ class BaseSpec:
     width: int | None = None
     precision: str | None = None  # None: the base's default (fp32; DiMOO: bf16 on CUDA, fp32 on CPU)
     device: str = "auto"
+    compile: bool = False  # torch.compile the transformer and head (and the shortcuts loaded for it)
 
     def paths(self) -> dict:
         """The loader's keyword arguments the user set."""
@@ -123,7 +125,10 @@ def load_base(spec: BaseSpec):
         why = " (it ships its own weights and decoder)" if spec.name in ("maskgit-digits", "dimoo-digits") else ""
         raise MigmError(f"{options} not used by --model {spec.name}{why}")
     if "device" in params and "precision" in params:
-        return loader(**paths, device=device, precision=spec.precision)
-    base = loader(**paths).to(device)
-    base.precision = spec.precision or "fp32"
+        base = loader(**paths, device=device, precision=spec.precision)
+    else:
+        base = loader(**paths).to(device)
+        base.precision = spec.precision or "fp32"
+    if spec.compile:
+        compile_base(base)
     return base

@@ -181,7 +181,7 @@ class MaskGIT:
     @torch.no_grad()
     def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feature = self.net.features(self.net.input_ids(tokens, cond))
-        return self.net.head(feature), feature
+        return self.head(feature), feature  # self.head: the compiled head under --compile
 
     def head(self, feature: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         # no `no_grad` here: a shortcut's KL loss trains through the (frozen) head; every row has the
