@@ -1,5 +1,6 @@
-"""The sampling step alone (choose_tokens, masking, top-k, commit) of both families, before and after the
-inverse CDF's rewrite, on the same logits and uniforms in one run; checks that both draw the same codes.
+"""The sampling step alone (the rule's choose_tokens, masking, top-k, commit) of both families, before and
+after the inverse CDF's rewrite, on the same logits and uniforms in one run; checks that both draw the same
+codes.
 
     python benchmarks/sampling_step.py [--repeats 5] [--threads 2] [--out benchmarks/results/sampling-step.json]
 
@@ -8,7 +9,8 @@ Before: the CDF summed into a fresh float64 copy and the draw counted by a compa
 exponentiated and summed in place and a binary search per cell (`torch.searchsorted`). Shapes: the digits
 bases at batch 64, 512-px MaskGIT at batch 10 (32x32 tokens, 1024 codes) and Lumina-DiMOO at 1024 px,
 batch 1 (64x64 tokens, 8192 codes): the CFG-mixed logits one step samples from. Prints a table and a JSON
-line; median ms per step over `--repeats` timed runs after one warm-up.
+line; median ms per step over `--repeats` timed runs of each after one warm-up, before and after
+alternating (so a load change on shared cores hits both alike).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 import torch
 
 from migm.shortcut_zoo.bench import cpu_name
-from migm.trajectories import schedule
+from migm.trajectories.base import rules
 from migm.trajectories.rollout import SamplerConfig
 
 # (name, rule, batch, L, V, N)
@@ -42,7 +44,8 @@ def inverse_cdf_compare_sum(log_probs: torch.Tensor, u: torch.Tensor) -> torch.T
 
 def sampling_step(config: SamplerConfig, logits, u, tokens, mask_id: int, k: int, s: int):
     """What the rollout does with a step's logits: draw, rank the masked cells, commit the top k."""
-    sampled, confidence = schedule.choose_tokens(config, logits, u[:, 0], u[:, 1], s)
+    rule = {"maskgit": rules.MASKGIT_RULE, "dimoo": rules.DIMOO_RULE}[config.rule]
+    sampled, confidence = rule.choose_tokens(config, logits, u[:, 0], u[:, 1], s)
     confidence = confidence.masked_fill(tokens != mask_id, -torch.inf)
     new_pos = confidence.topk(k, dim=-1).indices
     out = tokens.clone()
@@ -50,14 +53,16 @@ def sampling_step(config: SamplerConfig, logits, u, tokens, mask_id: int, k: int
     return sampled, out
 
 
-def time_step(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
+def timed(fn, inverse_cdf) -> tuple[float, tuple]:
+    """One call of `fn` with the rules drawing by `inverse_cdf`: (seconds, result)."""
+    current = rules.inverse_cdf
+    rules.inverse_cdf = inverse_cdf  # the rules look it up at call time
+    try:
         t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
+        out = fn()
+        return time.perf_counter() - t, out
+    finally:
+        rules.inverse_cdf = current
 
 
 def measure(name: str, rule: str, batch: int, L: int, V: int, N: int, repeats: int) -> dict:
@@ -69,22 +74,20 @@ def measure(name: str, rule: str, batch: int, L: int, V: int, N: int, repeats: i
     s, k = N // 2, max(1, L // N)
     config = SamplerConfig(steps=N, rule=rule)
     step = lambda: sampling_step(config, logits, u, tokens, V, k, s)  # noqa: E731
-    after = step()
-    after_ms = time_step(step, repeats)
-    current = schedule.inverse_cdf
-    schedule.inverse_cdf = inverse_cdf_compare_sum  # choose_tokens looks it up at call time
-    try:
-        before = step()
-        before_ms = time_step(step, repeats)
-    finally:
-        schedule.inverse_cdf = current
-    same = all(torch.equal(a, b) for a, b in zip(before, after))
+    ways = {"before": inverse_cdf_compare_sum, "after": rules.inverse_cdf}
+    results = {w: timed(step, f)[1] for w, f in ways.items()}  # warm-up
+    times: dict = {w: [] for w in ways}
+    for _ in range(repeats):
+        for w, f in ways.items():
+            times[w].append(timed(step, f)[0])
+    same = all(torch.equal(a, b) for a, b in zip(results["before"], results["after"]))
+    ms = {w: 1000 * statistics.median(t) for w, t in times.items()}
     return {
         "shape": name,
         "rule": rule,
         "logits": [batch, L, V],
-        "before_ms": before_ms,
-        "after_ms": after_ms,
+        "before_ms": ms["before"],
+        "after_ms": ms["after"],
         "same_draws": same,
     }
 

@@ -72,7 +72,11 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar."
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 # Real bases (--model maskgit) load from local files.
 CheckpointOpt = Annotated[
-    Optional[str], typer.Option("--checkpoint", help="Checkpoint file of a real base (--model maskgit).")
+    Optional[str],
+    typer.Option(
+        "--checkpoint",
+        help="Checkpoint of a real base: a local file or folder, or hf://ORG/NAME[/PATH] (Hugging Face cache).",
+    ),
 ]
 VqganOpt = Annotated[
     Optional[str], typer.Option("--vqgan", help="Taming VQGAN folder, model.yaml + last.ckpt (--model maskgit).")

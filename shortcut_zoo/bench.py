@@ -28,7 +28,6 @@ from migm.shortcut_zoo.evaluate import FidelityProbe, bootstrap_ci, pareto_front
 from migm.shortcut_zoo.export import load_shortcut, read_step_errors
 from migm.shortcut_zoo.predictors import check_predictor_name, make_predictor
 from migm.shortcut_zoo.sample import check_placement
-from migm.trajectories.base import SCORE_STATISTICS, SCORERS
 from migm.trajectories.checks import check_int, check_seed, check_writable_dir, writable_dir
 from migm.trajectories.errors import MigmError
 from migm.trajectories.generate import sample_many, spread, spread_prompts
@@ -76,7 +75,7 @@ def shortcut_method(name: str, placement: str) -> str:
 
 def own_steps(spec: str) -> bool:
     """Whether the predictor `spec` names picks its own full steps (ml-cache) instead of a budget's."""
-    return spec != "shortcut" and hasattr(make_predictor(spec), "full_steps")
+    return spec != "shortcut" and make_predictor(spec).full_steps(1) is not None
 
 
 def _interleaved_times(fns: list[Callable[[], object]], repeats: int) -> list[tuple[float, float, float]]:
@@ -172,9 +171,9 @@ def run_bench(
         SamplerConfig.for_base(base, N, B)  # validates 1 <= B <= N <= L before any work
     shortcuts = {Path(p).name: load_shortcut(p, base, force=cfg.force) for p in cfg.shortcuts}
     step_errors = {Path(p).name: read_step_errors(p) for p in cfg.shortcuts} if "auto" in cfg.placements else {}
-    statistics = SCORE_STATISTICS.get(base.name)  # the scorer's metrics per subset of samples: their intervals
+    statistics = base.score_statistics  # the scorer's metrics per subset of samples: their intervals
     # Without a scorer for this base (real ImageNet models: no classifier ships), quality is token agreement only.
-    scorer = SCORERS.get(base.name)
+    scorer = base.scorer
     classifier = scorer or (lambda tokens, labels: {"accuracy": None, "frechet": None})
     labels, cond = spread(base, cfg.samples, cfg.prompts)
     texts = spread_prompts(base, cfg.samples, cfg.prompts)

@@ -148,14 +148,6 @@ def published_dimoo_arch_config(state: dict[str, torch.Tensor], what: str) -> di
     return config
 
 
-def is_dimoo_base(base) -> bool:
-    """A DiMOO-architecture base: a text base, or one whose network carries a LLaDA config."""
-    from migm.trajectories.base.llada import LLaDAConfig
-
-    cfg = getattr(getattr(base, "net", None), "cfg", None)
-    return bool(getattr(base, "text", False)) or isinstance(cfg, LLaDAConfig)
-
-
 def import_published(
     file: str | Path,
     out: str | Path,
@@ -181,10 +173,12 @@ def import_published(
     if out.exists() and any(out.iterdir()):
         raise MigmError(f"{out} is not empty; choose a new zoo folder")
     state = load_state_dict(file, "state_dict", "shortcut state dict")
-    dimoo = is_dimoo_base(base)
+    arch = base.shortcut_arch
+    if arch not in ("tiny-transformer", "dimoo-transformer"):
+        raise MigmError(f"--model {base.name} has no published shortcut layout to import (its arch is {arch})")
+    dimoo = arch == "dimoo-transformer"
     if not dimoo and "ln_f.weight" in state:
         raise MigmError(f"{file} is a DiMOO shortcut (MDMShortcut); import it with --base dimoo")
-    arch = "dimoo-transformer" if dimoo else "tiny-transformer"
     found = published_dimoo_arch_config(state, str(file)) if dimoo else published_arch_config(state, str(file))
     for name, given in (("bottleneck", bottleneck), ("blocks", blocks)):
         if given is not None and given != found[name]:

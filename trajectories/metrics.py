@@ -413,9 +413,7 @@ class ImageMetrics:
 def default_samples(base, metrics: ImageMetrics | None, prompts: list[str] | None) -> int:
     """Samples when --samples is not given: for image metrics on a real base, 50 per class (the published
     ImageNet evaluation: 50,000) or each prompt once (the prompt file is the sample list); else 1000."""
-    from migm.trajectories.base import SCORERS
-
-    if metrics is None or base.name in SCORERS:
+    if metrics is None or base.scorer is not None:
         return 1000
     if base.text:
         return max(2, len(prompts or getattr(base, "default_prompts", None) or []))

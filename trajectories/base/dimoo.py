@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from migm.trajectories.base.llada import LLaDA, LLaDAConfig
+from migm.trajectories.base.rules import DIMOO_RULE
 from migm.trajectories.errors import MigmError
 
 SYSTEM_PROMPT = "Generate an image according to the text prompt."
@@ -167,6 +168,9 @@ class DiMOO:
     name = "dimoo"
     num_classes = 0
     text = True
+    rule = DIMOO_RULE
+    shortcut_arch = "dimoo-transformer"
+    scorer = score_statistics = None  # the shipped digits base sets its classifier's
 
     def __init__(
         self,
@@ -204,6 +208,7 @@ class DiMOO:
     D = property(lambda self: self.net.cfg.d_model)
     mask_id = property(lambda self: self.V)
     device = property(lambda self: self.net.transformer.wte.weight.device)
+    image_offset = property(lambda self: self.special.image_offset)  # new tokens include the prompt
 
     def to(self, device: str | torch.device) -> DiMOO:
         self.net.to(device)
