@@ -55,7 +55,11 @@ def sdpa_backends(fn: Callable, *args) -> dict[str, str]:
                 fn(*args)
                 out[name] = "ok"
             except RuntimeError as e:
-                reasons = [str(w.message).strip().splitlines()[0] for w in caught if "not used because" in str(w.message)]
-                detail = [str(w.message).strip().splitlines()[0] for w in caught if "not used because" not in str(w.message)]
+                reasons = [
+                    str(w.message).strip().splitlines()[0] for w in caught if "not used because" in str(w.message)
+                ]
+                detail = [
+                    str(w.message).strip().splitlines()[0] for w in caught if "not used because" not in str(w.message)
+                ]
                 out[name] = "; ".join(reasons + detail[:2]) or str(e).strip().splitlines()[0]
     return out
