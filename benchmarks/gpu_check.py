@@ -27,7 +27,7 @@ import torch
 
 from migm.shortcut_zoo.archs import build
 from migm.shortcut_zoo.bench import cpu_name
-from migm.shortcut_zoo.evaluate import relative_cost
+from migm.shortcut_zoo.cost import relative_cost
 from migm.shortcut_zoo.gpu import peak_tflops, sdpa_backends, utilisation
 from migm.shortcut_zoo.predictors import make_predictor
 from migm.trajectories.base import resolve_device

@@ -5,6 +5,7 @@ User errors (MigmError) print `error: …` and exit 2 (`--debug` shows the trace
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,7 +17,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from migm.trajectories.base import BaseSpec
 from migm.trajectories.checks import inert
 from migm.trajectories.errors import MigmError
 
@@ -28,8 +28,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # click's plain help: flags read as flags, not as `--json <bool>`
 )
-console = Console()
-err_console = Console(stderr=True)
+# Lines of output that goes to a pipe or a file (`migm … | cat`, CI logs): wide enough for every table.
+PIPE_WIDTH = 200
+
+
+def make_console(stderr: bool = False) -> Console:
+    """rich's console on a terminal; on a pipe or file (rich would assume 80 columns and cut table cells to
+    "…"), wide tables and no wrapping of plain text, so a markdown table keeps one row per line. An
+    explicit $COLUMNS is kept."""
+    console = Console(stderr=stderr)
+    if console.is_terminal or "COLUMNS" in os.environ:
+        return console
+    return Console(stderr=stderr, width=PIPE_WIDTH, soft_wrap=True)
+
+
+console = make_console()
+err_console = make_console(stderr=True)
 _state = {"debug": False}
 
 # Options shared by several commands.
@@ -138,43 +152,15 @@ ClipOpt = Annotated[
 ]
 
 
-def base_spec(
-    model: str | None,
-    checkpoint: str | None = None,
-    vqgan: str | None = None,
-    heads: int | None = None,
-    pixels: str | None = None,
-    precision: str | None = None,
-    device: str = "auto",
-    height: int | None = None,
-    width: int | None = None,
-    compile: bool = False,
-) -> BaseSpec:
-    """The base options of a command, parsed once into the spec that `load_base` loads."""
-    return BaseSpec(
-        model,
-        checkpoint=checkpoint,
-        vqgan=vqgan,
-        heads=heads,
-        pixels=pixels,
-        precision=precision,
-        device=device,
-        height=height,
-        width=width,
-        compile=compile,
-    )
-
-
-def condition_args(
-    base, classes: str | None, prompt: list[str] | None, prompts_file: str | None
-) -> tuple[list[int] | None, list[str] | None]:
+def condition_args(base, classes: str | None, prompts: list[str] | None) -> tuple[list[int] | None, list[str] | None]:
     """(class ids, prompts) of a sampling command: a text base takes prompts, a class base classes (default 0-9)."""
-    prompts = parse_prompts(prompt, prompts_file)
     if base.text:
         if classes is not None:
             raise MigmError(
                 f"--model {base.name} is text-to-image: give --prompt TEXT or --prompts FILE, not --classes"
             )
+        if prompts:
+            base.encode_prompts(prompts)  # a prompt longer than the base takes is refused before any work
         return None, prompts
     return parse_classes(classes or "0-9"), prompts
 
@@ -205,6 +191,9 @@ def parse_prompts(prompt: list[str] | None, prompts_file: str | None) -> list[st
     return out or None
 
 
+MAX_CLASSES = 65536  # far past any class-conditional base (ImageNet: 1000); a range is expanded in memory
+
+
 def parse_classes(spec: str) -> list[int]:
     """'0-9', '3', '1,4,7' or '0-2,5' -> sorted class ids (checked against the base later)."""
     out: set[int] = set()
@@ -213,6 +202,8 @@ def parse_classes(spec: str) -> list[int]:
             part = part.strip()
             if "-" in part[1:]:
                 lo, hi = (int(x) for x in part.split("-", 1))
+                if hi - lo >= MAX_CLASSES:
+                    raise MigmError(f"--classes range {lo}-{hi} names more than {MAX_CLASSES:,} classes")
                 out.update(range(lo, hi + 1))
             else:
                 out.add(int(part))
@@ -251,7 +242,8 @@ def progress_bar(total: int, what: str, quiet: bool) -> Iterator[Callable[[int],
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
     ]
-    with Progress(*columns, console=err_console, transient=True) as bar:
+    # off when stderr is no terminal (a log, a pipe): rich would leave a blank line beside an error there
+    with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
         task = bar.add_task(what, total=total, rate="")
         start = time.perf_counter()
 
@@ -264,16 +256,16 @@ def progress_bar(total: int, what: str, quiet: bool) -> Iterator[Callable[[int],
 
 def load_metrics(
     base,
-    fid_ref: str | None,
-    inception_weights: str | None,
-    fid_dims: int,
-    clip: str | None,
     seed: int,
     batch_size: int,
     quiet: bool,
+    fid_ref: str | None = None,
+    inception_weights: str | None = None,
+    fid_dims: int = 2048,
+    clip: str | None = None,
 ):
-    """The image metrics a command asks for, loaded before any sampling (None: none asked)."""
-    from migm.trajectories.metrics import load_image_metrics, reference_count
+    """The image metrics a command asks for (its metric options), loaded before any sampling (None: none asked)."""
+    from migm.shortcut_zoo.image_metrics import load_image_metrics, reference_count
 
     with progress_bar(call(reference_count, fid_ref), "reference images", quiet) as bar:
         return call(
@@ -304,6 +296,14 @@ def print_metrics(title: str, result: dict, as_json: bool) -> None:
     console.print(table)
 
 
+def print_per_step(per_step: list[dict]) -> None:
+    """The per-step validation figures, one row per step (as many rows as steps, so any N fits)."""
+    table = Table("step", "cosine", "cache cosine", "token agreement", "cache agreement", title="per step (held-out)")
+    for r in per_step:
+        table.add_row(str(r["step"]), *(f"{r[k]:.4f}" for k in ("cos", "cache_cos", "agree", "cache_agree")))
+    console.print(table)
+
+
 def plain(text: str) -> Text:
     """User-supplied text (paths, names) for rich: never read as markup, control characters inert."""
     return Text(inert(str(text)))
@@ -320,4 +320,8 @@ def parse_overrides(items: list[str]) -> dict:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value
+        except ValueError:  # Python's int-string limit: far past any size an arch accepts
+            raise MigmError(
+                f"arch option {key} is a number of {len(value):,} digits; sizes are at most 65536"
+            ) from None
     return out

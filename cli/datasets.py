@@ -10,77 +10,58 @@ import typer
 from rich.table import Table
 
 from migm.cli.app import (
-    CheckpointOpt,
-    CompileOpt,
-    DeviceOpt,
-    GuidanceOpt,
-    HeadsOpt,
-    HeightOpt,
     JsonOpt,
-    ModelOpt,
-    PrecisionOpt,
-    PromptOpt,
-    PromptsFileOpt,
     QuietOpt,
-    RTempOpt,
     SeedOpt,
-    SmTempOpt,
     StepsOpt,
-    TemperatureOpt,
-    WidthOpt,
     app,
-    base_spec,
     call,
     console,
     parse_classes,
-    parse_prompts,
     plain,
     print_metrics,
     progress_bar,
     steps_for,
 )
+from migm.cli.groups import base_options, prompt_options, sampler_options
+from migm.trajectories.base import BaseSpec
 from migm.trajectories.checks import check_writable_dir, inert
+
+OutOpt = Annotated[str, typer.Option("--out", "-o", help="Dataset folder to write (missing folders are created).")]
+NumSamplesOpt = Annotated[int, typer.Option("--num-samples", help="Samples to roll out (one row per CFG branch).")]
+FormatOpt = Annotated[str, typer.Option("--format", help="zarr (local random access) or parquet (the Hub's layout).")]
+CodecOpt = Annotated[
+    str,
+    typer.Option(
+        "--codec",
+        help="lossless; quant[:bits=2..8] (lossy, per-token scale); delta[:bits=2..8,keyframe=16] "
+        "(lossy, temporal: quantised differences from the previous decoded step, keyframes every k steps).",
+    ),
+]
+ShardSizeOpt = Annotated[int, typer.Option("--shard-size", help="Samples per shard.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Samples per rollout batch.")]
+ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="Classes to sample, e.g. 0-9 (default: all).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an output made with another config.")]
 
 
 @app.command("dump-trajectories")
+@base_options(omit=("vqgan", "pixels"))
+@sampler_options
+@prompt_options
 def dump_trajectories(
-    out: Annotated[str, typer.Option("--out", "-o", help="Dataset folder to write (missing folders are created).")],
-    model: ModelOpt = "maskgit-digits",
-    num_samples: Annotated[
-        int, typer.Option("--num-samples", help="Samples to roll out (one row per CFG branch).")
-    ] = 2048,
+    spec: BaseSpec,
+    sampler: dict,
+    prompt_list: list[str] | None,
+    out: OutOpt,
+    num_samples: NumSamplesOpt = 2048,
     steps: StepsOpt = None,
-    format: Annotated[
-        str, typer.Option("--format", help="zarr (local random access) or parquet (the Hub's layout).")
-    ] = "zarr",
-    codec: Annotated[
-        str,
-        typer.Option(
-            "--codec",
-            help="lossless; quant[:bits=2..8] (lossy, per-token scale); delta[:bits=2..8,keyframe=16] "
-            "(lossy, temporal: quantised differences from the previous decoded step, keyframes every k steps).",
-        ),
-    ] = "lossless",
-    shard_size: Annotated[int, typer.Option("--shard-size", help="Samples per shard.")] = 256,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per rollout batch.")] = 64,
+    format: FormatOpt = "zarr",
+    codec: CodecOpt = "lossless",
+    shard_size: ShardSizeOpt = 256,
+    batch_size: BatchSizeOpt = 64,
     seed: SeedOpt = 0,
-    classes: Annotated[
-        Optional[str], typer.Option("--classes", help="Classes to sample, e.g. 0-9 (default: all).")
-    ] = None,
-    prompt: PromptOpt = None,
-    prompts: PromptsFileOpt = None,
-    guidance: GuidanceOpt = None,
-    r_temp: RTempOpt = None,
-    sm_temp: SmTempOpt = None,
-    temperature: TemperatureOpt = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an output made with another config.")] = False,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = None,
-    compile: CompileOpt = False,
-    checkpoint: CheckpointOpt = None,
-    heads: HeadsOpt = None,
-    height: HeightOpt = None,
-    width: WidthOpt = None,
+    classes: ClassesOpt = None,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -99,16 +80,10 @@ def dump_trajectories(
         batch_size=batch_size,
         seed=seed,
         classes=call(parse_classes, classes) if classes else None,
-        prompts=call(parse_prompts, prompt, prompts),
-        guidance=guidance,
-        r_temp=r_temp,
-        sm_temp=sm_temp,
-        temperature=temperature,
+        prompts=prompt_list,
+        **sampler,
     )
     call(check_writable_dir, out, "--out")  # before loading the base: a bad --out never wastes a load
-    spec = base_spec(
-        model, checkpoint, heads=heads, precision=precision, device=device, height=height, width=width, compile=compile
-    )
     base = call(load_base, spec)
     cfg = replace(cfg, steps=steps_for(base, steps, 16))
     with progress_bar(num_samples, "dumping samples", quiet or as_json) as bar:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,8 @@ import torch.nn.functional as F
 
 from migm.shortcut_zoo.archs import build_for_base
 from migm.shortcut_zoo.checkpoint import CHECKPOINT, check_out_folder, load_checkpoint, save_checkpoint
-from migm.shortcut_zoo.evaluate import chained_errors, masked_positions, predict, relative_cost, validate
+from migm.shortcut_zoo.cost import relative_cost
+from migm.shortcut_zoo.evaluate import chained_errors, masked_positions, predict, validate
 from migm.trajectories.base import BaseSpec, load_base
 from migm.trajectories.checks import check_finite, check_int, check_seed, writable_dir
 from migm.trajectories.errors import MigmError
@@ -37,6 +39,9 @@ from migm.trajectories.store.manifest import Manifest
 
 @dataclass
 class TrainConfig:
+    """The options of `migm train`: data (or a live rollout), arch and its options, optimisation, loss,
+    validation, checkpoints and rollout training (`rollout` = K chained steps per window)."""
+
     data: str | None  # dataset folder; None with `live`
     arch: str = "tiny-transformer"
     out: str = "zoo/tiny-transformer"
@@ -141,6 +146,31 @@ def rollout_loss(model, base, batch: dict, cfg: TrainConfig) -> torch.Tensor:
     return total / sum(weights)
 
 
+MAX_STEPS = 10**9  # optimizer steps, warm-up and decay milestones: past any run (and past 1e20)
+
+
+def check_numbers(cfg: TrainConfig) -> None:
+    """Every number of the run finite and in range, before any tensor is built (a NaN compares
+    False with every bound, so each is checked as `check_finite` does, never with `<` alone)."""
+    check_int("--steps", cfg.steps, high=MAX_STEPS)
+    check_int("--batch-size", cfg.batch_size, high=2**20)
+    check_int("--warmup", cfg.warmup, low=0, high=MAX_STEPS)
+    check_int("--lr-decay-step", cfg.lr_decay_step, low=0, high=MAX_STEPS)
+    check_finite("--lr", cfg.lr, low=0, high=1)
+    if not 0 < cfg.lr < 1:
+        raise MigmError(f"--lr must be in (0, 1), got {cfg.lr}")
+    check_finite("--ema", cfg.ema, low=0)
+    if not cfg.ema < 1:
+        raise MigmError(f"--ema must be in [0, 1), got {cfg.ema}")
+    check_finite("--weight-decay", cfg.weight_decay, low=0, high=1e3)
+    check_finite("--grad-clip", cfg.grad_clip, low=0)
+    check_finite("--mse-weight", cfg.mse_weight, low=0)
+    check_finite("--kl-weight", cfg.kl_weight, low=0)
+    check_finite("--kl-temperature", cfg.kl_temperature)
+    if not cfg.kl_temperature > 0:
+        raise MigmError(f"kl-temperature must be positive, got {cfg.kl_temperature}")
+
+
 def check_config(cfg: TrainConfig) -> None:
     if cfg.loss not in ("mse", "mse+kl"):
         raise MigmError(f"loss must be mse or mse+kl, got {cfg.loss!r}")
@@ -162,20 +192,9 @@ def check_config(cfg: TrainConfig) -> None:
         raise MigmError(
             "arch option dim is the base's feature width D, taken from the dataset's base; it cannot be set"
         )
-    for name in ("steps", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise MigmError(f"{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-    if not 0 < cfg.lr < 1:
-        raise MigmError(f"lr must be in (0, 1), got {cfg.lr}")
-    if not 0 <= cfg.ema < 1:
-        raise MigmError(f"ema must be in [0, 1), got {cfg.ema}")
+    check_numbers(cfg)
     if cfg.lr_schedule not in ("cosine", "step"):
         raise MigmError(f"lr-schedule must be cosine or step, got {cfg.lr_schedule!r}")
-    for name in ("warmup", "lr_decay_step", "mse_weight", "kl_weight", "grad_clip"):
-        if getattr(cfg, name) < 0:
-            raise MigmError(f"{name.replace('_', '-')} must be at least 0, got {getattr(cfg, name)}")
-    if not cfg.kl_temperature > 0:
-        raise MigmError(f"kl-temperature must be positive, got {cfg.kl_temperature}")
     if cfg.mse_weight == 0 and (cfg.loss == "mse" or cfg.kl_weight == 0):
         raise MigmError("the loss is zero: give --mse-weight, or --loss mse+kl with a --kl-weight above 0")
 
@@ -194,49 +213,60 @@ def live_batches(live: LiveSource, state: dict):
         yield state["step"], live.batch(state["step"])
 
 
-def train(
-    cfg: TrainConfig,
-    spec: BaseSpec | None = None,
-    resume: bool = False,
-    progress: Callable[[int, float, float], None] | None = None,
-) -> dict:
-    """Train, validate and export a shortcut to `cfg.out`; returns the exported config."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from migm.shortcut_zoo.export import CONFIG, export_shortcut
-
-    check_config(cfg)
-    if (cfg.data is None) == (cfg.live is None):
-        raise MigmError("give a dataset (--data DIR) or --live with a base (--model), not both")
-    ds = open_dataset(cfg.data) if cfg.live is None else None
-    out = Path(cfg.out)
-    check_out_folder(out, resume, marker=CONFIG)
-    ckpt = out / CHECKPOINT
-
-    spec = spec or BaseSpec()
+def training_base(cfg: TrainConfig, spec: BaseSpec, ds, device: str):
+    """The base to train against (the dataset's when `spec` names none) on `device`, and the manifest of
+    the samples: the dataset's, or (live) the plan of the dump whose samples are rolled out."""
     if spec.name is None:  # the base the dataset names; real checkpoints still need their files
         if ds is None:
             raise MigmError("--live rolls out a base: give it with --model (and its checkpoint options)")
         spec = replace(spec, name=ds.manifest.base.name)
-    accelerator = Accelerator(cpu=spec.device == "cpu" or not torch.cuda.is_available())
-    set_seed(cfg.seed)  # the same initial weights on every rank
-    base = load_base(replace(spec, device=str(accelerator.device)))
-    # live: the plan of the dump whose samples are rolled out (held-out samples as its samples)
-    manifest = ds.manifest if ds is not None else live_plan(base, cfg.live, cfg.seed)
-    if ds is not None and base.fingerprint != manifest.base.fingerprint:
+    base = load_base(replace(spec, device=device))
+    if ds is None:
+        return base, live_plan(base, cfg.live, cfg.seed)
+    manifest = ds.manifest
+    if base.fingerprint != manifest.base.fingerprint:
         raise MigmError(
             f"dataset {cfg.data} was dumped from {manifest.base.name} with fingerprint "
             f"{manifest.base.fingerprint[:12]}, but the base given has fingerprint "
             f"{base.fingerprint[:12]} ({base.name}); pass the same --model / --checkpoint as the dump"
         )
-    if ds is not None and base.L != manifest.dims.L:
+    if base.L != manifest.dims.L:
         raise MigmError(
             f"dataset {cfg.data} has L = {manifest.dims.L} image cells, the base given {base.L}; "
             "pass the dump's --height / --width"
         )
+    return base, manifest
+
+
+@dataclass
+class Run:
+    """One training job's parts: what the loop steps and what a checkpoint saves."""
+
+    cfg: TrainConfig
+    out: Path
+    accelerator: Any
+    base: Any
+    manifest: Any  # Manifest, or the live plan
+    ds: Any  # the dataset (None: live)
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    ema: EMA
+    provenance: dict  # what a checkpoint must match to be continued by this run
+    state: dict = field(default_factory=lambda: {"step": 0, "epoch": 0, "batch_in_epoch": 0, "losses": []})
+    batches: Callable = None  # () -> (index, batch) of one epoch (live: endless)
+    val_rows: np.ndarray | None = None
+    live: LiveSource | None = None
+
+
+def start_run(cfg: TrainConfig, spec: BaseSpec, ds, out: Path, resume: bool) -> Run:
+    """The base, the model and its optimizer and EMA (restored from the checkpoint with `resume`)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(cpu=spec.device == "cpu" or not torch.cuda.is_available())
+    set_seed(cfg.seed)  # the same initial weights on every rank
+    base, manifest = training_base(cfg, spec, ds, str(accelerator.device))
     model = build_for_base(cfg.arch, base, **cfg.arch_config)
-    # What a checkpoint must match to be continued by this run.
     provenance = {
         "dataset": manifest.fingerprint() if ds is not None else live_fingerprint(manifest, cfg.live),
         "arch": cfg.arch,
@@ -246,93 +276,144 @@ def train(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, opt = accelerator.prepare(model, opt)
     ema = EMA(accelerator.unwrap_model(model), cfg.ema)
-
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "losses": []}
+    run = Run(cfg, out, accelerator, base, manifest, ds, model, opt, ema, provenance)
     if resume:
-        state = load_checkpoint(out, accelerator, model, opt, ema, provenance)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    if ds is not None:
-        train_rows, val_rows = split_rows(manifest, cfg.val_fraction, cfg.seed)
+        run.state = load_checkpoint(out, accelerator, model, opt, ema, provenance)
+    return run
+
+
+def attach_pairs(run: Run) -> None:
+    """This rank's training batches: a shuffled stream of the dataset's training rows, or live rollouts."""
+    cfg, rank, world = run.cfg, run.accelerator.process_index, run.accelerator.num_processes
+    if run.ds is not None:
+        train_rows, run.val_rows = split_rows(run.manifest, cfg.val_fraction, cfg.seed)
         stream = PairStream(
-            ds, batch_size=cfg.batch_size, rows=train_rows, seed=cfg.seed, rank=rank, world=world, window=cfg.rollout
+            run.ds,
+            batch_size=cfg.batch_size,
+            rows=train_rows,
+            seed=cfg.seed,
+            rank=rank,
+            world=world,
+            window=cfg.rollout,
         )
         if stream.num_pairs() == 0:
             raise MigmError(f"rank {rank} has no training rows; use a larger dataset")
-        batches = lambda: dataset_batches(stream, state, cfg.workers)  # noqa: E731
+        run.batches = lambda: dataset_batches(stream, run.state, cfg.workers)
     else:
-        live = LiveSource(base, manifest, cfg.live, cfg.batch_size, cfg.rollout, rank, world, state["step"])
-        batches = lambda: live_batches(live, state)  # noqa: E731
-    writable_dir(out, "--out folder")  # before any work, so a bad path never wastes a run
+        step = run.state["step"]
+        run.live = LiveSource(run.base, run.manifest, cfg.live, cfg.batch_size, cfg.rollout, rank, world, step)
+        run.batches = lambda: live_batches(run.live, run.state)
 
-    stop = min(cfg.steps, cfg.stop_at or cfg.steps)
+
+def train_step(run: Run, batch: dict) -> float:
+    """One optimizer step: learning rate, loss, finite check, backward, clip, step, EMA. Returns the loss."""
+    cfg, accelerator, model, opt = run.cfg, run.accelerator, run.model, run.opt
+    for group in opt.param_groups:
+        group["lr"] = get_lr(run.state["step"], cfg)
+    loss = rollout_loss(model, run.base, batch, cfg)
+    if not torch.isfinite(loss):
+        raise MigmError(f"loss became {loss.item()} at step {run.state['step']}; lower --lr or check the dataset")
+    accelerator.backward(loss)
+    if cfg.grad_clip > 0:  # 0: no clipping (the published trainer clips none)
+        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    run.ema.update(accelerator.unwrap_model(model))
+    return loss.item()
+
+
+def train_loop(run: Run, stop: int, progress: Callable[[int, float, float], None] | None) -> tuple[int, float]:
+    """Steps until `stop`, checkpointing every `save_every` and at the end. Returns (pairs, seconds)."""
+    accelerator, state = run.accelerator, run.state
     pairs, t0 = 0, time.perf_counter()
-    model.train()
+    run.model.train()
     while state["step"] < stop:
-        for i, batch in batches():  # one epoch of the dataset; live: endless
+        for i, batch in run.batches():  # one epoch of the dataset; live: endless
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            for group in opt.param_groups:
-                group["lr"] = get_lr(state["step"], cfg)
-            loss = rollout_loss(model, base, batch, cfg)
-            if not torch.isfinite(loss):
-                raise MigmError(f"loss became {loss.item()} at step {state['step']}; lower --lr or check the dataset")
-            accelerator.backward(loss)
-            if cfg.grad_clip > 0:  # 0: no clipping (the published trainer clips none)
-                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            ema.update(accelerator.unwrap_model(model))
+            loss = train_step(run, batch)
             state["step"] += 1
             state["batch_in_epoch"] = i + 1
-            state["losses"].append(loss.item())
+            state["losses"].append(loss)
             pairs += len(batch["step"]) * accelerator.num_processes
             if progress is not None and accelerator.is_main_process:
-                progress(state["step"], loss.item(), pairs / (time.perf_counter() - t0))
-            if state["step"] % cfg.save_every == 0 or state["step"] == stop:
-                save_checkpoint(out, accelerator, model, opt, ema, state, provenance)
+                progress(state["step"], loss, pairs / (time.perf_counter() - t0))
+            if state["step"] % run.cfg.save_every == 0 or state["step"] == stop:
+                save_checkpoint(run.out, accelerator, run.model, run.opt, run.ema, state, run.provenance)
             if state["step"] >= stop:
                 break
         else:
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
-    seconds = time.perf_counter() - t0
+    return pairs, time.perf_counter() - t0
+
+
+def export_trained(run: Run, pairs: int, seconds: float) -> dict:
+    """The EMA weights validated on the held-out pairs (live: the held-out samples, rolled out once) and
+    exported to the zoo folder with their metrics, chained errors and cost."""
+    from migm.shortcut_zoo.export import export_shortcut
+
+    cfg, base, manifest, device = run.cfg, run.base, run.manifest, run.accelerator.device
+    final = build_for_base(cfg.arch, base, **cfg.arch_config).to(device)
+    final.load_state_dict(run.ema.shadow)
+    ds, val_rows = run.ds, run.val_rows
+    if ds is None:
+        ds, val_rows = MemoryDataset(manifest, heldout_rows(base, manifest, cfg.live.batch_size)), None
+    val = PairStream(ds, batch_size=256, rows=val_rows, shuffle=False)
+    metrics = validate(final, base, pair_loader(val), manifest.dims.N - 1, device)
+    step_errors = chained_errors(final, base, val, device)
+    cost = relative_cost(final, base, manifest.dims.N)
+    training = {
+        **asdict(cfg),
+        "processes": run.accelerator.num_processes,
+        "seconds": seconds,
+        "pairs_per_second": pairs / seconds,
+        "final_loss": run.state["losses"][-1],
+    }
+    trained_live = None
+    if cfg.live is not None:
+        trained_live = {
+            "fingerprint": run.provenance["dataset"],
+            "seed": cfg.seed,
+            "training_samples": run.live.trained_samples(),
+            "validation_samples": [0, cfg.live.val_samples],
+        }
+    result = export_shortcut(
+        run.out, final, cfg.arch, base, manifest, metrics, cost, training, step_errors, live=trained_live
+    )
+    return {**result, "losses": run.state["losses"]}
+
+
+def train(
+    cfg: TrainConfig,
+    spec: BaseSpec | None = None,
+    resume: bool = False,
+    progress: Callable[[int, float, float], None] | None = None,
+) -> dict:
+    """Train, validate and export a shortcut to `cfg.out`; returns the exported config.
+    Check the config and folder → load the base, model, optimizer (resume: the checkpoint) → pairs →
+    the loop → (a time-boxed run stops at its checkpoint) → validate and export on the main process."""
+    from migm.shortcut_zoo.export import CONFIG
+
+    check_config(cfg)
+    if (cfg.data is None) == (cfg.live is None):
+        raise MigmError("give a dataset (--data DIR) or --live with a base (--model), not both")
+    ds = open_dataset(cfg.data) if cfg.live is None else None
+    out = Path(cfg.out)
+    check_out_folder(out, resume, marker=CONFIG)
+    run = start_run(cfg, spec or BaseSpec(), ds, out, resume)
+    attach_pairs(run)
+    writable_dir(out, "--out folder")  # before any work, so a bad path never wastes a run
+    pairs, seconds = train_loop(run, min(cfg.steps, cfg.stop_at or cfg.steps), progress)
+    accelerator, state = run.accelerator, run.state
     accelerator.wait_for_everyone()
     if state["step"] < cfg.steps:  # time-boxed run: the checkpoint is the result
+        ckpt = str(out / CHECKPOINT)
         return {
             "stopped_at": state["step"],
-            "checkpoint": str(ckpt),
+            "checkpoint": ckpt,
             "processes": accelerator.num_processes,
             "losses": state["losses"],
         }
-
-    result = None
-    if accelerator.is_main_process:
-        final = build_for_base(cfg.arch, base, **cfg.arch_config).to(accelerator.device)
-        final.load_state_dict(ema.shadow)
-        if ds is None:  # live: the held-out samples, rolled out once
-            ds = MemoryDataset(manifest, heldout_rows(base, manifest, cfg.live.batch_size))
-            val_rows = None
-        val = PairStream(ds, batch_size=256, rows=val_rows, shuffle=False)
-        metrics = validate(final, base, pair_loader(val), manifest.dims.N - 1, accelerator.device)
-        step_errors = chained_errors(final, base, val, accelerator.device)
-        cost = relative_cost(final, base, manifest.dims.N)
-        training = {
-            **asdict(cfg),
-            "processes": accelerator.num_processes,
-            "seconds": seconds,
-            "pairs_per_second": pairs / seconds,
-            "final_loss": state["losses"][-1],
-        }
-        trained_live = None
-        if cfg.live is not None:
-            trained_live = {
-                "fingerprint": provenance["dataset"],
-                "seed": cfg.seed,
-                "training_samples": live.trained_samples(),
-                "validation_samples": [0, cfg.live.val_samples],
-            }
-        result = export_shortcut(
-            out, final, cfg.arch, base, manifest, metrics, cost, training, step_errors, live=trained_live
-        )
-        result["losses"] = state["losses"]
+    result = export_trained(run, pairs, seconds) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
     return result or {"processes": accelerator.num_processes, "losses": state["losses"]}

@@ -23,6 +23,7 @@ from migm.trajectories import __version__
 from migm.trajectories.checks import check_int, check_removable_dir, check_seed, check_writable_dir, writable_dir
 from migm.trajectories.errors import MigmError
 from migm.trajectories.rollout import SamplerConfig, rollout, sample_seeds, stack_cond
+from migm.trajectories.schedule import steps_run
 from migm.trajectories.store.codecs import parse_codec
 from migm.trajectories.store.manifest import (
     SUBDIR,
@@ -54,6 +55,9 @@ WRITERS = {"zarr": ZarrShardWriter, "parquet": ParquetShardWriter}
 
 @dataclass
 class DumpConfig:
+    """What `dump-trajectories` writes: how many samples, at how many steps, where, in which format and
+    codec; sampler options left None take the base's own defaults."""
+
     num_samples: int = 2048
     steps: int = 16
     out: str = "data/digits-n16"
@@ -81,6 +85,7 @@ def plan(cfg: DumpConfig, base) -> Plan:
     sampler = SamplerConfig.for_base(
         base, cfg.steps, guidance=cfg.guidance, r_temp=cfg.r_temp, sm_temp=cfg.sm_temp, temperature=cfg.temperature
     )
+    check_every_step_runs(sampler, base)
     branches = 2 if sampler.guidance > 0 else 1
     if base.text:
         classes, text, dims = text_layout(cfg, base, branches)
@@ -106,6 +111,19 @@ def plan(cfg: DumpConfig, base) -> Plan:
         branches=branches,
         text=text,
     )
+
+
+def check_every_step_runs(sampler: SamplerConfig, base) -> None:
+    """A trajectory holds a feature for each of the N steps: refuse an N whose published schedule commits
+    every cell early (the loop stops there, leaving the last steps without a feature)."""
+    L = base.L
+    counts = base.rule.unmask_counts(L, sampler.steps)
+    ran = steps_run(counts)
+    if ran < sampler.steps:
+        raise MigmError(
+            f"with {sampler.steps} steps the published schedule commits all {L} cells after {ran} steps "
+            f"(counts {counts}), so the loop stops there; choose fewer steps"
+        )
 
 
 def text_layout(cfg: DumpConfig, base, branches: int) -> tuple[list[int], dict, Dims]:

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from migm.trajectories.errors import MigmError
 from migm.trajectories.rollout import LEGACY_SAMPLER, SamplerConfig
+from migm.trajectories.safe_load import load_json
 from migm.trajectories.store.codecs import Codec, parse_codec
 from migm.trajectories.store.schema import FORMATS, MANIFEST, SCHEMA_VERSION, Dims, shard_name, write_json_atomic
 
@@ -338,12 +339,8 @@ def plan_from_dict(d, where: str | Path) -> Plan:
 
 
 def read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MigmError(f"{path} is not valid JSON ({getattr(e, 'msg', e)})") from None
-    except OSError as e:
-        raise MigmError(f"cannot read {path}: {e.strerror or e}") from None
+    """A JSON file read back within the safe loader's limits (size, UTF-8, depth, integers)."""
+    return load_json(path)
 
 
 def read_manifest(root: str | Path) -> Manifest:
