@@ -6,16 +6,23 @@ and a random `dimoo-transformer` shortcut (bottleneck 2, 1 block). Three phases:
    2-layer model of the same widths (32 fp32 layers would be slow and 32 GB);
 2. a padded batch of two prompts of different lengths (both CFG branches right-padded together) against
    each prompt alone, in bf16: feature relative error, and token agreement of N8 and N8B4 rollouts;
-3. latency per image at batch 1 (as published) and batch 4 (`--batch`): vanilla N64 against shortcut
-   N64B11 and N64B14, CUDA-synchronised; one warm-up rollout per batch (N8B4: the same kernels at the
-   same sequence lengths), then `--repeats` timed runs each, median; speedups measured, ideal (counted
-   FLOPs) and published (over 4x at N64B11; the paper reports 4-6x).
+3. latency per image at batch 1 (as published) and batch 4 (`--batch`), eager and with `--compile`
+   (trajectories/compile.py; `--no-compile`: eager only): vanilla N64 against shortcut N64B11 and N64B14,
+   CUDA-synchronised; one warm-up rollout per batch and mode (eager: N8B4, the same kernels at the same
+   sequence lengths; compiled: N64B11, its shapes, the compile included), then `--repeats` timed runs
+   each, median; achieved TFLOP/s (counted FLOPs of both CFG branches) and MFU against the card's bf16
+   dense peak (shortcut_zoo/gpu.py; blank for a card not in its table), peak memory per config;
+   speedups measured, ideal (counted FLOPs) and published (over 4x at N64B11; the paper reports 4-6x).
+   Order: eager batch 1, compiled batch 1, eager batch 4, compiled batch 4 (the published batch first).
+
+Before phase 2: which fused attention kernels (flash, memory-efficient) the base and the shortcut run on
+under the rollout's autocast, and why not where not (torch's own reasons).
 
     bash benchmarks/gpu_check.sh            # the MaskGIT check, then this one
     python benchmarks/dimoo_gpu_check.py --smoke   # tiny widths on CPU, same code path (the tests run this)
 
 Time guard: each timed config is predicted from the warm-up's per-step times and runs only as many
-repeats as fit before `--max-seconds` (default 300, or $DIMOO_GPU_CHECK_SECONDS; skipped when none
+repeats as fit before `--max-seconds` (default 240, or $DIMOO_GPU_CHECK_SECONDS; skipped when none
 fits). A phase that fails is reported and the others still run (exit status 1). Prints each phase's
 elapsed time as it goes, a table, and a JSON line (peak GPU memory per phase included). The smoke
 times fp32 (bf16 matmuls are slow on most CPUs); its phase 1 still checks bf16.
@@ -42,12 +49,14 @@ import torch.nn as nn
 from migm.shortcut_zoo.archs import build_for_base
 from migm.shortcut_zoo.bench import cpu_name
 from migm.shortcut_zoo.cost import relative_cost
+from migm.shortcut_zoo.gpu import peak_tflops, sdpa_backends, utilisation
 from migm.shortcut_zoo.predictors import make_predictor
 from migm.trajectories.base import resolve_device
 from migm.trajectories.base.dimoo import DiMOO
 from migm.trajectories.base.dimoo_layout import SpecialTokens
 from migm.trajectories.base.dimoo_loading import DTYPES, load_tokenizer
 from migm.trajectories.base.llada import LLaDA, LLaDAConfig, RMSNorm
+from migm.trajectories.compile import compile_base, compile_shortcut
 from migm.trajectories.errors import MigmError
 from migm.trajectories.rollout import SamplerConfig, autocast, rollout, sample_seeds, stack_cond
 
@@ -222,24 +231,28 @@ def timed_rollout(base: DiMOO, cond, seeds, config: SamplerConfig, predictor) ->
     return time.perf_counter() - t0, result.step_times, result.full
 
 
-def latency(base: DiMOO, shortcut: nn.Module, b: int, repeats: int, deadline: float) -> dict:
-    """At batch b: a warm-up N8B4 rollout (its per-step times predict each config's run time), then
-    vanilla N64 and shortcut N64B* with as many of `repeats` timed runs as fit before `deadline`."""
+def latency(base: DiMOO, shortcut: nn.Module, b: int, repeats: int, deadline: float, warmup: tuple) -> dict:
+    """At batch b: a warm-up rollout (`warmup` = (N, B); its per-step times predict each config's run
+    time; compiled, it compiles), then vanilla N64 and shortcut N64B* with as many of `repeats` timed runs
+    as fit before `deadline`, each with its peak GPU memory."""
     cond = base.encode_prompts([PROMPTS[i % len(PROMPTS)] for i in range(b)])
     seeds = sample_seeds(0, 0, b)
-    warmup = SamplerConfig.for_base(base, 8, 4)
-    _, step_times, full = timed_rollout(base, cond, seeds, warmup, make_predictor("shortcut", shortcut))
+    t_warm, step_times, full = timed_rollout(
+        base, cond, seeds, SamplerConfig.for_base(base, *warmup), make_predictor("shortcut", shortcut)
+    )
     t_full = statistics.median(t for s, t in enumerate(step_times) if s in full)
     t_short = statistics.median(t for s, t in enumerate(step_times) if s not in full)
     budgets = (None, *BUDGETS)
     predicted = [(B or STEPS) * t_full + (STEPS - (B or STEPS)) * t_short for B in budgets]
-    out = {"ms_per_full_step": 1000 * t_full, "ms_per_shortcut_step": 1000 * t_short, "configs": {}}
+    out = {"warmup_s": t_warm, "ms_per_full_step": 1000 * t_full, "ms_per_shortcut_step": 1000 * t_short, "configs": {}}
     for i, budget in enumerate(budgets):
         # as many repeats as fit while leaving one run for each config still to come (one if only it fits)
         left = deadline - time.perf_counter()
         runs = min(repeats, max(int((left - sum(predicted[i + 1 :])) / predicted[i]), int(left >= predicted[i])))
         config = SamplerConfig.for_base(base, STEPS, budget)
         predictor = make_predictor("shortcut", shortcut) if budget else None
+        if base.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         times = [timed_rollout(base, cond, seeds, config, predictor)[0] for _ in range(runs)]
         name = f"N{STEPS}" + (f"B{budget}" if budget else "")
         out["configs"][name] = {
@@ -247,10 +260,42 @@ def latency(base: DiMOO, shortcut: nn.Module, b: int, repeats: int, deadline: fl
             "min_max_ms_per_image": [1000 * min(times) / b, 1000 * max(times) / b] if times else None,
             "runs": len(times),
             "predicted_ms_per_image": 1000 * predicted[i] / b,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if times and base.device.type == "cuda" else None,
         }
         note = f"{len(times)} run(s)" if times else "skipped (past --max-seconds)"
         print(f"  batch {b} {name}: predicted {predicted[i]:.1f} s / run, {note}", flush=True)
     return out
+
+
+def attention_backends(base: DiMOO, shortcut: nn.Module) -> dict:
+    """The fused SDPA kernels the base forward and the shortcut run on, under the rollout's autocast, at
+    batch 1 with both CFG branches (right-padded rows: an attention mask)."""
+    cond = stack_cond(base.encode_prompts(PROMPTS[:1]), base.null_cond(1))
+    tokens = half_masked(base, 1, seed=3).repeat(2, 1)
+    branch = torch.arange(2, device=base.device)
+    k = max(1, base.L // STEPS)
+    with autocast(base), torch.no_grad():
+        feature = base.forward(tokens, cond)[1]
+        ids = torch.zeros(1, k, dtype=torch.long, device=base.device)
+        new = base.new_tokens(ids, torch.arange(k, device=base.device)[None], cond, branch)
+        ratio = torch.full((2,), 0.5, device=base.device)
+        return {
+            "base": sdpa_backends(base.forward, tokens, cond),
+            "shortcut": sdpa_backends(shortcut, feature, *new, ratio, base.feature_valid(cond)),
+        }
+
+
+def utilisation_rows(timings: dict, cost: dict, peak: float | None) -> None:
+    """Achieved TFLOP/s and MFU of every timed config, in place: counted FLOPs of both CFG branches
+    (each branch counted as the uncond row's forward, the shorter one), over the measured time."""
+    per_call = cost["shortcut_flops"] + cost["head_flops"]
+    for t in timings.values():
+        for name, r in (t["configs"] if t else {}).items():
+            B = int(name.split("B")[1]) if "B" in name else STEPS
+            flops = 2 * (B * cost["base_flops"] + (STEPS - B) * per_call)
+            r["tflops"], r["mfu"] = (None, None)
+            if r["ms_per_image"]:
+                r["tflops"], r["mfu"] = utilisation(flops, r["ms_per_image"] / 1000, peak)
 
 
 class Phases:
@@ -293,16 +338,16 @@ def build(sizes: dict, tokenizer, device: str, precision: str) -> tuple[DiMOO, n
 
 
 def speedups(timings: dict, cost: dict) -> dict:
-    """Vanilla over shortcut time per batch: measured, ideal (B full forwards plus N - B shortcut and
-    head calls, in counted FLOPs) and the published claim."""
+    """Vanilla over shortcut time per mode and batch: measured, ideal (B full forwards plus N - B
+    shortcut and head calls, in counted FLOPs) and the published claim."""
     per_call = (cost["shortcut_flops"] + cost["head_flops"]) / cost["base_flops"]
     out = {}
-    for b, t in timings.items():
+    for key, t in timings.items():
         rows = t["configs"] if t else {}
         for B in BUDGETS:
             vanilla = rows.get(f"N{STEPS}", {}).get("ms_per_image")
             fast = rows.get(f"N{STEPS}B{B}", {}).get("ms_per_image")
-            out[f"batch {b}: N{STEPS} / N{STEPS}B{B}"] = {
+            out[f"{key}: N{STEPS} / N{STEPS}B{B}"] = {
                 "measured": vanilla / fast if vanilla and fast else None,
                 "ideal": STEPS / (B + (STEPS - B) * per_call),
                 "published": PUBLISHED if B == 11 else None,
@@ -314,7 +359,55 @@ def num(x: float | None, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def main() -> None:
+def run_latency(phases: Phases, base: DiMOO, shortcut: nn.Module, args, deadline: float) -> dict:
+    """Phase 3 in the order of the targets: eager batch 1, compiled batch 1 (the published batch), then
+    eager and compiled at --batch, as time allows. Compiling happens once, before the first compiled phase;
+    a compiled phase warms up on N64B11 itself (its shapes), an eager one on N8B4."""
+    timings = {}
+    for b in sorted({1, args.batch}):
+        for mode in ("eager", "compile") if args.compile else ("eager",):
+            if mode == "compile" and not getattr(base, "compiled", False):
+                phases.run("compile (toolchain check)", compile_models, base, shortcut)
+            warmup = (STEPS, BUDGETS[0]) if mode == "compile" else (8, 4)
+            key = f"{mode} batch {b}"
+            if time.perf_counter() >= deadline:  # not even the warm-up (compiled, it may take minutes)
+                print(f"[3 latency {key}] skipped (past --max-seconds)", flush=True)
+                timings[key] = None
+                continue
+            timings[key] = phases.run(f"3 latency {key}", latency, base, shortcut, b, args.repeats, deadline, warmup)
+    return timings
+
+
+def compile_models(base: DiMOO, shortcut: nn.Module) -> None:
+    compile_base(base)
+    compile_shortcut(shortcut, base.device)
+
+
+def print_latency(timings: dict, gains: dict) -> None:
+    print("| mode | batch | config | ms / image (median) | min-max | runs | predicted | TFLOP/s | MFU | peak GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for key, t in timings.items():
+        mode, b = key.split(" batch ")
+        for name, r in (t["configs"] if t else {}).items():
+            span = "-" if not r["runs"] else "-".join(f"{x:.1f}" for x in r["min_max_ms_per_image"])
+            mfu = "-" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"
+            row = [mode, b, name, num(r["ms_per_image"]), span, r["runs"], num(r["predicted_ms_per_image"])]
+            row += [num(r.get("tflops")), mfu, num(r["peak_gib"], ".2f")]
+            print("| " + " | ".join(map(str, row)) + " |")
+    print("| speedup | measured | ideal (counted FLOPs) | published |")
+    print("|---|---|---|---|")
+    for name, s in gains.items():
+        measured = "-" if s["measured"] is None else f"{s['measured']:.2f}x"
+        print(f"| {name} | {measured} | {s['ideal']:.2f}x | {s['published'] or '-'} |")
+    for key, t in timings.items():
+        if t:
+            print(
+                f"{key} per step: full {t['ms_per_full_step']:.1f} ms, shortcut {t['ms_per_shortcut_step']:.1f} ms "
+                f"(warm-up {t['warmup_s']:.1f} s)"
+            )
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny widths on CPU (the test suite runs this)")
     p.add_argument("--batch", type=int, default=4, help="the batch size timed beside batch 1")
@@ -322,30 +415,38 @@ def main() -> None:
     p.add_argument(
         "--precision", default=None, help="bf16, fp16 or fp32 base for phases 2-3 (default: bf16 on cuda, fp32 on cpu)"
     )
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="eager latency only")
     p.add_argument(
         "--max-seconds",
         type=float,
-        default=float(os.environ.get("DIMOO_GPU_CHECK_SECONDS", 300)),  # settable through gpu_check.sh
-        help="time guard in seconds from the start: no timed run that would end past it starts (default 300)",
+        default=float(os.environ.get("DIMOO_GPU_CHECK_SECONDS", 240)),  # settable through gpu_check.sh
+        help="time guard in seconds from the start: no timed run that would end past it starts (default 240)",
     )
     args = p.parse_args()
-    device = "cpu" if args.smoke else resolve_device("auto")
-    if device == "cpu" and not args.smoke:
+    if args.precision not in (None, *DTYPES) or args.batch < 1 or args.repeats < 1:
+        p.error("--precision must be bf16, fp16 or fp32; --batch and --repeats at least 1")
+    if not args.smoke and resolve_device("auto") == "cpu":
         p.error("no CUDA GPU visible: the full-size check needs one (16 GB of bf16 weights); use --smoke")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    device = "cpu" if args.smoke else resolve_device("auto")
     if args.smoke:  # tiny ops: OpenMP threads cost more than they give, and the suite may share the cores
         torch.set_num_threads(1)
     # bf16 matmuls are slow on most CPUs: the smoke times fp32 (phase 1 still checks bf16)
     precision = args.precision or ("bf16" if device != "cpu" else "fp32")
-    if precision not in DTYPES or args.batch < 1 or args.repeats < 1:
-        p.error("--precision must be bf16, fp16 or fp32; --batch and --repeats at least 1")
     sizes = SMOKE if args.smoke else FULL
     c, (h, w) = sizes["llada"], sizes["grid"]
     phases = Phases(device)
     gpu = torch.cuda.get_device_name() if device != "cpu" else f"cpu ({cpu_name()}, {torch.get_num_threads()} threads)"
+    peak = peak_tflops(gpu) if device != "cpu" else None
     print(f"dimoo_gpu_check{' --smoke' if args.smoke else ''}: {gpu}, torch {torch.__version__}, {precision}")
     print(
         f"base: LLaDA {c.n_layers} layers, d_model {c.d_model}, {c.n_heads} heads ({c.n_kv_heads} KV), MLP "
-        f"{c.mlp_hidden_size}, vocabulary {c.vocab_size}; {h}x{w} grid, {sizes['V']} codes; random weights",
+        f"{c.mlp_hidden_size}, vocabulary {c.vocab_size}; {h}x{w} grid, {sizes['V']} codes; random weights; "
+        f"bf16 dense peak {num(peak, '.0f')} TFLOP/s",
         flush=True,
     )
 
@@ -357,12 +458,10 @@ def main() -> None:
     if built is None:
         raise SystemExit("dimoo_gpu_check: the full-size base could not be built (see above)")
     base, shortcut, cost = built
+    attention = phases.run("attention backends", attention_backends, base, shortcut)
     padded = phases.run("2 padded batch vs alone", padded_vs_alone, base, shortcut)
-    deadline = phases.start + args.max_seconds
-    timings = {
-        b: phases.run(f"3 latency batch {b}", latency, base, shortcut, b, args.repeats, deadline)
-        for b in sorted({1, args.batch})
-    }
+    timings = run_latency(phases, base, shortcut, args, phases.start + args.max_seconds)
+    utilisation_rows(timings, cost, peak)
     gains = speedups(timings, cost)
 
     prompt_ids = base.encode_prompts(PROMPTS[:2])
@@ -374,27 +473,13 @@ def main() -> None:
     )
     for low, err in errors.items():
         print(f"logits {low} vs fp32 (2 layers): relative error {num(err, '.2e')}")
+    for part, backends in (attention or {}).items():
+        print(f"attention ({precision}) {part}: " + "; ".join(f"{k}: {v}" for k, v in backends.items()))
     if padded:
         agree = ", ".join(f"{k} {v:.4f}" for k, v in padded["token_agreement"].items())
         print(f"padded batch vs alone ({precision}): feature relative error {padded['feature_relative_error']:.2e}")
         print(f"  token agreement {agree}")
-    print("| batch | config | ms / image (median) | min-max | runs | predicted |")
-    print("|---|---|---|---|---|---|")
-    for b, t in timings.items():
-        for name, r in (t["configs"] if t else {}).items():
-            span = "-" if not r["runs"] else "-".join(f"{x:.1f}" for x in r["min_max_ms_per_image"])
-            row = [b, name, num(r["ms_per_image"]), span, r["runs"], num(r["predicted_ms_per_image"])]
-            print("| " + " | ".join(map(str, row)) + " |")
-    print("| speedup | measured | ideal (counted FLOPs) | published |")
-    print("|---|---|---|---|")
-    for name, s in gains.items():
-        measured = "-" if s["measured"] is None else f"{s['measured']:.2f}x"
-        print(f"| {name} | {measured} | {s['ideal']:.2f}x | {s['published'] or '-'} |")
-    for b, t in timings.items():
-        if t:
-            print(
-                f"batch {b} per step: full {t['ms_per_full_step']:.1f} ms, shortcut {t['ms_per_shortcut_step']:.1f} ms"
-            )
+    print_latency(timings, gains)
     for name, err in phases.errors.items():
         print(f"FAILED {name}: {err}")
     print(
@@ -405,12 +490,14 @@ def main() -> None:
                 "device": gpu,
                 "torch": torch.__version__,
                 "precision": precision,
+                "peak_bf16_tflops": peak,
                 "sizes": {"llada": asdict(c), "grid": [h, w], "V": sizes["V"], "shortcut": SHORTCUT},
                 "prompt_ids": {"from": where, "lengths": lengths},
                 "logits_relative_error": errors,
+                "attention": attention,
                 "padded": padded,
                 "cost": cost,
-                "latency": {f"batch {b}": t for b, t in timings.items()},
+                "latency": timings,
                 "speedups": gains,
                 "peak_gpu_memory_gib": {"max": max(phases.peak_gib.values()), **phases.peak_gib}
                 if phases.cuda

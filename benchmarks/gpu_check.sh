@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The prepared GPU checks, with random weights: benchmarks/gpu_check.py (512-px MaskGIT: bf16/fp16 vs fp32
-# logits, N15 / N32 / N15B7 / N32B12 latency), then benchmarks/dimoo_gpu_check.py (Lumina-DiMOO at its
-# released widths, 1024 px: bf16 vs fp32 logits, padded batch vs alone, N64 / N64B11 / N64B14 latency).
-# Both get the same arguments (--smoke: tiny sizes on CPU; --repeats R; --batch B; --precision P); the
-# DiMOO check runs even when the first fails, and the exit status is the last failure's. The DiMOO
-# check stops starting timed runs after $DIMOO_GPU_CHECK_SECONDS (default 300) seconds.
+# logits, fused attention kernels, N32 / N32B12 at batch 64, 10 and 1, eager and --compile: ms per image,
+# TFLOP/s, MFU, peak memory, measured vs ideal ratio), then benchmarks/dimoo_gpu_check.py (Lumina-DiMOO at
+# its released widths, 1024 px: bf16 vs fp32 logits, fused attention kernels, padded batch vs alone,
+# N64 / N64B11 / N64B14 at batch 1 and 4, eager and --compile). Both get the same arguments (--smoke: tiny
+# sizes on CPU; --repeats R; --batch B; --precision P; --no-compile: eager only); the DiMOO check runs even
+# when the first fails, and the exit status is the last failure's. Time guards, so the whole fits in 8
+# minutes on an H100/H200: no run starts after $MASKGIT_GPU_CHECK_SECONDS (default 170) in the MaskGIT
+# check, nor after $DIMOO_GPU_CHECK_SECONDS (default 240) in the DiMOO check.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-}"

@@ -114,6 +114,15 @@ PrecisionOpt = Annotated[
         help="fp32, bf16 or fp16 (fp16 on cuda); default: the base's (fp32; dimoo: bf16 on cuda).",
     ),
 ]
+CompileOpt = Annotated[
+    bool,
+    typer.Option(
+        "--compile",
+        help="torch.compile the base's transformer and head and the shortcut (static shapes; CUDA graphs for "
+        "small-batch shortcut steps on cuda): the first batch compiles (slow), the rest run faster. Same "
+        "tokens as eager at fp32 on CPU. See docs/gpu.md.",
+    ),
+]
 PixelsOpt = Annotated[
     Optional[str],
     typer.Option(

@@ -17,6 +17,7 @@ import typer
 from migm.cli.app import (
     CheckpointOpt,
     ClipOpt,
+    CompileOpt,
     DeviceOpt,
     FidDimsOpt,
     FidRefOpt,
@@ -79,6 +80,7 @@ BASE_OPTIONS: Options = {
     "device": (DeviceOpt, "auto"),
     "height": (HeightOpt, None),
     "width": (WidthOpt, None),
+    "compile": (CompileOpt, False),  # the sampling commands' --compile (BaseSpec.compile)
 }
 
 

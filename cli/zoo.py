@@ -49,10 +49,12 @@ def parse_weights(text: str | None) -> list[float] | None:
         raise MigmError(f"--rollout-weights takes comma-separated numbers, e.g. 1,0.5,0.25, got {text!r}") from None
 
 
-def live_config(live: bool, data: str | None, model: str | None, **options):
+def live_config(live: bool, data: str | None, model: str | None, compile: bool = False, **options):
     """`LiveConfig` of `train --live` (None without it), after checking the options belong together."""
     from migm.trajectories.live import LiveConfig
 
+    if compile and not live:
+        raise MigmError("--compile compiles the rollouts of --live; training on --data samples nothing")
     if live and data is not None:
         raise MigmError("give --data DIR or --live, not both")
     if not live and data is None:
@@ -230,7 +232,7 @@ def train(
     from migm.trajectories.store.cache import cache_config
     from migm.trajectories.store.location import parse_storage_options
 
-    live_cfg = call(live_config, live, data, spec.name, prompts=prompt_list, **sampler, **live_options)
+    live_cfg = call(live_config, live, data, spec.name, spec.compile, prompts=prompt_list, **sampler, **live_options)
     cfg = TrainConfig(
         data=data,
         out=out or f"zoo/{train_options['arch']}",
@@ -352,7 +354,7 @@ StepsOpt = Annotated[
 
 
 @zoo_app.command("import")
-@base_options(omit=("vqgan", "pixels", "precision", "device"), model=IMPORT_BASE)
+@base_options(omit=("vqgan", "pixels", "precision", "device", "compile"), model=IMPORT_BASE)
 def zoo_import(
     spec: BaseSpec,
     published: PublishedOpt,

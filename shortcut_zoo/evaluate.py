@@ -144,6 +144,10 @@ class FidelityProbe:
         self.steps: list[torch.Tensor] = []  # this rollout's shortcut steps: [batch] each
 
     # the inner predictor's own hooks
+    @property
+    def static_new_tokens(self) -> bool:
+        return self.inner.static_new_tokens
+
     def full_steps(self, N: int) -> list[int] | None:
         return self.inner.full_steps(N)
 

@@ -18,6 +18,7 @@ from migm.shortcut_zoo.archs import ARCHS, build, build_for_base
 from migm.shortcut_zoo.zoo_config import check_zoo_config
 from migm.trajectories import __version__
 from migm.trajectories.base.checkpoints import load_state_dict_strict
+from migm.trajectories.compile import compile_shortcut
 from migm.trajectories.errors import MigmError, write_error
 from migm.trajectories.safe_load import load_json, read_bytes
 from migm.trajectories.store.manifest import Manifest
@@ -167,7 +168,10 @@ def load_shortcut(path: str | Path, base, force: bool = False) -> torch.nn.Modul
     state = read_weights(weights)
     model = build_for_base(config["arch"], base, **config["arch_config"])
     load_state_dict_strict(model, state, str(weights))
-    return model.to(base.device).eval().requires_grad_(False)
+    model = model.to(base.device).eval().requires_grad_(False)
+    if getattr(base, "compiled", False):  # a base loaded with --compile: its shortcuts are compiled too
+        compile_shortcut(model, base.device)
+    return model
 
 
 def check_finite_weights(state: dict[str, torch.Tensor], what: str) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from migm.trajectories.base.protocol import PredictorDefaults
+from migm.trajectories.compile import is_compiled
 from migm.trajectories.errors import MigmError
 from migm.trajectories.schedule import full_steps, placed_full_steps
 
@@ -30,6 +31,12 @@ class ShortcutPredictor(PredictorDefaults):
         if self.step_errors is None:
             return full_steps(N, B)
         return placed_full_steps(N, B, step_cost(self.step_errors, N))
+
+    @property
+    def static_new_tokens(self) -> bool:
+        """A compiled shortcut gets every step's new tokens padded to one width (one graph, see
+        trajectories/compile.py); an eager one gets them as they are."""
+        return is_compiled(self.model)
 
     @torch.no_grad()
     def predict(self, step, feature, new_emb, new_pos, new_valid, mask_ratio, feat_valid=None):

@@ -23,9 +23,20 @@ def load_check():
 
 
 def test_gpu_check_sh_runs_maskgit_then_dimoo_smoke():
-    """Both prepared checks, MaskGIT first, each printing its JSON line."""
+    """Both prepared checks, MaskGIT first, each printing its JSON line. Eager only: the compiled rows
+    run the same code through `compile_base` / `compile_shortcut`, whose tokens tests/test_compile.py checks
+    (an inductor compile of both smoke models takes minutes on two shared cores)."""
     r = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--smoke", "--repeats", "1", "--batch", "1"],
+        [
+            "bash",
+            str(ROOT / "benchmarks" / "gpu_check.sh"),
+            "--smoke",
+            "--repeats",
+            "1",
+            "--batch",
+            "1",
+            "--no-compile",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -35,21 +46,28 @@ def test_gpu_check_sh_runs_maskgit_then_dimoo_smoke():
     results = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     assert [x["benchmark"] for x in results] == ["gpu_check", "dimoo_gpu_check"]
     maskgit, dimoo = results
-    assert maskgit["smoke"] and maskgit["batch"] == 1  # the arguments reach both
-    assert set(maskgit["ms_per_batch"]) == {"N15", "N32", "N15B7", "N32B12"}
+    assert maskgit["smoke"] and maskgit["batches"] == [1]  # the arguments reach both
+    assert set(maskgit["rows"]) == {"eager"}  # --no-compile
+    rows = maskgit["rows"]["eager"]["1"]
+    assert set(rows) == {"N32", "N32B12"} and all(r["runs"] == 1 and r["ms_per_image"] > 0 for r in rows.values())
+    assert all(r["tflops"] > 0 and r["mfu"] is None for r in rows.values())  # no known peak on a CPU
+    assert set(maskgit["ratios"]) == {"eager batch 1"} and 0.4 < maskgit["ratios"]["eager batch 1"]["ideal"] < 1
+    assert set(maskgit["attention"]) == {"base", "shortcut"}
+    assert all(set(a) == {"flash", "efficient"} for a in maskgit["attention"].values())
     assert 0 < maskgit["logits_relative_error"]["bf16"] < 0.1
     assert dimoo["smoke"] and dimoo["errors"] == {}
     assert 0 < dimoo["logits_relative_error"]["bf16"] < 0.1
     # fp32 on the CPU: a padded row computes what it computes alone
     assert dimoo["padded"]["feature_relative_error"] < 1e-5
     assert dimoo["padded"]["token_agreement"] == {"N8": 1.0, "N8B4": 1.0}
-    assert set(dimoo["latency"]) == {"batch 1"}  # --batch 1: batch 1 only
-    rows = dimoo["latency"]["batch 1"]["configs"]
+    assert set(dimoo["latency"]) == {"eager batch 1"}  # --batch 1: batch 1 only; --no-compile: eager only
+    rows = dimoo["latency"]["eager batch 1"]["configs"]
     assert set(rows) == {"N64", "N64B11", "N64B14"}
-    assert all(r["runs"] == 1 and r["ms_per_image"] > 0 for r in rows.values())
+    assert all(r["runs"] == 1 and r["ms_per_image"] > 0 and r["tflops"] > 0 for r in rows.values())
+    assert all(set(a) == {"flash", "efficient"} for a in dimoo["attention"].values())
     ideal = {k.split(": ")[1]: v["ideal"] for k, v in dimoo["speedups"].items()}
     assert 1 < ideal["N64 / N64B14"] < ideal["N64 / N64B11"] < 64 / 11
-    assert {"1 logits bf16 vs fp32 (2 layers)", "2 padded batch vs alone", "3 latency batch 1"} < set(
+    assert {"1 logits bf16 vs fp32 (2 layers)", "2 padded batch vs alone", "3 latency eager batch 1"} < set(
         dimoo["elapsed_s"]
     )
 
@@ -83,3 +101,22 @@ def test_full_size_is_the_released_8b_model():
     with torch.device("meta"):
         shortcut = build_for_base("dimoo-transformer", base, **check.SHORTCUT)
     assert shortcut.cfg.hidden == 2048 and shortcut.cfg.mlp_hidden == 12288
+
+
+def test_mfu_uses_the_cards_bf16_dense_peak_and_leaves_unknown_cards_blank():
+    from migm.shortcut_zoo.gpu import peak_tflops, utilisation
+
+    names = {
+        "NVIDIA H100 80GB HBM3": 989.0,
+        "NVIDIA H100 PCIe": 756.0,
+        "NVIDIA H200": 989.0,
+        "NVIDIA A100-SXM4-80GB": 312.0,
+        "NVIDIA L40S": 362.0,
+        "NVIDIA L4": 121.0,
+        "NVIDIA GeForce RTX 4090": 165.0,
+        "NVIDIA GeForce GTX 1080": None,
+    }
+    assert {name: peak_tflops(name) for name in names} == names
+    tflops, mfu = utilisation(237.4e9 * 20, 0.0444, peak_tflops("NVIDIA H100 80GB HBM3"))  # the H100 log's step
+    assert round(tflops) == 107 and round(100 * mfu) == 11
+    assert utilisation(1e12, 1.0, None) == (1.0, None)

@@ -139,6 +139,29 @@ def stack_cond(cond: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
     return torch.cat([cond, null])
 
 
+def static_width(base, predictor, is_full: list[bool], cond: torch.Tensor, branch: torch.Tensor, k: int) -> int:
+    """0, or for a predictor that wants one shape at every step (a compiled shortcut) the widest new tokens
+    a step committing at most k cells gives under `cond`: the base's own `new_tokens` of k cells (a text
+    base adds the prompt ids of its conditional rows)."""
+    if predictor is None or not predictor.static_new_tokens or all(is_full[1:]):
+        return 0
+    batch = len(cond) // (int(branch.max()) + 1)
+    ids = torch.zeros(batch, k, dtype=torch.long, device=cond.device)
+    return base.new_tokens(ids, torch.arange(k, device=cond.device).expand(batch, k), cond, branch)[0].shape[1]
+
+
+def pad_new_tokens(emb: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, width: int) -> tuple:
+    """New tokens [R, K, …] right-padded to `width` (zero embeddings at position 0, not valid); width 0:
+    as they are."""
+    extra = width - emb.shape[1]
+    if not width:
+        return emb, pos, valid
+    if extra < 0:
+        raise ValueError(f"new tokens of width {emb.shape[1]} exceed the padded width {width}")
+    pad = torch.nn.functional.pad
+    return pad(emb, (0, 0, 0, extra)), pad(pos, (0, extra)), pad(valid, (0, extra), value=False)
+
+
 def autocast(base) -> torch.autocast:
     """Autocast for the base's precision (a no-op at fp32); logits are sampled in fp32 regardless."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(base.precision)
@@ -240,6 +263,7 @@ def rollout(
     tokens = torch.full((batch, L), base.mask_id, dtype=torch.long, device=device)
     order = torch.full((batch, L), -1, dtype=torch.long, device=device)
     remaining, is_full = L, [s in full for s in range(N)]
+    width = static_width(base, predictor, is_full, branch_cond, branch, max(counts))  # 0: new tokens as they are
 
     if predictor is not None:
         predictor.reset()
@@ -262,7 +286,7 @@ def rollout(
             if recorder is not None:
                 recorder(s, feature, new_ids, new_pos)
             if s + 1 < N and not is_full[s + 1]:
-                new_emb, pos, valid = base.new_tokens(new_ids, new_pos, branch_cond, branch)
+                new_emb, pos, valid = pad_new_tokens(*base.new_tokens(new_ids, new_pos, branch_cond, branch), width)
                 ratio = torch.full((batch * branches,), remaining / L, device=device)
                 step_input = (new_emb, pos, valid, ratio)
             clock.mark()

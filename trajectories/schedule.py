@@ -79,9 +79,14 @@ def inverse_cdf(log_probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     The CDF is summed in float64: CUDA's cumsum rounds a row differently when the batch around it changes
     size, and in float32 that moved about 1 cell in 1,000 to a neighbouring code (so a prompt sampled
     alone and in a padded batch diverged, measured on an H100); in float64 a boundary that close is
-    vanishingly rare."""
-    cdf = log_probs.double().exp().cumsum(-1)
-    return (cdf < u.unsqueeze(-1) * cdf[..., -1:]).sum(-1).clamp_(max=log_probs.shape[-1] - 1)
+    vanishingly rare.
+
+    One float64 buffer, exponentiated and summed in place, and a binary search per cell: the index
+    `searchsorted` returns is the count of CDF entries below u·total, what a compare-and-sum over [B, L, V]
+    gives (the CDF never decreases), so the draws are the same, and the whole sampling step takes half the
+    time at the released sizes on CPU (benchmarks/sampling_step.py checks both on the same inputs)."""
+    cdf = log_probs.to(torch.float64, copy=True).exp_().cumsum_(-1)
+    return torch.searchsorted(cdf, u.unsqueeze(-1) * cdf[..., -1:]).squeeze(-1).clamp_(max=log_probs.shape[-1] - 1)
 
 
 def full_steps(N: int, B: int) -> list[int]:

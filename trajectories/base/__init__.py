@@ -15,6 +15,7 @@ import torch
 
 from migm.trajectories.base import hub
 from migm.trajectories.base.registry import names, registration
+from migm.trajectories.compile import compile_base
 from migm.trajectories.errors import MigmError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -35,6 +36,7 @@ class BaseSpec:
     width: int | None = None
     precision: str | None = None  # None: the base's default (fp32; DiMOO: bf16 on CUDA, fp32 on CPU)
     device: str = "auto"
+    compile: bool = False  # torch.compile the transformer and head (and the shortcuts loaded for it)
 
     def paths(self) -> dict:
         """The loader's keyword arguments the user set."""
@@ -92,7 +94,10 @@ def load_base(spec: BaseSpec):
         raise MigmError(f"{options} not used by --model {spec.name}{why}")
     paths = {k: hub.local(v) if k in HUB_PATHS else v for k, v in paths.items()}  # hf:// -> the cached copy
     if "device" in params and "precision" in params:
-        return loader(**paths, device=device, precision=spec.precision)
-    base = loader(**paths).to(device)
-    base.precision = spec.precision or "fp32"
+        base = loader(**paths, device=device, precision=spec.precision)
+    else:
+        base = loader(**paths).to(device)
+        base.precision = spec.precision or "fp32"
+    if spec.compile:
+        compile_base(base)
     return base

@@ -89,9 +89,16 @@ class TransformerEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for attn, ff in self.layers:
-            x = x + attn(x)
-            x = x + ff(x)
+            x = encoder_layer(attn, ff, x)
         return x
+
+
+# Under torch.compile (--compile) the layers are one region compiled once and stamped out for every layer;
+# a no-op in eager mode.
+@torch.compiler.nested_compile_region
+def encoder_layer(attn: nn.Module, ff: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = x + attn(x)
+    return x + ff(x)
 
 
 class MaskTransformer(nn.Module):
@@ -185,7 +192,7 @@ class MaskGIT:
     @torch.no_grad()
     def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feature = self.net.features(self.net.input_ids(tokens, cond))
-        return self.net.head(feature), feature
+        return self.head(feature), feature  # self.head: the compiled head under --compile
 
     def head(self, feature: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         # no `no_grad` here: a shortcut's KL loss trains through the (frozen) head; every row has the

@@ -125,6 +125,9 @@ class Predictor(Protocol):
     """What the rollout calls at a shortcut step, and its hooks (defaults: `PredictorDefaults`)."""
 
     needs_state: bool  # True: `predict` also gets base=, tokens= [R, L] and cond= (both branches)
+    # True (a compiled shortcut): every step's new tokens come right-padded to the rollout's widest step
+    # (`new_valid` False on the padding), so the predictor sees one shape at every step
+    static_new_tokens: bool
 
     def reset(self) -> None: ...
 
@@ -161,6 +164,7 @@ class PredictorDefaults:
     """The optional hooks' defaults, in one place: a predictor subclasses this and overrides what it needs."""
 
     needs_state = False
+    static_new_tokens = False
 
     def reset(self) -> None:
         pass
