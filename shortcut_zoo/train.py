@@ -24,12 +24,21 @@ import torch
 import torch.nn.functional as F
 
 from migm.shortcut_zoo.archs import build_for_base
-from migm.shortcut_zoo.checkpoint import CHECKPOINT, check_out_folder, load_checkpoint, save_checkpoint
+from migm.shortcut_zoo.checkpoint import CHECKPOINT, check_out_folder, load_checkpoint, read_extra, save_checkpoint
 from migm.shortcut_zoo.evaluate import chained_errors, masked_positions, predict, relative_cost, validate
+from migm.shortcut_zoo.on_policy import (
+    check_training,
+    fingerprint_extra,
+    mixed_live_batches,
+    mixed_loss,
+    on_policy_source,
+    trained_on_policy,
+)
 from migm.trajectories.base import BaseSpec, load_base
 from migm.trajectories.checks import check_finite, check_int, check_seed, writable_dir
 from migm.trajectories.errors import MigmError
 from migm.trajectories.live import LiveConfig, LiveSource, MemoryDataset, heldout_rows, live_fingerprint, live_plan
+from migm.trajectories.on_policy import OnPolicyConfig
 from migm.trajectories.pairs import PairStream, pair_loader, split_window
 from migm.trajectories.store.dataset import open_dataset
 from migm.trajectories.store.manifest import Manifest
@@ -63,6 +72,8 @@ class TrainConfig:
     rollout: int = 1  # K: chain the shortcut over K steps from a true feature (1: one-step pairs)
     rollout_weights: list[float] | None = None  # loss weight of each chained step (None: equal)
     live: LiveConfig | None = None  # train from live rollouts of the base instead of a dataset
+    on_policy: OnPolicyConfig | None = None  # live: mix in pairs rolled out with the shortcut in the loop
+    chain_budget: int | None = None  # live: chain between the full steps of (N, this B) (rollout_weights per step)
 
 
 def get_lr(step: int, cfg: TrainConfig) -> float:
@@ -207,6 +218,7 @@ def train(
     from migm.shortcut_zoo.export import CONFIG, export_shortcut
 
     check_config(cfg)
+    check_training(cfg)
     if (cfg.data is None) == (cfg.live is None):
         raise MigmError("give a dataset (--data DIR) or --live with a base (--model), not both")
     ds = open_dataset(cfg.data) if cfg.live is None else None
@@ -238,7 +250,9 @@ def train(
     model = build_for_base(cfg.arch, base, **cfg.arch_config)
     # What a checkpoint must match to be continued by this run.
     provenance = {
-        "dataset": manifest.fingerprint() if ds is not None else live_fingerprint(manifest, cfg.live),
+        "dataset": manifest.fingerprint()
+        if ds is not None
+        else live_fingerprint(manifest, cfg.live, fingerprint_extra(cfg)),
         "arch": cfg.arch,
         "arch_config": asdict(model.cfg),
         "rollout": cfg.rollout,
@@ -248,6 +262,7 @@ def train(
     ema = EMA(accelerator.unwrap_model(model), cfg.ema)
 
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "losses": []}
+    policy = None  # the on-policy source, with --on-policy
     if resume:
         state = load_checkpoint(out, accelerator, model, opt, ema, provenance)
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -260,8 +275,14 @@ def train(
             raise MigmError(f"rank {rank} has no training rows; use a larger dataset")
         batches = lambda: dataset_batches(stream, state, cfg.workers)  # noqa: E731
     else:
-        live = LiveSource(base, manifest, cfg.live, cfg.batch_size, cfg.rollout, rank, world, state["step"])
+        live = LiveSource(
+            base, manifest, cfg.live, cfg.batch_size, cfg.rollout, rank, world, state["step"], cfg.chain_budget
+        )
         batches = lambda: live_batches(live, state)  # noqa: E731
+        if cfg.on_policy is not None:
+            policy = on_policy_source(live, cfg.on_policy, accelerator.unwrap_model(model), ema, state["step"])
+            policy.restore(read_extra(out) if resume else {})
+            batches = lambda: mixed_live_batches(live, policy, state)  # noqa: E731
     writable_dir(out, "--out folder")  # before any work, so a bad path never wastes a run
 
     stop = min(cfg.steps, cfg.stop_at or cfg.steps)
@@ -272,7 +293,7 @@ def train(
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             for group in opt.param_groups:
                 group["lr"] = get_lr(state["step"], cfg)
-            loss = rollout_loss(model, base, batch, cfg)
+            loss = mixed_loss(model, base, batch, cfg, lambda b: rollout_loss(model, base, b, cfg), shortcut_loss)
             if not torch.isfinite(loss):
                 raise MigmError(f"loss became {loss.item()} at step {state['step']}; lower --lr or check the dataset")
             accelerator.backward(loss)
@@ -284,11 +305,12 @@ def train(
             state["step"] += 1
             state["batch_in_epoch"] = i + 1
             state["losses"].append(loss.item())
-            pairs += len(batch["step"]) * accelerator.num_processes
+            pairs += len(batch["step"]) * accelerator.num_processes  # teacher-forced windows
             if progress is not None and accelerator.is_main_process:
                 progress(state["step"], loss.item(), pairs / (time.perf_counter() - t0))
             if state["step"] % cfg.save_every == 0 or state["step"] == stop:
-                save_checkpoint(out, accelerator, model, opt, ema, state, provenance)
+                extra = None if policy is None else policy.snapshots()
+                save_checkpoint(out, accelerator, model, opt, ema, state, provenance, extra)
             if state["step"] >= stop:
                 break
         else:
@@ -330,6 +352,8 @@ def train(
                 "training_samples": live.trained_samples(),
                 "validation_samples": [0, cfg.live.val_samples],
             }
+            if policy is not None:
+                trained_live["on_policy"] = trained_on_policy(policy, accelerator.num_processes)
         result = export_shortcut(
             out, final, cfg.arch, base, manifest, metrics, cost, training, step_errors, live=trained_live
         )
