@@ -50,6 +50,21 @@ def parse_weights(text: str | None) -> list[float] | None:
         raise MigmError(f"--rollout-weights takes comma-separated numbers, e.g. 1,0.5,0.25, got {text!r}") from None
 
 
+def on_policy_config(share: float | None, budgets: str | None, start: int, ramp: int):
+    """`OnPolicyConfig` of `train --on-policy SHARE` (None without it)."""
+    from migm.trajectories.on_policy import OnPolicyConfig
+
+    if share is None:
+        if budgets is not None or start or ramp:
+            raise MigmError("--on-policy-budget, --on-policy-start and --on-policy-ramp go with --on-policy SHARE")
+        return None
+    try:
+        parsed = [int(b) for b in (budgets or "4").split(",")]
+    except ValueError:
+        raise MigmError(f"--on-policy-budget takes comma-separated budgets, e.g. 2,4, got {budgets!r}") from None
+    return OnPolicyConfig(fraction=share, budgets=parsed, start=start, ramp=ramp)
+
+
 def live_config(live: bool, data: str | None, model: str | None, **options):
     """`LiveConfig` of `train --live` (None without it), after checking the options belong together."""
     from migm.trajectories.live import LiveConfig
@@ -168,6 +183,34 @@ def train(
         int,
         typer.Option("--val-samples", help="--live: held-out samples 0..V-1 (rolled out once) for validation."),
     ] = 64,
+    on_policy: Annotated[
+        Optional[float],
+        typer.Option(
+            "--on-policy",
+            help="--live: SHARE in (0, 1] of each batch from on-policy pairs: the base rolled out with the "
+            "current shortcut in the loop at --on-policy-budget, the base's feature on its states as target.",
+        ),
+    ] = None,
+    on_policy_budget: Annotated[
+        Optional[str],
+        typer.Option(
+            "--on-policy-budget", help="--on-policy: budgets B of those rollouts, cycled, e.g. 2,4 (default 4)."
+        ),
+    ] = None,
+    on_policy_start: Annotated[
+        int, typer.Option("--on-policy-start", help="--on-policy: step of the first on-policy rollout.")
+    ] = 0,
+    on_policy_ramp: Annotated[
+        int, typer.Option("--on-policy-ramp", help="--on-policy: steps over which the share grows from 0.")
+    ] = 0,
+    chain_budget: Annotated[
+        Optional[int],
+        typer.Option(
+            "--chain-budget",
+            help="--live: chain the shortcut from each full step to the next of the placement for (N, B), a loss "
+            "at every chained step (weights: --rollout-weights, one per step of the longest chain).",
+        ),
+    ] = None,
     model: Annotated[
         Optional[str], typer.Option("--model", "-m", help="Base model (default: the one the dataset names).")
     ] = None,
@@ -232,6 +275,8 @@ def train(
         stop_at=stop_at,
         seed=seed,
         live=live_cfg,
+        on_policy=call(on_policy_config, on_policy, on_policy_budget, on_policy_start, on_policy_ramp),
+        chain_budget=chain_budget,
     )
     spec = base_spec(model, checkpoint, heads=heads, precision=precision, device=device, height=height, width=width)
     if not (quiet or as_json):

@@ -17,6 +17,7 @@ import torch
 
 from migm.shortcut_zoo.evaluate import predict
 from migm.shortcut_zoo.predictors import ShortcutPredictor
+from migm.trajectories.errors import MigmError
 from migm.trajectories.live import LiveSource
 from migm.trajectories.on_policy import OnPolicyConfig, OnPolicySource, on_policy_share
 from migm.trajectories.pairs import split_window
@@ -75,9 +76,11 @@ def chain_loss(model, base, batch: dict, cfg, loss_fn) -> torch.Tensor:
     """Loss of a chain batch (`LiveSource` with a chain budget): chained step k from the shortcut's own
     step k−1 (the full step's true feature at k = 0), `loss_fn` over the chains still running at k,
     weighted by w_k / Σ w_k over the steps any chain reaches."""
-    K = int(batch["chain_length"].max())
+    K = int(batch["chain_step"].max()) + 1
     steps = split_window(batch, K)
     weights = cfg.rollout_weights or [1.0] * K
+    if len(weights) != K:
+        raise MigmError(f"--rollout-weights needs one weight per step of the longest chain ({K}), got {len(weights)}")
     feature, total, used = steps[0]["feature"], 0.0, 0.0
     for k, (w, step) in enumerate(zip(weights, steps)):
         active = step["chain_length"] > k
@@ -95,7 +98,7 @@ def mixed_loss(model, base, batch: dict, cfg, teacher_loss, loss_fn) -> torch.Te
     teacher = {k: v for k, v in batch.items() if not k.startswith(POLICY)}
     parts = []
     if teacher:
-        windows = cfg.rollout if "chain_length" not in teacher else int(teacher["chain_length"].max())
+        windows = cfg.rollout if "chain_step" not in teacher else int(teacher["chain_step"].max()) + 1
         n = len(teacher["step"]) // windows
         loss = chain_loss(model, base, teacher, cfg, loss_fn) if "chain_length" in teacher else teacher_loss(teacher)
         parts.append((n, loss))
@@ -109,7 +112,6 @@ def mixed_loss(model, base, batch: dict, cfg, teacher_loss, loss_fn) -> torch.Te
 def check_training(cfg) -> None:
     """On-policy pairs and budget-aware chains are drawn from live rollouts; a chain is its own window."""
     from migm.trajectories.checks import check_int
-    from migm.trajectories.errors import MigmError
 
     if (cfg.on_policy is not None or cfg.chain_budget is not None) and cfg.live is None:
         raise MigmError("--on-policy and --chain-budget train from live rollouts: add --live --model NAME")

@@ -163,7 +163,7 @@ def check_config(cfg: TrainConfig) -> None:
     check_int("--rollout", cfg.rollout)
     weights = cfg.rollout_weights
     if weights is not None:
-        if len(weights) != cfg.rollout:
+        if len(weights) != cfg.rollout and cfg.chain_budget is None:  # a chain's length is known with N
             raise MigmError(f"--rollout-weights needs one weight per chained step ({cfg.rollout}), got {len(weights)}")
         if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
             raise MigmError(f"--rollout-weights must be finite, at least 0 and not all 0, got {weights}")

@@ -123,13 +123,14 @@ def chain_batch(
     image_offset: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Chains drawn uniformly for rows r, as a window batch of the longest chain's K steps (steps past a
-    chain's end repeat pair N−2 and are masked out by `chain_length`)."""
+    chain's end repeat pair N−2 and are masked out by `chain_length`; `chain_step` is each pair's k)."""
     starts, lengths = chains
     w = rng.integers(0, len(starts), len(r))
     K = int(lengths.max())
     steps = np.concatenate([np.minimum(starts[w] + k, N - 2) for k in range(K)])
     batch = pair_batch(rows, np.tile(r, K), steps, mask_id, image_offset)
     batch["chain_length"] = torch.from_numpy(np.tile(lengths[w], K))
+    batch["chain_step"] = torch.from_numpy(np.repeat(np.arange(K), len(r)))  # k of each pair: K is known
     return batch
 
 
