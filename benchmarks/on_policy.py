@@ -84,11 +84,13 @@ def checks(rows: list[dict], names: list[str]) -> dict:
     return out
 
 
-def train_variants(root: Path, size: dict, data: str | None, seed: int) -> dict[str, float]:
-    """Train (or reuse) each variant; minutes of each training run."""
+def train_variants(root: Path, size: dict, data: str | None, seed: int, names: list[str]) -> dict[str, float]:
+    """Train (or reuse) the variants `names`; minutes of each training run."""
     live = LiveConfig(steps=16, batch_size=size["live_batch"], val_samples=64 if size["samples"] > 100 else 8)
     minutes = {}
     for name, options in variants(size["train_steps"], size["batch"]).items():
+        if name not in names:
+            continue
         out = root / name
         if (out / "config.json").exists():
             continue
@@ -119,6 +121,7 @@ def main() -> None:
     p.add_argument("--live-batch", type=int, default=None, help="samples per live rollout batch (default 64)")
     p.add_argument("--bench-batch", type=int, default=250, help="bench sampling batch (also the latency batch)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variants", default=None, help="train and bench only these, comma-separated (tf-k1 always)")
     args = p.parse_args()
     size = dict(SMOKE if args.smoke else FULL)
     given = {
@@ -131,8 +134,10 @@ def main() -> None:
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    minutes = train_variants(root, size, args.data, args.seed)
     names = list(variants(size["train_steps"], size["batch"]))
+    if args.variants:
+        names = ["tf-k1", *(n for n in args.variants.split(",") if n in names and n != "tf-k1")]
+    minutes = train_variants(root, size, args.data, args.seed, names)
     base = load_base(BaseSpec("maskgit-digits", device="cpu"))
     cfg = BenchConfig(
         shortcuts=[str(root / n) for n in names],
