@@ -72,7 +72,11 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar."
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 # Real bases (--model maskgit) load from local files.
 CheckpointOpt = Annotated[
-    Optional[str], typer.Option("--checkpoint", help="Checkpoint file of a real base (--model maskgit).")
+    Optional[str],
+    typer.Option(
+        "--checkpoint",
+        help="Checkpoint of a real base: a local file or folder, or hf://ORG/NAME[/PATH] (Hugging Face cache).",
+    ),
 ]
 VqganOpt = Annotated[
     Optional[str], typer.Option("--vqgan", help="Taming VQGAN folder, model.yaml + last.ckpt (--model maskgit).")
@@ -160,6 +164,8 @@ def condition_args(
             raise MigmError(
                 f"--model {base.name} is text-to-image: give --prompt TEXT or --prompts FILE, not --classes"
             )
+        if prompts:
+            base.encode_prompts(prompts)  # a prompt longer than the base takes is refused before any work
         return None, prompts
     return parse_classes(classes or "0-9"), prompts
 
@@ -190,6 +196,9 @@ def parse_prompts(prompt: list[str] | None, prompts_file: str | None) -> list[st
     return out or None
 
 
+MAX_CLASSES = 65536  # far past any class-conditional base (ImageNet: 1000); a range is expanded in memory
+
+
 def parse_classes(spec: str) -> list[int]:
     """'0-9', '3', '1,4,7' or '0-2,5' -> sorted class ids (checked against the base later)."""
     out: set[int] = set()
@@ -198,6 +207,8 @@ def parse_classes(spec: str) -> list[int]:
             part = part.strip()
             if "-" in part[1:]:
                 lo, hi = (int(x) for x in part.split("-", 1))
+                if hi - lo >= MAX_CLASSES:
+                    raise MigmError(f"--classes range {lo}-{hi} names more than {MAX_CLASSES:,} classes")
                 out.update(range(lo, hi + 1))
             else:
                 out.add(int(part))
@@ -236,7 +247,8 @@ def progress_bar(total: int, what: str, quiet: bool) -> Iterator[Callable[[int],
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
     ]
-    with Progress(*columns, console=err_console, transient=True) as bar:
+    # off when stderr is no terminal (a log, a pipe): rich would leave a blank line beside an error there
+    with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
         task = bar.add_task(what, total=total, rate="")
         start = time.perf_counter()
 
@@ -305,4 +317,8 @@ def parse_overrides(items: list[str]) -> dict:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value
+        except ValueError:  # Python's int-string limit: far past any size an arch accepts
+            raise MigmError(
+                f"arch option {key} is a number of {len(value):,} digits; sizes are at most 65536"
+            ) from None
     return out

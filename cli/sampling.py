@@ -50,16 +50,16 @@ from migm.cli.app import (
 
 @app.command()
 def models(as_json: JsonOpt = False) -> None:
-    """List the base models."""
-    from migm.trajectories.base import BASES
+    """List the base models: built in, and plugins from the `migm.bases` entry-point group, with their source."""
+    from migm.trajectories.base.registry import all_registrations
 
-    rows = {name: desc for name, (_, desc) in sorted(BASES.items())}
+    rows = {r.name: {"description": r.description, "source": r.source} for r in call(all_registrations)}
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("name", "description")
-    for name, desc in rows.items():
-        table.add_row(name, desc)
+    table = Table("name", "description", "source")
+    for name, row in rows.items():
+        table.add_row(name, row["description"], row["source"])
     console.print(table)
 
 
@@ -331,7 +331,10 @@ def bench(
         ),
     ] = "uniform",
     bootstrap: Annotated[
-        int, typer.Option("--bootstrap", help="Resamples of the 95% intervals of every quality column (0: none).")
+        int,
+        typer.Option(
+            "--bootstrap", help="Resamples of the 95% intervals of every quality column (0: none; at most 10000)."
+        ),
     ] = 1000,
     fidelity: Annotated[
         bool,

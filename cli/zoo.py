@@ -397,13 +397,13 @@ def zoo_import(
 ) -> None:
     """Wrap a published shortcut into a zoo folder bound to its base's fingerprint."""
     from migm.shortcut_zoo.export import import_published
-    from migm.trajectories.base import load_base
+    from migm.trajectories.base import hub, load_base
 
     base = call(load_base, base_spec(model, checkpoint, heads=heads, device="cpu", height=height, width=width))
     steps = steps_for(base, steps, 32)
     config = call(
         import_published,
-        published,
+        call(hub.local, published),
         out,
         base,
         shortcut_heads=shortcut_heads,
@@ -416,8 +416,10 @@ def zoo_import(
         return
     a = config["arch_config"]
     console.print(
-        f"wrote {out} ({config['arch']}, bottleneck {a['bottleneck']}, {a['blocks']} block(s), "
-        f"{a['heads']} heads, mask-ratio conditioning {'on' if a['time'] else 'off'}, "
-        f"{config['cost']['parameters']:,} parameters, {config['cost']['relative_cost']:.3f}x a base forward, "
-        f"base {config['base']['name']} {config['base']['fingerprint'][:12]})"
+        plain(
+            f"wrote {out} ({config['arch']}, bottleneck {a['bottleneck']}, {a['blocks']} block(s), "
+            f"{a['heads']} heads, mask-ratio conditioning {'on' if a['time'] else 'off'}, "
+            f"{config['cost']['parameters']:,} parameters, {config['cost']['relative_cost']:.3f}x a base forward, "
+            f"base {config['base']['name']} {config['base']['fingerprint'][:12]})"
+        )
     )

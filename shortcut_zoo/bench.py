@@ -28,8 +28,7 @@ from migm.shortcut_zoo.evaluate import FidelityProbe, bootstrap_ci, pareto_front
 from migm.shortcut_zoo.export import load_shortcut, read_step_errors
 from migm.shortcut_zoo.predictors import check_predictor_name, make_predictor
 from migm.shortcut_zoo.sample import check_placement
-from migm.trajectories.base import SCORE_STATISTICS, SCORERS
-from migm.trajectories.checks import check_int, check_seed, check_writable_dir, writable_dir
+from migm.trajectories.checks import check_int, check_outside_data, check_seed, check_writable_dir, writable_dir
 from migm.trajectories.errors import MigmError
 from migm.trajectories.generate import sample_many, spread, spread_prompts
 from migm.trajectories.metrics import ImageMetrics, image_metrics
@@ -43,6 +42,8 @@ QUALITY_LABELS = {
     "frechet": "Fréchet distance (lower is better)",
     "token_agreement": "token agreement with vanilla (higher is better)",
 }
+
+MAX_BOOTSTRAP = 10_000  # resamples: scipy's own default is 9,999; each one recomputes every statistic
 
 
 @dataclass
@@ -76,7 +77,7 @@ def shortcut_method(name: str, placement: str) -> str:
 
 def own_steps(spec: str) -> bool:
     """Whether the predictor `spec` names picks its own full steps (ml-cache) instead of a budget's."""
-    return spec != "shortcut" and hasattr(make_predictor(spec), "full_steps")
+    return spec != "shortcut" and make_predictor(spec).full_steps(1) is not None
 
 
 def _interleaved_times(fns: list[Callable[[], object]], repeats: int) -> list[tuple[float, float, float]]:
@@ -155,7 +156,7 @@ def run_bench(
         raise MigmError(f"samples must be at least 2, got {cfg.samples}")
     check_int("--repeats", cfg.repeats)
     check_int("--batch-size", cfg.batch_size)
-    check_int("--bootstrap", cfg.bootstrap, low=0)
+    check_int("--bootstrap", cfg.bootstrap, low=0, high=MAX_BOOTSTRAP)
     check_seed(cfg.seed)
     for placement in cfg.placements:
         check_placement(placement)
@@ -167,14 +168,15 @@ def run_bench(
         check_predictor_name(name, base)
     if "shortcut" in cfg.predictors and not cfg.shortcuts and any(b for _, b in configs):
         raise MigmError("the shortcut predictor needs --shortcut zoo/NAME (or leave it out of --predictors)")
+    check_outside_data(cfg.out, "--out", itself=True)  # bench writes its own files into the folder
     out = check_writable_dir(cfg.out, "--out")
     for N, B in configs:
         SamplerConfig.for_base(base, N, B)  # validates 1 <= B <= N <= L before any work
     shortcuts = {Path(p).name: load_shortcut(p, base, force=cfg.force) for p in cfg.shortcuts}
     step_errors = {Path(p).name: read_step_errors(p) for p in cfg.shortcuts} if "auto" in cfg.placements else {}
-    statistics = SCORE_STATISTICS.get(base.name)  # the scorer's metrics per subset of samples: their intervals
+    statistics = base.score_statistics  # the scorer's metrics per subset of samples: their intervals
     # Without a scorer for this base (real ImageNet models: no classifier ships), quality is token agreement only.
-    scorer = SCORERS.get(base.name)
+    scorer = base.scorer
     classifier = scorer or (lambda tokens, labels: {"accuracy": None, "frechet": None})
     labels, cond = spread(base, cfg.samples, cfg.prompts)
     texts = spread_prompts(base, cfg.samples, cfg.prompts)

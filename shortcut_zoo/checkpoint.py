@@ -31,7 +31,8 @@ from safetensors.torch import save_file
 
 from migm.trajectories.base.checkpoints import load_state_dict_strict
 from migm.trajectories.checks import inert
-from migm.trajectories.errors import MigmError
+from migm.trajectories.errors import MigmError, write_error
+from migm.trajectories.safe_load import load_json
 from migm.trajectories.store.schema import sha256_path
 
 CHECKPOINT = "checkpoint"
@@ -178,13 +179,14 @@ def save_checkpoint(
             os.replace(partial, out / CHECKPOINT)  # the commit: from here on the new checkpoint is the one
             if (out / OLD).exists():
                 _remove(out / OLD)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error
         if main and partial.exists():
             try:
                 _remove(partial)
             except (OSError, MigmError):
                 pass  # the next save clears it; the error below is what the user needs
-        raise MigmError(f"cannot write checkpoint {partial}: {e.strerror or e}") from None
+        kept = f"; {out / CHECKPOINT} is kept, --resume continues from it" if (out / CHECKPOINT).exists() else ""
+        raise MigmError(f"cannot write checkpoint {partial}: {write_error(e)}{kept}") from None
     accelerator.wait_for_everyone()
     return out / CHECKPOINT
 
@@ -211,9 +213,9 @@ def read_train_state(ckpt: Path) -> dict:
     if not path.exists():
         raise older if pickles else MigmError(f"{ckpt} has no {STATE}: not a whole checkpoint")
     try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MigmError(f"{path} is not valid JSON ({getattr(e, 'msg', e)}); the checkpoint is damaged") from None
+        record = load_json(path)
+    except MigmError as e:
+        raise MigmError(f"{e}; the checkpoint is damaged") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         if pickles and isinstance(record, dict) and "format" not in record:
             raise older

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from migm.trajectories.base.protocol import Predictor
+
 
 def at_cells(values: torch.Tensor, batch: dict[str, torch.Tensor], T: int) -> torch.Tensor:
     """Per-cell values [B, L] placed at the cells' feature positions of a [B, T] map (zero elsewhere)."""
@@ -156,8 +158,8 @@ def masked_cosine(base, feature: torch.Tensor, true: torch.Tensor, tokens: torch
     """[R] mean cosine between two features [R, T, D] over each row's image cells still masked in `tokens` [R, L]
     (the cells sampled from this step's logits)."""
     R, L = tokens.shape
-    cells_of = getattr(base, "cells", None)  # text bases: the cells' positions depend on the prompt
-    cells = cells_of(cond) if cells_of is not None else torch.arange(L, device=tokens.device).expand(R, L)
+    # text bases: the cells' positions depend on the prompt
+    cells = base.cells(cond) if base.text else torch.arange(L, device=tokens.device).expand(R, L)
     at = cells.to(feature.device)[..., None].expand(-1, -1, feature.shape[-1])
     cos = F.cosine_similarity(feature.float().gather(1, at), true.float().gather(1, at), dim=-1)
     masked = (tokens == base.mask_id).float()
@@ -172,15 +174,20 @@ class FidelityProbe:
 
     needs_state = True  # predict gets base=, tokens=, cond=
 
-    def __init__(self, inner, branches: int):
+    def __init__(self, inner: Predictor, branches: int):
         self.inner, self.branches = inner, branches
         self.batches: list[torch.Tensor] = []  # per rollout: [batch] mean over its shortcut steps
         self.steps: list[torch.Tensor] = []  # this rollout's shortcut steps: [batch] each
 
-    def __getattr__(self, name: str):  # the inner predictor's own hooks (full_steps, place, full_forward)
-        if name in ("inner", "branches", "batches", "steps"):
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    # the inner predictor's own hooks
+    def full_steps(self, N: int) -> list[int] | None:
+        return self.inner.full_steps(N)
+
+    def place(self, N: int, B: int) -> list[int]:
+        return self.inner.place(N, B)
+
+    def full_forward(self, base, tokens: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inner.full_forward(base, tokens, cond)
 
     def reset(self) -> None:
         self._flush()
@@ -190,7 +197,7 @@ class FidelityProbe:
         self.inner.observe(step, feature)
 
     def predict(self, step, feature, new_emb, new_pos, new_valid, mask_ratio, feat_valid=None, *, base, tokens, cond):
-        state = {"base": base, "tokens": tokens, "cond": cond} if getattr(self.inner, "needs_state", False) else {}
+        state = {"base": base, "tokens": tokens, "cond": cond} if self.inner.needs_state else {}
         out = self.inner.predict(step, feature, new_emb, new_pos, new_valid, mask_ratio, feat_valid=feat_valid, **state)
         true = base.forward(tokens, cond)[1]
         self.steps.append(masked_cosine(base, out, true, tokens, cond).view(self.branches, -1).mean(0))

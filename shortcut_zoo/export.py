@@ -6,7 +6,6 @@ refuses a base whose fingerprint differs (unless `force`), pickles, and malforme
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -16,10 +15,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from migm.shortcut_zoo.archs import ARCHS, build, build_for_base
+from migm.shortcut_zoo.zoo_config import check_zoo_config
 from migm.trajectories import __version__
 from migm.trajectories.base.checkpoints import load_state_dict_strict
-from migm.trajectories.checks import writable_dir
-from migm.trajectories.errors import MigmError
+from migm.trajectories.checks import check_outside_data, writable_dir
+from migm.trajectories.errors import MigmError, write_error
+from migm.trajectories.safe_load import load_json, read_bytes
 from migm.trajectories.store.manifest import Manifest
 from migm.trajectories.store.schema import write_json_atomic
 
@@ -34,6 +35,7 @@ CONFIG = "config.json"
 CARD = "README.md"
 ZOO_FILES = (WEIGHTS, CONFIG, CARD)  # a zoo folder is these files; `push` uploads exactly them
 PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+MAX_CARD_BYTES = 256 << 10  # `zoo show` renders at most this much card (ours are a few kilobytes)
 
 
 def export_shortcut(
@@ -88,9 +90,11 @@ def write_zoo_folder(out: Path, model: torch.nn.Module, config: dict) -> dict:
     try:
         out.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS))
-        (out / CARD).write_text(render_model_card(config, str(out)))
-    except OSError as e:
-        raise MigmError(f"cannot write zoo folder {out}: {e.strerror or e}") from None
+        card = render_model_card(config, str(out))
+        # a path that is not UTF-8 (bytes kept as surrogate escapes) is shown escaped, not a crash
+        (out / CARD).write_text(card.encode("utf-8", "backslashreplace").decode("utf-8"), encoding="utf-8")
+    except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error
+        raise MigmError(f"cannot write zoo folder {out}: {write_error(e)}") from None
     write_json_atomic(out / CONFIG, config)
     return config
 
@@ -147,14 +151,6 @@ def published_dimoo_arch_config(state: dict[str, torch.Tensor], what: str) -> di
     return config
 
 
-def is_dimoo_base(base) -> bool:
-    """A DiMOO-architecture base: a text base, or one whose network carries a LLaDA config."""
-    from migm.trajectories.base.llada import LLaDAConfig
-
-    cfg = getattr(getattr(base, "net", None), "cfg", None)
-    return bool(getattr(base, "text", False)) or isinstance(cfg, LLaDAConfig)
-
-
 def import_published(
     file: str | Path,
     out: str | Path,
@@ -176,14 +172,18 @@ def import_published(
     from migm.trajectories.store.schema import sha256_path
 
     file, out = Path(file), Path(out)
+    check_outside_data(out, "--out")
     writable_dir(out.parent, "folder")
     if out.exists() and any(out.iterdir()):
         raise MigmError(f"{out} is not empty; choose a new zoo folder")
     state = load_state_dict(file, "state_dict", "shortcut state dict")
-    dimoo = is_dimoo_base(base)
+    check_finite_weights(state, str(file))  # a NaN shortcut would sample NaN features without a word
+    arch = base.shortcut_arch
+    if arch not in ("tiny-transformer", "dimoo-transformer"):
+        raise MigmError(f"--model {base.name} has no published shortcut layout to import (its arch is {arch})")
+    dimoo = arch == "dimoo-transformer"
     if not dimoo and "ln_f.weight" in state:
         raise MigmError(f"{file} is a DiMOO shortcut (MDMShortcut); import it with --base dimoo")
-    arch = "dimoo-transformer" if dimoo else "tiny-transformer"
     found = published_dimoo_arch_config(state, str(file)) if dimoo else published_arch_config(state, str(file))
     for name, given in (("bottleneck", bottleneck), ("blocks", blocks)):
         if given is not None and given != found[name]:
@@ -219,25 +219,21 @@ def read_zoo_config(path: str | Path) -> dict:
         raise MigmError(f"{str(path)!r} is not a zoo folder")
     if not (path / CONFIG).exists():
         raise MigmError(f"{str(path)!r} has no {CONFIG}: not a zoo folder")
-    try:
-        config = json.loads((path / CONFIG).read_text())
-    except json.JSONDecodeError as e:
-        raise MigmError(f"{path / CONFIG} is not valid JSON ({e.msg})") from None
+    config = load_json(path / CONFIG)  # size, UTF-8, depth and integer limits
+    if not isinstance(config, dict):
+        raise MigmError(f"{path / CONFIG}: must be a JSON object, got a JSON {type(config).__name__}")
     fmt = config.get("zoo_format", 0)  # none: written before zoo formats were numbered
     if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt > ZOO_FORMAT:
         raise MigmError(f"{path / CONFIG}: zoo format {fmt!r} is not supported (this migm reads up to {ZOO_FORMAT})")
-    if fmt < FORWARD_SINCE.get(config.get("arch"), 1):
+    arch = config.get("arch")
+    if fmt < (FORWARD_SINCE.get(arch, 1) if isinstance(arch, str) else 1):
         raise MigmError(
             f"{path}: zoo format {fmt} holds weights trained for the old {config.get('arch')} forward "
             f"(this migm computes the published one); retrain it with migm train, or re-import the published file"
         )
-    for key, kind in (("arch", str), ("arch_config", dict), ("base", dict)):
-        if not isinstance(config.get(key), kind):
-            raise MigmError(f"{path / CONFIG}: field {key!r} is missing or not a {kind.__name__}")
+    check_zoo_config(config, path / CONFIG)  # every field's kind, before any reader uses it
     if config["arch"] not in ARCHS:
         raise MigmError(f"{path / CONFIG}: unknown arch {config['arch']!r}; known archs: {', '.join(sorted(ARCHS))}")
-    if not isinstance(config["base"].get("fingerprint"), str) or not isinstance(config["base"].get("name"), str):
-        raise MigmError(f"{path / CONFIG}: field 'base' needs a name and a fingerprint")
     return config
 
 
@@ -283,13 +279,40 @@ def load_shortcut(path: str | Path, base, force: bool = False) -> torch.nn.Modul
         )
     if config["arch_config"].get("dim") != base.D:
         raise MigmError(f"shortcut {path} has width {config['arch_config'].get('dim')}, the base has D = {base.D}")
+    state = read_weights(weights)
+    model = build_for_base(config["arch"], base, **config["arch_config"])
+    load_state_dict_strict(model, state, str(weights))
+    return model.to(base.device).eval().requires_grad_(False)
+
+
+def check_finite_weights(state: dict[str, torch.Tensor], what: str) -> None:
+    """Every floating-point tensor of a state dict finite; else one line naming the first bad one."""
+    for key, t in state.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise MigmError(f"{what}: weight {key!r} holds NaN or infinite values; refusing a broken shortcut")
+
+
+def read_weights(weights: Path) -> dict[str, torch.Tensor]:
+    """A zoo folder's safetensors weights (header and offsets checked by safetensors), all finite."""
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise MigmError(f"{weights} is not a safetensors file ({e}); pickled weights are never loaded") from None
-    model = build_for_base(config["arch"], base, **config["arch_config"])
-    load_state_dict_strict(model, state, str(weights))
-    return model.to(base.device).eval().requires_grad_(False)
+    check_finite_weights(state, str(weights))
+    return state
+
+
+def check_zoo_folder(path: str | Path) -> dict:
+    """A zoo folder as `push` may upload it: config readable and typed, weights a sane safetensors
+    file with finite values that load strictly into the arch the config names. Returns the config."""
+    path = Path(path)
+    config = read_zoo_config(path)
+    weights = path / WEIGHTS
+    if weights.is_symlink() or not weights.is_file():
+        raise MigmError(f"{path} has no {WEIGHTS} (a plain file)")
+    model = build(config["arch"], **config["arch_config"])
+    load_state_dict_strict(model, read_weights(weights), str(weights))
+    return config
 
 
 def read_model_card(path: str | Path) -> str:
@@ -299,10 +322,8 @@ def read_model_card(path: str | Path) -> str:
     card = path / CARD
     if not card.is_file():
         raise MigmError(f"{path} has no {CARD} (model card); `migm zoo list {path}` shows its figures")
-    try:
-        text = card.read_text(errors="replace")
-    except OSError as e:
-        raise MigmError(f"cannot read {card}: {e.strerror or e}") from None
+    # bounded: rich's Markdown renderer takes minutes on megabytes; invalid UTF-8 is shown replaced
+    text = read_bytes(card, MAX_CARD_BYTES, "model card").decode("utf-8", errors="replace")
     if text.startswith("---\n"):  # YAML front matter: metadata for the Hub, not for reading
         end = text.find("\n---\n", 4)
         text = text[end + 5 :] if end >= 0 else text
@@ -343,6 +364,6 @@ def push(path: str | Path, repo_id: str, private: bool = True, dry_run: bool = F
     path = Path(path)
     check_repo_id(repo_id)
     if (path / CONFIG).exists() or (path / CONFIG).is_symlink():
-        read_zoo_config(path)
+        check_zoo_folder(path)  # never upload weights that do not load, or that hold NaN
         return upload_files(path, list(ZOO_FILES), repo_id, "model", private, dry_run)
     return push_dataset(path, repo_id, private, dry_run)

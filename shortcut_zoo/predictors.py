@@ -15,11 +15,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from migm.trajectories.base.protocol import PredictorDefaults
 from migm.trajectories.errors import MigmError
 from migm.trajectories.schedule import full_steps, placed_full_steps
 
 
-class ShortcutPredictor:
+class ShortcutPredictor(PredictorDefaults):
     def __init__(self, model: torch.nn.Module, step_errors: dict | None = None):
         self.model = model
         self.step_errors = step_errors  # None: the uniform (published) placement
@@ -29,12 +30,6 @@ class ShortcutPredictor:
         if self.step_errors is None:
             return full_steps(N, B)
         return placed_full_steps(N, B, step_cost(self.step_errors, N))
-
-    def reset(self) -> None:
-        pass
-
-    def observe(self, step: int, feature: torch.Tensor) -> None:
-        pass
 
     @torch.no_grad()
     def predict(self, step, feature, new_emb, new_pos, new_valid, mask_ratio, feat_valid=None):
@@ -60,18 +55,12 @@ def step_cost(step_errors: dict, N: int) -> np.ndarray:
     return cost
 
 
-class CachePredictor:
-    def reset(self) -> None:
-        pass
-
-    def observe(self, step: int, feature: torch.Tensor) -> None:
-        pass
-
+class CachePredictor(PredictorDefaults):
     def predict(self, step, feature, new_emb, new_pos, new_valid, mask_ratio, feat_valid=None):
         return feature
 
 
-class TaylorPredictor:
+class TaylorPredictor(PredictorDefaults):
     def __init__(self, order: int = 1):
         if order not in (1, 2):
             raise MigmError(f"taylor order must be 1 or 2, got {order}")
@@ -99,7 +88,7 @@ class TaylorPredictor:
         return out
 
 
-class MLCachePredictor:
+class MLCachePredictor(PredictorDefaults):
     """ML-Cache as published with MIGM-Shortcut for Lumina-DiMOO (`generate_image(use_cache=True)`).
 
     Full (refresh) steps: s <= w or (s - w) % period == 0, w = int(N * warmup); they run the whole
@@ -138,9 +127,6 @@ class MLCachePredictor:
         check_base(self, base)
         logits, feature, self.cache = base.forward_cached(tokens, cond)
         return logits, feature
-
-    def observe(self, step: int, feature: torch.Tensor) -> None:
-        pass
 
     def predict(self, step, feature, new_emb, new_pos, new_valid, mask_ratio, feat_valid=None, *, base, tokens, cond):
         mask = recompute_mask(self.cache.top, self.quantile)

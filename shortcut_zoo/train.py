@@ -152,6 +152,31 @@ def rollout_loss(model, base, batch: dict, cfg: TrainConfig) -> torch.Tensor:
     return total / sum(weights)
 
 
+MAX_STEPS = 10**9  # optimizer steps, warm-up and decay milestones: past any run (and past 1e20)
+
+
+def check_numbers(cfg: TrainConfig) -> None:
+    """Every number of the run finite and in range, before any tensor is built (a NaN compares
+    False with every bound, so each is checked as `check_finite` does, never with `<` alone)."""
+    check_int("--steps", cfg.steps, high=MAX_STEPS)
+    check_int("--batch-size", cfg.batch_size, high=2**20)
+    check_int("--warmup", cfg.warmup, low=0, high=MAX_STEPS)
+    check_int("--lr-decay-step", cfg.lr_decay_step, low=0, high=MAX_STEPS)
+    check_finite("--lr", cfg.lr, low=0, high=1)
+    if not 0 < cfg.lr < 1:
+        raise MigmError(f"--lr must be in (0, 1), got {cfg.lr}")
+    check_finite("--ema", cfg.ema, low=0)
+    if not cfg.ema < 1:
+        raise MigmError(f"--ema must be in [0, 1), got {cfg.ema}")
+    check_finite("--weight-decay", cfg.weight_decay, low=0, high=1e3)
+    check_finite("--grad-clip", cfg.grad_clip, low=0)
+    check_finite("--mse-weight", cfg.mse_weight, low=0)
+    check_finite("--kl-weight", cfg.kl_weight, low=0)
+    check_finite("--kl-temperature", cfg.kl_temperature)
+    if not cfg.kl_temperature > 0:
+        raise MigmError(f"kl-temperature must be positive, got {cfg.kl_temperature}")
+
+
 def check_config(cfg: TrainConfig) -> None:
     if cfg.loss not in ("mse", "mse+kl"):
         raise MigmError(f"loss must be mse or mse+kl, got {cfg.loss!r}")
@@ -173,20 +198,9 @@ def check_config(cfg: TrainConfig) -> None:
         raise MigmError(
             "arch option dim is the base's feature width D, taken from the dataset's base; it cannot be set"
         )
-    for name in ("steps", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise MigmError(f"{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-    if not 0 < cfg.lr < 1:
-        raise MigmError(f"lr must be in (0, 1), got {cfg.lr}")
-    if not 0 <= cfg.ema < 1:
-        raise MigmError(f"ema must be in [0, 1), got {cfg.ema}")
+    check_numbers(cfg)
     if cfg.lr_schedule not in ("cosine", "step"):
         raise MigmError(f"lr-schedule must be cosine or step, got {cfg.lr_schedule!r}")
-    for name in ("warmup", "lr_decay_step", "mse_weight", "kl_weight", "grad_clip"):
-        if getattr(cfg, name) < 0:
-            raise MigmError(f"{name.replace('_', '-')} must be at least 0, got {getattr(cfg, name)}")
-    if not cfg.kl_temperature > 0:
-        raise MigmError(f"kl-temperature must be positive, got {cfg.kl_temperature}")
     if cfg.mse_weight == 0 and (cfg.loss == "mse" or cfg.kl_weight == 0):
         raise MigmError("the loss is zero: give --mse-weight, or --loss mse+kl with a --kl-weight above 0")
 

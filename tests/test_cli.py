@@ -41,7 +41,10 @@ def test_score_json(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--model", "nope"], "unknown model 'nope'; known models: dimoo, dimoo-digits, maskgit, maskgit-digits"),
+        (
+            ["--model", "nope"],
+            "unknown model 'nope'; known models: amused, dimoo, dimoo-digits, maskgit, maskgit-digits",
+        ),
         (["--steps", "0"], "steps must be between 1 and 64"),
         (["--out", "grid.gif2"], "needs one of the extensions"),
         (["--seed", "-1"], "--seed must be at least 0"),

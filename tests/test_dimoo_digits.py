@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from migm.cli.main import app
-from migm.trajectories.base import BASES, SCORERS, BaseSpec, load_base
+from migm.trajectories.base import BaseSpec, load_base
 from migm.trajectories.base.digits import decode_digits, load_classifier
 from migm.trajectories.base.dimoo import UNCONDITION, load_dimoo, load_tokenizer
 from migm.trajectories.base.dimoo_digits import (
@@ -27,6 +27,7 @@ from migm.trajectories.base.dimoo_digits import (
     phrase,
     prompts_of,
 )
+from migm.trajectories.base.registry import names
 from migm.trajectories.errors import MigmError
 from migm.trajectories.generate import score, spread
 from migm.trajectories.rollout import SamplerConfig
@@ -59,7 +60,7 @@ def test_loads_through_the_dimoo_loader(base):
         assert torch.equal(a, b)
     # the name is part of the fingerprint: the same folder loaded as plain "dimoo" is another base
     assert load_dimoo(str(WEIGHTS), decoder=decode_digits, grid=(8, 8)).fingerprint != base.fingerprint
-    assert "dimoo-digits" in BASES and SCORERS["dimoo-digits"] is not None
+    assert "dimoo-digits" in names() and base.scorer is not None
 
 
 def test_fingerprint_differs_from_random_weights_of_the_same_shape(base, tmp_path):

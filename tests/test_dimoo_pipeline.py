@@ -14,10 +14,11 @@ from typer.testing import CliRunner
 from migm.cli.main import app
 from migm.shortcut_zoo.predictors import CachePredictor
 from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.base.rules import DIMOO_RULE, MASKGIT_RULE
 from migm.trajectories.dump import StepRecorder
 from migm.trajectories.pairs import all_pairs
 from migm.trajectories.rollout import SamplerConfig, rollout, sample_seeds, stack_cond
-from migm.trajectories.schedule import cfg_weight, dimoo_schedule, full_steps
+from migm.trajectories.schedule import dimoo_schedule, full_steps
 from migm.trajectories.store.dataset import open_dataset
 from migm.trajectories.store.schema import Dims
 
@@ -68,8 +69,9 @@ def test_dimoo_schedule_keeps_the_published_count_masked(L, N):
 
 
 def test_dimoo_rule_keeps_guidance_constant_and_maskgit_ramps_it():
-    assert [cfg_weight("dimoo", 4.0, s, 10) for s in (0, 5, 9)] == [4.0, 4.0, 4.0]
-    assert [cfg_weight("maskgit", 3.0, s, 4) for s in (0, 3)] == [0.0, 3.0]
+    c, u = torch.tensor([2.0]), torch.tensor([1.0])
+    assert [float(DIMOO_RULE.guide(c, u, 4.0, s, 10)) for s in (0, 5, 9)] == [6.0, 6.0, 6.0]  # (1+4)·2 − 4·1
+    assert [float(MASKGIT_RULE.guide(c, u, 3.0, s, 4)) for s in (0, 3)] == [2.0, 5.0]  # w_s = 0, then 3
 
 
 def test_base_brings_its_rule_and_defaults(base):

@@ -42,7 +42,9 @@ def llada() -> LLaDAConfig:
 @pytest.fixture(scope="module")
 def stand_in(llada):
     """What the arch reads off a DiMOO base: its width and its LLaDA config."""
-    return SimpleNamespace(name="dimoo-stand-in", D=llada.d_model, net=SimpleNamespace(cfg=llada))
+    return SimpleNamespace(
+        name="dimoo-stand-in", D=llada.d_model, net=SimpleNamespace(cfg=llada), shortcut_arch="dimoo-transformer"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +140,9 @@ def test_build_for_base_fills_the_block_shape_and_the_user_wins(stand_in, llada)
 
 
 def test_build_for_base_refuses_a_base_without_llada(llada):
-    maskgit_like = SimpleNamespace(name="maskgit-digits", D=64, net=SimpleNamespace(cfg=object()))
+    maskgit_like = SimpleNamespace(
+        name="maskgit-digits", D=64, net=SimpleNamespace(cfg=object()), shortcut_arch="tiny-transformer"
+    )
     with pytest.raises(MigmError, match="needs a DiMOO-architecture") as e:
         build_for_base("dimoo-transformer", maskgit_like)
     assert "\n" not in str(e.value)
@@ -165,7 +169,7 @@ def test_bad_published_files_are_one_line_errors(stand_in, tmp_path):
 
 
 def test_a_dimoo_file_for_a_maskgit_base_says_so(tmp_path):
-    maskgit = SimpleNamespace(name="maskgit", D=64, text=False)
+    maskgit = SimpleNamespace(name="maskgit", D=64, text=False, shortcut_arch="tiny-transformer")
     with pytest.raises(MigmError, match="import it with --base dimoo"):
         import_published(DIMOO / "shortcut.pth", tmp_path / "zoo", maskgit)
 
@@ -178,10 +182,8 @@ def test_a_maskgit_file_for_a_dimoo_base_says_so(stand_in, tmp_path):
 def test_zoo_import_cli_round_trips(published, io, wte, tmp_path):
     """`migm zoo import --published shortcut.pth --base dimoo --checkpoint DIR`: the zoo folder loads
     and gives the published output."""
-    from migm.trajectories.base import BASES, BaseSpec, load_base
+    from migm.trajectories.base import BaseSpec, load_base
 
-    if "dimoo" not in BASES:
-        pytest.skip("the DiMOO base is not registered yet")
     out = tmp_path / "zoo"
     args = ["zoo", "import", "--published", str(DIMOO / "shortcut.pth"), "--base", "dimoo"]
     result = runner.invoke(app, [*args, "--checkpoint", str(DIMOO / "checkpoint"), "--out", str(out)])

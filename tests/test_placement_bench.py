@@ -16,6 +16,7 @@ from migm.shortcut_zoo.predictors import make_predictor, step_cost
 from migm.shortcut_zoo.train import TrainConfig, train
 from migm.trajectories.base import BaseSpec, load_base
 from migm.trajectories.base.digits import frechet_distance, frechet_to
+from migm.trajectories.base.protocol import PredictorDefaults
 from migm.trajectories.dump import DumpConfig, dump_trajectories
 from migm.trajectories.errors import MigmError
 from migm.trajectories.generate import sample_many
@@ -115,16 +116,10 @@ def test_auto_is_refused_where_no_errors_are_stored(zoo, tmp_path):
     assert r.exit_code == 2 and "no stored step errors" in r.stderr
 
 
-class Oracle:
+class Oracle(PredictorDefaults):
     """A predictor that recomputes the base's own feature: fidelity 1 by construction."""
 
     needs_state = True
-
-    def reset(self):
-        pass
-
-    def observe(self, step, feature):
-        pass
 
     def predict(self, step, feature, *args, feat_valid=None, base, tokens, cond):
         return base.forward(tokens, cond)[1]

@@ -2,6 +2,7 @@
 
 import torch
 
+from migm.trajectories.base.protocol import PredictorDefaults
 from migm.trajectories.rollout import SamplerConfig, rollout, sample_seeds
 from migm.trajectories.schedule import token_schedule
 
@@ -46,7 +47,7 @@ def test_recorder_sees_every_step_of_both_branches(tiny_base):
         assert (r.order.gather(1, pos) == s).all() and torch.equal(r.tokens.gather(1, pos), ids)
 
 
-class RecordingCache:
+class RecordingCache(PredictorDefaults):
     """Minimal predictor: returns the last feature, and logs what the loop hands it."""
 
     def __init__(self):

@@ -42,10 +42,40 @@ def check_seed(value: int) -> None:
     check_int("--seed", value, low=0, high=2**63 - 1)
 
 
+# What marks a folder as a dataset (finished, or a dump in progress) or a zoo folder (exported, or
+# training): files the tool wrote and reads back, which an output written among them would damage.
+DATASET_MARKERS = ("dataset.json", ".migm-dump.json")
+ZOO_MARKERS = (("config.json", "model.safetensors"), ("checkpoint", "train_state.json"))
+
+
+def owned_folder(folder: Path) -> str | None:
+    """'dataset' or 'zoo folder' when `folder` is one, else None."""
+    if any((folder / m).is_file() for m in DATASET_MARKERS):
+        return "dataset"
+    if (folder / ZOO_MARKERS[0][0]).is_file() and (folder / ZOO_MARKERS[0][1]).is_file():
+        return "zoo folder"
+    return "zoo folder" if (folder / ZOO_MARKERS[1][0] / ZOO_MARKERS[1][1]).is_file() else None
+
+
+def check_outside_data(path: str | Path, what: str, itself: bool = False) -> None:
+    """Refuse an output path inside a dataset's or a zoo folder's own files (a plot written into a
+    shard fails its checksum); with `itself`, also the dataset or zoo folder itself. Links are
+    followed: a path is judged by where it writes."""
+    real = Path(path).absolute().resolve()
+    for folder in ([real] if itself else []) + list(real.parents):
+        kind = owned_folder(folder)
+        if kind is not None:
+            raise MigmError(
+                f"{what} {str(path)!r} lies inside the {kind} {str(folder)!r}, whose files this tool reads "
+                "back; write it elsewhere"
+            )
+
+
 def writable_dir(path: str | Path, what: str = "output folder") -> Path:
     """A folder to write into: created with its parents when missing (as `save_pretrained` does);
-    refused when it is a file or not writable."""
+    refused when it is a file, not writable, or inside a dataset or zoo folder."""
     path = Path(path)
+    check_outside_data(path, what)
     if path.exists() and not path.is_dir():
         raise MigmError(f"{what} {str(path)!r} is a file, not a folder")
     try:
@@ -58,9 +88,11 @@ def writable_dir(path: str | Path, what: str = "output folder") -> Path:
 
 
 def output_file(path: str | Path, extensions: tuple[str, ...] | None = None, what: str = "output file") -> Path:
-    """A file to write: known extension (when given), not a folder, its folder writable or creatable.
-    Checked before any work (and creating nothing) so a bad path never wastes a run."""
+    """A file to write: known extension (when given), not a folder, not inside a dataset or zoo
+    folder, its folder writable or creatable. Checked before any work (and creating nothing) so a
+    bad path never wastes a run."""
     path = Path(path)
+    check_outside_data(path, what)
     if extensions is not None and path.suffix.lower() not in extensions:
         raise MigmError(f"{what} {str(path)!r} needs one of the extensions {', '.join(extensions)}")
     if path.is_dir():
@@ -77,11 +109,12 @@ _BIDI = set("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 
 def inert(text: str) -> str:
     """`text` safe to print on a terminal: control characters (escape sequences, carriage returns,
-    bells, bidi overrides) shown as visible `\\xNN` / `\\uNNNN` escapes; newlines and tabs kept."""
+    bells, bidi overrides) and lone surrogates (the bytes of a path that is not UTF-8) shown as
+    visible `\\xNN` / `\\uNNNN` escapes; newlines and tabs kept."""
     import unicodedata
 
     def show(ch: str) -> str:
-        if ch in "\n\t" or (unicodedata.category(ch) != "Cc" and ch not in _BIDI):
+        if ch in "\n\t" or (unicodedata.category(ch) not in ("Cc", "Cs") and ch not in _BIDI):
             return ch
         return ascii(ch)[1:-1]
 
@@ -106,8 +139,10 @@ def check_repo_id(repo_id: str) -> str:
 
 def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:
     """A folder that can be written, checked before any work and without creating anything: an
-    existing writable folder, or a missing one whose nearest existing parent is a writable folder."""
+    existing writable folder, or a missing one whose nearest existing parent is a writable folder;
+    never one inside a dataset or zoo folder."""
     path = Path(path)
+    check_outside_data(path, what)
     if path.exists():
         if not path.is_dir():
             raise MigmError(f"{what} {str(path)!r} is a file, not a folder")

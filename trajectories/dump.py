@@ -122,7 +122,7 @@ def text_layout(cfg: DumpConfig, base, branches: int) -> tuple[list[int], dict, 
     rows = stack_cond(ids, base.null_cond(len(ids))) if branches == 2 else ids
     T = int(base.feature_valid(rows).shape[1])
     dims = Dims(N=cfg.steps, L=base.L, C=T - base.L, D=base.D, V=base.V, P=int(rows.shape[1]))
-    text = {"prompts": prompts, "image_offset": int(base.special.image_offset)}
+    text = {"prompts": prompts, "image_offset": base.image_offset}  # None: new tokens are the grid's cells
     return list(range(len(prompts))), text, dims
 
 

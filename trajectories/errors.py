@@ -3,3 +3,11 @@
 
 class MigmError(Exception):
     """Raised for bad input or bad files; the message says what to fix."""
+
+
+def write_error(e: Exception) -> str:
+    """The reason a write failed, short: an OSError's own text, or the I/O error inside the error
+    safetensors raises for a full disk or a read-only folder ("No space left on device (os error 28)")."""
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    return str(e).rpartition("I/O error: ")[2] or str(e)

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from migm.trajectories.base import SCORERS
 from migm.trajectories.checks import IMAGE_EXTENSIONS, check_int, check_seed, output_file, writable_dir
 from migm.trajectories.errors import MigmError
 from migm.trajectories.metrics import ImageMetrics, image_metrics
@@ -178,18 +177,18 @@ def score(
         raise MigmError(f"samples must be at least 2 (the Fréchet distance needs a covariance), got {samples}")
     check_int("--batch-size", batch_size)
     check_seed(seed)
-    if base.name not in SCORERS and metrics is None:
+    if base.scorer is None and metrics is None:
         raise MigmError(
-            f"no classifier scorer for {base.name!r} (those are for {', '.join(SCORERS)}): give --fid-ref for FID "
+            f"--model {base.name} brings no classifier scorer: give --fid-ref for FID "
             "and Inception Score, or --clip DIR for the CLIP score of a text base"
         )
     labels, cond = spread(base, samples, prompts)
     s = sample_many(base, labels, config, seed, batch_size, progress=progress, cond=cond)
     result = {"model": base.name, "samples": samples}
-    if base.name in SCORERS:
+    if base.scorer is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            result |= SCORERS[base.name](s.tokens, s.labels)
+            result |= base.scorer(s.tokens, s.labels)
     if metrics is not None:
         texts = spread_prompts(base, samples, prompts)
         result |= image_metrics(metrics, base, s.tokens, texts, batch_size, progress=progress) | metrics.about

@@ -34,6 +34,7 @@ import torch
 from migm.trajectories.base.checkpoints import load_state_dict
 from migm.trajectories.checks import IMAGE_EXTENSIONS, check_int, output_file
 from migm.trajectories.errors import MigmError
+from migm.trajectories.safe_load import load_npz, read_rgb
 
 FEATURES = 2048  # Inception-v3 pool features: the FID space, as published
 DIMS = (64, 192, 768, 2048)  # torch-fidelity's feature layers (pytorch-fid's --dims): fewer for few samples
@@ -167,11 +168,7 @@ class FeatureStats:
     @classmethod
     def load(cls, path: str | Path, dims: int = FEATURES) -> FeatureStats:
         """A `.npz` holding `mu` [dims] and `sigma` [dims, dims] (no pickles)."""
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError, EOFError) as e:
-            raise MigmError(f"cannot read the FID statistics {str(path)!r}: {e}") from None
+        arrays = load_npz(path, "the FID statistics")  # numbers only, never unpickled
         mu, sigma = arrays.get("mu"), arrays.get("sigma")
         if mu is None or sigma is None:
             raise MigmError(f"{path}: FID statistics need arrays 'mu' and 'sigma', found {sorted(arrays)}")
@@ -267,14 +264,7 @@ def reference_images(folder: str | Path) -> list[Path]:
 
 def read_image(path: Path) -> torch.Tensor:
     """An image file as uint8 RGB [3, H, W], used as it is (the Inception resizes it)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            rgb = np.asarray(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise MigmError(f"cannot read the image {path}: {e}") from None
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
+    return torch.from_numpy(read_rgb(path)).permute(2, 0, 1)  # a decompression bomb is refused
 
 
 def check_reference(ref: str | Path) -> None:
@@ -413,9 +403,7 @@ class ImageMetrics:
 def default_samples(base, metrics: ImageMetrics | None, prompts: list[str] | None) -> int:
     """Samples when --samples is not given: for image metrics on a real base, 50 per class (the published
     ImageNet evaluation: 50,000) or each prompt once (the prompt file is the sample list); else 1000."""
-    from migm.trajectories.base import SCORERS
-
-    if metrics is None or base.name in SCORERS:
+    if metrics is None or base.scorer is not None:
         return 1000
     if base.text:
         return max(2, len(prompts or getattr(base, "default_prompts", None) or []))

@@ -72,10 +72,11 @@ def pair_batch(
         "cond": torch.from_numpy(rows["cond"][r].astype(np.int64)),
         "branch": torch.from_numpy(rows["branch"][r].astype(np.int64)),
     }
+    if "prompt_ids" in rows:  # text rows: the head may need the prompt (DiMOO's cells, aMUSEd's conditioned up block)
+        batch["cond"] = torch.from_numpy(rows["prompt_ids"][r].astype(np.int64))
     if image_offset is not None:
         T = batch["feature"].shape[1]
         batch["feat_valid"] = torch.arange(T)[None] < torch.from_numpy(rows["length"][r].astype(np.int64))[:, None]
-        batch["cond"] = torch.from_numpy(rows["prompt_ids"][r].astype(np.int64))
     return batch
 
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
 
 import numpy as np
 import torch
 
+from migm.trajectories.base.protocol import Predictor
 from migm.trajectories.checks import check_finite, check_int
 from migm.trajectories.errors import MigmError
-from migm.trajectories.schedule import RULES, cfg_weight, check_full_steps, choose_tokens, full_steps, unmask_counts
+from migm.trajectories.schedule import check_full_steps, full_steps
+
+LEGACY_SAMPLER = {"rule": "maskgit", "temperature": 1.0}  # what a sampler config without these keys means
 
 
 @dataclass
@@ -27,7 +29,7 @@ class SamplerConfig:
     guidance: float = 2.8  # CFG weight: MaskGIT's w reached at the last step (linear ramp), DiMOO's constant s
     r_temp: float = 7.0  # MaskGIT: Gumbel noise on confidence, annealed to 0
     sm_temp: float = 1.0  # MaskGIT: softmax temperature multiplier on logits
-    rule: str = "maskgit"  # the family's sampling rule (see schedule.py): maskgit or dimoo
+    rule: str = "maskgit"  # the name of the base's sampling rule (`base.rule`), recorded with the data
     temperature: float = 1.0  # DiMOO: Gumbel-max sampling temperature τ, also the confidence noise scale
 
     def __post_init__(self) -> None:
@@ -45,15 +47,18 @@ class SamplerConfig:
         check_finite("r-temp", self.r_temp, low=0)
         check_finite("sm-temp", self.sm_temp)
         check_finite("temperature", self.temperature, low=0)
-        if self.rule not in RULES:
-            raise MigmError(f"sampling rule must be one of {', '.join(RULES)}, got {self.rule!r}")
+        if not isinstance(self.rule, str) or not self.rule:
+            raise MigmError(f"sampling rule must be a rule's name, got {self.rule!r}")
         if self.sm_temp <= 0:  # a multiplier on the logits: 0 or below ignores or inverts the model
             raise MigmError(f"sm-temp must be above 0, got {self.sm_temp}")
 
     def to_dict(self) -> dict:
+        """The fields, less `rule` and `temperature` when they hold the values files written before they
+        existed mean (such files, and their fingerprints, stay as they were)."""
         d = asdict(self)
-        if self.rule == "maskgit" and self.temperature == 1.0:  # MaskGIT files keep their keys (and fingerprints)
-            del d["rule"], d["temperature"]
+        if all(d[k] == v for k, v in LEGACY_SAMPLER.items()):
+            for k in LEGACY_SAMPLER:
+                del d[k]
         return d
 
     @classmethod
@@ -62,36 +67,11 @@ class SamplerConfig:
         budget checked against the base's L."""
         values = {**base.sampler_defaults, **{k: v for k, v in overrides.items() if v is not None}}
         values.pop("steps", None)  # the base's default N is the command's business
-        unmask_counts(values.get("rule", "maskgit"), base.L, steps)
+        values["rule"] = base.rule.name
+        base.rule.unmask_counts(base.L, steps)
         if budget is not None:
             full_steps(steps, budget)
         return cls(steps=steps, budget=budget, **values)
-
-
-class Predictor(Protocol):
-    """Optional hooks, looked up by name (a predictor without them is called as below):
-    `full_steps(N) -> list[int]` picks the full steps itself (then no budget is given);
-    `place(N, B) -> list[int]` places the B full steps of a budget B < N (default: `schedule.full_steps`);
-    `full_forward(base, tokens, cond) -> (logits, feature)` runs the full steps in place of `base.forward`;
-    `needs_state = True` adds base=, tokens= [R, L] and cond= [R, P] (both branches) to `predict`."""
-
-    def reset(self) -> None: ...
-
-    def observe(self, step: int, feature: torch.Tensor) -> None: ...
-
-    def predict(
-        self,
-        step: int,
-        feature: torch.Tensor,
-        new_emb: torch.Tensor,
-        new_pos: torch.Tensor,
-        new_valid: torch.Tensor,
-        mask_ratio: torch.Tensor,
-        feat_valid: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Feature of `step` from the previous step's feature and the tokens unmasked there
-        (`feat_valid` [R, T]: the real positions of right-padded text rows; None: all real)."""
-        ...
 
 
 # recorder(step, feature [B·branches, T, D], new_ids [B, k], new_pos [B, k]) after each step
@@ -158,8 +138,24 @@ def stack_cond(cond: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
 
 def autocast(base) -> torch.autocast:
     """Autocast for the base's precision (a no-op at fp32); logits are sampled in fp32 regardless."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(getattr(base, "precision", "fp32"))
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(base.precision)
     return torch.autocast(base.device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def choose_full_steps(predictor: Predictor | None, N: int, B: int, budget_given: bool) -> list[int]:
+    """The full steps of a rollout: the predictor's own choice, its placement of a budget B < N, or
+    the uniform rule (B = N is vanilla, whatever the predictor)."""
+    own = predictor.full_steps(N) if predictor is not None else None
+    if own is not None:
+        if budget_given:
+            raise MigmError("this predictor chooses its own full steps; leave the budget (--budget) unset")
+        return check_full_steps(own, N)
+    if predictor is not None and B < N:
+        full = check_full_steps(predictor.place(N, B), N)
+        if len(full) != B:
+            raise MigmError(f"the predictor placed {len(full)} full steps for a budget of {B}")
+        return full
+    return full_steps(N, B)
 
 
 @torch.no_grad()
@@ -177,21 +173,14 @@ def rollout(
     (guidance > 0) the conditional and unconditional branches run as one batch of 2B, conditional
     first; features handed to the predictor and recorder cover both branches.
     """
-    N, L, device = config.steps, base.L, base.device
+    N, L, device, rule = config.steps, base.L, base.device, base.rule
+    if config.rule != rule.name:
+        raise MigmError(
+            f"the sampler config is for the {config.rule!r} rule; --model {base.name} samples by {rule.name!r}"
+        )
     B_full = config.budget if config.budget is not None else N
-    counts = unmask_counts(config.rule, L, N)
-    own_steps = getattr(predictor, "full_steps", None)  # a predictor may choose its own full steps
-    if own_steps is not None and config.budget is not None:
-        raise MigmError("this predictor chooses its own full steps; leave the budget (--budget) unset")
-    place = getattr(predictor, "place", None) if B_full < N else None  # B = N is vanilla, whatever the predictor
-    if own_steps is not None:
-        full = check_full_steps(own_steps(N), N)
-    elif place is not None:
-        full = check_full_steps(place(N, B_full), N)
-        if len(full) != B_full:
-            raise MigmError(f"the predictor placed {len(full)} full steps for a budget of {B_full}")
-    else:
-        full = full_steps(N, B_full)
+    counts = rule.unmask_counts(L, N)
+    full = choose_full_steps(predictor, N, B_full, config.budget is not None)
     if predictor is None and B_full < N:
         raise MigmError(f"a budget of {B_full} full steps below N = {N} needs a predictor (--shortcut or --predictor)")
     if len(seeds) != len(cond):
@@ -221,27 +210,24 @@ def rollout(
     with autocast(base):  # fp32 unless the base was loaded with --precision bf16/fp16
         for s in range(N):
             if is_full[s]:
-                forward = getattr(predictor, "full_forward", None)  # a predictor may record the full steps
-                if forward is not None:
-                    logits, feature = forward(base, tokens.repeat(branches, 1), branch_cond)
+                if predictor is not None:  # a predictor may record what it needs at the full steps
+                    logits, feature = predictor.full_forward(base, tokens.repeat(branches, 1), branch_cond)
+                    predictor.observe(s, feature)
                 else:
                     logits, feature = base.forward(tokens.repeat(branches, 1), branch_cond)
-                if predictor is not None:
-                    predictor.observe(s, feature)
             else:
                 state = {}
-                if getattr(predictor, "needs_state", False):  # a predictor that recomputes from the tokens
+                if predictor.needs_state:  # a predictor that recomputes from the tokens
                     state = {"base": base, "tokens": tokens.repeat(branches, 1), "cond": branch_cond}
                 feature = predictor.predict(s, feature, *step_input, **padding, **state)
                 logits = base.head(feature, branch_cond)
 
             logits = logits.float()
             if cfg:
-                w = cfg_weight(config.rule, config.guidance, s, N)
-                logits = (1 + w) * logits[:batch] - w * logits[batch:]
+                logits = rule.guide(logits[:batch], logits[batch:], config.guidance, s, N)
 
             # Sample a code at every cell, then commit the k most confident masked cells.
-            sampled, confidence = choose_tokens(config, logits, noise[:, s, 0], noise[:, s, 1], s)
+            sampled, confidence = rule.choose_tokens(config, logits, noise[:, s, 0], noise[:, s, 1], s)
             confidence = confidence.masked_fill(tokens != base.mask_id, -torch.inf)
             k = counts[s]
             new_pos = confidence.topk(k, dim=-1).indices

@@ -3,14 +3,7 @@
 Full steps are placed uniformly (`full_steps`, the published rule) or, given a cost per shortcut step,
 where they minimise the summed cost (`placed_full_steps`, what `--placement auto` runs).
 
-Each family's rule is a few small pure functions the one rollout calls: how many cells are committed
-at each step, the CFG weight at a step, and how tokens are chosen and ranked (`choose_tokens`).
-- `maskgit` (published MaskGIT): arccos schedule; CFG weight w·s/(N−1); sample from softmax(logits·sm_temp);
-  confidence = that log-probability + r_temp·(1 − s/(N−1))·Gumbel.
-- `dimoo` (published Lumina-DiMOO, diffusers' aMUSEd rule at constant temperature): after step s < N−1,
-  max(1, floor(L·cos(π/2·(s+1)/N))) cells stay masked, none after the last; CFG weight constant;
-  sample by Gumbel-max at temperature τ (= softmax(logits/τ)); confidence = log softmax probability of
-  the sampled code + τ·Gumbel (not annealed).
+Each family's sampling rule (`trajectories/base/rules.py`, a base's `rule`) builds on these.
 """
 
 from __future__ import annotations
@@ -53,44 +46,6 @@ def dimoo_schedule(L: int, N: int) -> list[int]:
         out.append(masked - keep)
         masked = keep
     return out
-
-
-RULES = ("maskgit", "dimoo")
-
-
-def unmask_counts(rule: str, L: int, N: int) -> list[int]:
-    """Cells committed at each step under a family's rule."""
-    if rule == "dimoo":
-        return dimoo_schedule(L, N)
-    return token_schedule(L, N)
-
-
-def cfg_weight(rule: str, guidance: float, s: int, N: int) -> float:
-    """CFG weight at step s: MaskGIT ramps linearly from 0 to w, DiMOO keeps s constant."""
-    if rule == "dimoo":
-        return guidance
-    return guidance * (s / (N - 1) if N > 1 else 0.0)
-
-
-def choose_tokens(config, logits: torch.Tensor, u_sample: torch.Tensor, u_gumbel: torch.Tensor, s: int):
-    """Sample a code at every cell from `logits` [B, L, V] by inverse CDF with uniforms `u_sample` [B, L]
-    (the same distribution as Gumbel-max), and its confidence with Gumbel noise from `u_gumbel` [B, L]."""
-    N = config.steps
-    gumbel = -torch.log(-torch.log(u_gumbel))
-    if config.rule == "dimoo":
-        tau = config.temperature
-        log_probs = torch.log_softmax(logits, dim=-1)
-        if tau == 0:
-            sampled = logits.argmax(-1)
-        else:
-            sampled = inverse_cdf(torch.log_softmax(logits / tau, dim=-1), u_sample)
-        confidence = log_probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1) + tau * gumbel
-        return sampled, confidence
-    log_probs = torch.log_softmax(logits * config.sm_temp, dim=-1)
-    sampled = inverse_cdf(log_probs, u_sample)
-    frac = s / (N - 1) if N > 1 else 0.0
-    confidence = log_probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1) + config.r_temp * (1 - frac) * gumbel
-    return sampled, confidence
 
 
 def inverse_cdf(log_probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -1,54 +1,24 @@
 """Base models (MIGMs) behind one protocol, resolved by name.
 
-A base has `name`, `fingerprint`, `L`, `C`, `D`, `V`, `mask_id`, `num_classes`, `sampler_defaults`,
-`precision` and `forward(tokens, cond) -> (logits, feature)`, `head(feature)`, `embed(ids, positions)`,
-`null_cond(batch)`, `decode(tokens)` (see DESIGN.md, Contracts). Text bases (`text = True`, DiMOO) take
-prompt ids as `cond` and add `feature_valid(cond)` and `new_tokens(new_ids, new_pos, cond, branch)`.
+The interface is `protocol.py` (`Base`, `TextBase`, `SamplingRule`, `Predictor`); names map to loaders
+in `registry.py` (built-in families, and plugins from the `migm.bases` entry-point group). A `BaseSpec`
+is parsed once at the command boundary and `load_base` loads it once; the loaded base is passed down.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from migm.trajectories.base.digits import digit_statistics, load_maskgit_digits, score_digits
-from migm.trajectories.base.dimoo import load_dimoo
-from migm.trajectories.base.dimoo_digits import load_dimoo_digits
-from migm.trajectories.base.maskgit import load_maskgit
+from migm.trajectories.base import hub
+from migm.trajectories.base.registry import names, registration
 from migm.trajectories.errors import MigmError
 
-# name -> (loader, one-line description); a loader's keyword arguments are the local paths it takes
-BASES: dict[str, tuple[Callable, str]] = {
-    "maskgit-digits": (
-        load_maskgit_digits,
-        "class-conditional MaskGIT on scikit-learn's 8x8 digits (L=64, V=17), shipped in the package",
-    ),
-    "dimoo-digits": (
-        load_dimoo_digits,
-        "text-to-image Lumina-DiMOO (LLaDA) on scikit-learn's 8x8 digits, prompts naming the digit "
-        '("a handwritten seven", "the digit 7"); shipped in the package',
-    ),
-    "maskgit": (
-        load_maskgit,
-        "published MaskGIT ImageNet checkpoint: --checkpoint FILE [--vqgan DIR to decode] [--heads 16]",
-    ),
-    "dimoo": (
-        load_dimoo,
-        "Lumina-DiMOO text-to-image (LLaDA): --checkpoint DIR (its Hugging Face folder) [--height/--width 1024]",
-    ),
-}
-
 PRECISIONS = ("fp32", "bf16", "fp16")
-
-# base name -> scorer(tokens [n, L], labels [n]) -> metrics; bases without one report token agreement only
-SCORERS: dict[str, Callable] = {"maskgit-digits": score_digits, "dimoo-digits": score_digits}
-# base name -> (tokens, labels) -> {metric: statistic(sample indices) -> float}: the scorer's metrics per
-# subset of the samples, which `migm bench` resamples for bootstrap intervals
-SCORE_STATISTICS: dict[str, Callable] = {"maskgit-digits": digit_statistics, "dimoo-digits": digit_statistics}
+HUB_PATHS = ("checkpoint", "vqgan")  # options that may name a Hub reference (hf://ORG/NAME[/PATH])
 
 
 @dataclass(frozen=True)
@@ -57,7 +27,7 @@ class BaseSpec:
     `load_base`, and the loaded base is passed down (library code never rebuilds a base by name)."""
 
     name: str | None = None  # None: the base a dataset or zoo model names (train), else an error
-    checkpoint: str | None = None  # local files of real checkpoints (None: not given)
+    checkpoint: str | None = None  # local files of real checkpoints, or hf:// references (None: not given)
     vqgan: str | None = None
     heads: int | None = None
     pixels: str | None = None  # MaskGIT image mapping: minmax (published) or clamp
@@ -104,9 +74,8 @@ def load_base(spec: BaseSpec):
     A loader that takes `device` and `precision` loads its weights straight onto the device in that
     dtype and resolves its own default precision (None); the others load on the CPU and move."""
     if spec.name is None:
-        raise MigmError(f"--model is needed; known models: {', '.join(sorted(BASES))}")
-    if spec.name not in BASES:
-        raise MigmError(f"unknown model {spec.name!r}; known models: {', '.join(sorted(BASES))}")
+        raise MigmError(f"--model is needed; known models: {', '.join(names())}")
+    loader = registration(spec.name).loader
     if spec.precision is not None and spec.precision not in PRECISIONS:
         raise MigmError(f"precision must be one of {', '.join(PRECISIONS)}, got {spec.precision!r}")
     if spec.heads is not None and spec.heads < 1:
@@ -114,14 +83,14 @@ def load_base(spec: BaseSpec):
     device = resolve_device(spec.device)
     if spec.precision == "fp16" and not device.startswith("cuda"):
         raise MigmError("--precision fp16 needs a CUDA device (on CPU use bf16 or fp32)")
-    loader = BASES[spec.name][0]
     paths = spec.paths()
     params = inspect.signature(loader).parameters
     unknown = sorted(set(paths) - set(params))
     if unknown:
         options = ", ".join("--" + k.replace("_", "-") for k in unknown)
-        why = " (it ships its own weights and decoder)" if spec.name in ("maskgit-digits", "dimoo-digits") else ""
+        why = " (it ships its own weights and decoder)" if "checkpoint" not in params else ""
         raise MigmError(f"{options} not used by --model {spec.name}{why}")
+    paths = {k: hub.local(v) if k in HUB_PATHS else v for k, v in paths.items()}  # hf:// -> the cached copy
     if "device" in params and "precision" in params:
         return loader(**paths, device=device, precision=spec.precision)
     base = loader(**paths).to(device)

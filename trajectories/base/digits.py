@@ -64,7 +64,9 @@ def load_maskgit_digits(weights_dir: str | Path | None = None) -> MaskGIT:
     cfg = MaskGITConfig(**meta["model"])
     net = MaskTransformer(cfg)
     load_state_dict_strict(net, load_file(str(w_path)), str(w_path))
-    return MaskGIT("maskgit-digits", cfg, net, decode_digits, sampler_defaults=meta.get("sampler", {}))
+    base = MaskGIT("maskgit-digits", cfg, net, decode_digits, sampler_defaults=meta.get("sampler", {}))
+    base.scorer, base.score_statistics = score_digits, digit_statistics
+    return base
 
 
 # --- the classifier that scores samples -----------------------------------------------------------

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from migm.trajectories.base.llada import LLaDA, LLaDAConfig
+from migm.trajectories.base.rules import DIMOO_RULE
 from migm.trajectories.errors import MigmError
 
 SYSTEM_PROMPT = "Generate an image according to the text prompt."
@@ -38,6 +39,9 @@ UNCONDITION = "<uncondition>"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 VQ_WEIGHTS = "diffusion_pytorch_model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+# LLaDA-8B's published max_sequence_length: the prompt bound when a folder states none (dimoo-digits:
+# RoPE positions and an unset tokenizer maximum)
+DEFAULT_MAX_PROMPT = 4096
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,17 @@ def prompt_text(prompt: str) -> str:
 
 
 # --- sequence helpers (pure; the dataset and pairs code reuse them) ---------------------------------
+
+
+def max_prompt_tokens(hf: dict, tokenizer) -> int:
+    """The most prompt ids (markup included) a DiMOO folder takes: the tokenizer's `model_max_length`
+    when it is set (transformers writes 1e30 for unset), else the language model's
+    `max_sequence_length` in config.json, else DEFAULT_MAX_PROMPT. The image part is not counted:
+    its length is set by --height / --width, and RoPE runs past the text maximum at 1024 px."""
+    for given in (getattr(tokenizer, "model_max_length", None), hf.get("max_sequence_length")):
+        if isinstance(given, int) and not isinstance(given, bool) and 1 <= given < 10**9:
+            return given
+    return DEFAULT_MAX_PROMPT
 
 
 def markup_tail(h: int, w: int) -> int:
@@ -167,6 +182,10 @@ class DiMOO:
     name = "dimoo"
     num_classes = 0
     text = True
+    rule = DIMOO_RULE
+    shortcut_arch = "dimoo-transformer"
+    scorer = score_statistics = None  # the shipped digits base sets its classifier's
+    max_prompt = DEFAULT_MAX_PROMPT  # the most prompt tokens it takes (`max_prompt_tokens`), set by the loader
 
     def __init__(
         self,
@@ -204,6 +223,7 @@ class DiMOO:
     D = property(lambda self: self.net.cfg.d_model)
     mask_id = property(lambda self: self.V)
     device = property(lambda self: self.net.transformer.wte.weight.device)
+    image_offset = property(lambda self: self.special.image_offset)  # new tokens include the prompt
 
     def to(self, device: str | torch.device) -> DiMOO:
         self.net.to(device)
@@ -223,7 +243,14 @@ class DiMOO:
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise MigmError(f"prompt {i + 1} is empty")
-        return pad_rows([self._encode_one(t) for t in texts], self.device)
+        rows = [self._encode_one(t) for t in texts]
+        for i, ids in enumerate(rows):  # attention grows with the square of the sequence: refused, not run
+            if len(ids) > self.max_prompt:
+                raise MigmError(
+                    f"prompt {i + 1} is {len(ids):,} tokens with its markup, more than the "
+                    f"{self.max_prompt:,} {self.name} takes; shorten it"
+                )
+        return pad_rows(rows, self.device)
 
     def null_cond(self, batch: int) -> torch.Tensor:
         """Uncond-branch prompt ids [batch, P_u] ("<uncondition>" as the user text)."""
@@ -378,10 +405,9 @@ def pad_rows(rows: list[list[int]], device: str | torch.device = "cpu") -> torch
 
 
 def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MigmError(f"{path}: not readable JSON ({first_line(e)})") from None
+    from migm.trajectories.safe_load import load_json
+
+    data = load_json(path)  # size, UTF-8, depth and integer limits: one line naming the file
     if not isinstance(data, dict):
         raise MigmError(f"{path}: expected a JSON object")
     return data
@@ -583,7 +609,7 @@ def load_dimoo(
     # `codes` is left out: V says it, and fingerprints of folders without it stay as they were
     ids = {k: v for k, v in asdict(special).items() if k != "codes"}
     config = {"name": name, "llada": asdict(cfg), "special": ids, "V": V}
-    return DiMOO(
+    base = DiMOO(
         net,
         tokenizer,
         special,
@@ -596,3 +622,5 @@ def load_dimoo(
         decoder=decoder,
         name=name,
     )
+    base.max_prompt = max_prompt_tokens(hf, tokenizer)
+    return base

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from migm.trajectories.base.digits import decode_digits
+from migm.trajectories.base.digits import decode_digits, digit_statistics, score_digits
 from migm.trajectories.base.dimoo import DiMOO, load_dimoo, read_json
 from migm.trajectories.errors import MigmError
 
@@ -82,4 +82,5 @@ def load_dimoo_digits(
     base.sampler_defaults = dict(meta["sampler"])
     base.default_prompts = prompts_of()
     base.label_of = label_of
+    base.scorer, base.score_statistics = score_digits, digit_statistics
     return base

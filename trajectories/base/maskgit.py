@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from migm.trajectories.base.checkpoints import fingerprint, load_state_dict_strict
+from migm.trajectories.base.rules import MASKGIT_RULE
 
 
 @dataclass
@@ -140,6 +141,9 @@ class MaskGIT:
 
     C = 1  # one class token after the L image tokens
     text = False  # class-conditional: cond is class ids [B]
+    rule = MASKGIT_RULE
+    shortcut_arch = "tiny-transformer"
+    scorer = score_statistics = None  # the shipped digits base sets its classifier's
 
     def __init__(
         self,

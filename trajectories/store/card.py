@@ -25,7 +25,7 @@ def dataset_card(manifest: Manifest) -> str:
             if manifest.text is None
             else [f"prompt {i}: {p!r}" for i, p in enumerate(manifest.text["prompts"])],
             "sampler": f"N={s.steps}, w={s.guidance}, r_temp={s.r_temp}, sm_temp={s.sm_temp}"
-            if s.rule == "maskgit"
+            if "rule" not in s.to_dict()  # a file from before sampling rules were recorded: MaskGIT's
             else f"N={s.steps}, {s.rule} rule, CFG scale {s.guidance}, temperature {s.temperature}",
             "seed": manifest.seed,
             "format": manifest.format,

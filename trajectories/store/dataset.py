@@ -1,7 +1,8 @@
 """Random access to a trajectory dataset by row, for both backends: `open_dataset(DIR)`.
 
 A shard is checked before its first use: its structure when opened (fields, shapes, every chunk
-present) and its sha256 against the manifest (hashed once per open dataset, not per read)."""
+present), its sha256 against the manifest and its rows' content (`store.content`), once per open
+dataset, not per read."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from migm.trajectories.errors import MigmError
+from migm.trajectories.store.content import shard_content_problem
 from migm.trajectories.store.manifest import Manifest, read_manifest, shard_path
 from migm.trajectories.store.parquet_reader import ParquetShardReader
 from migm.trajectories.store.schema import field_specs, sha256_path
@@ -52,14 +54,18 @@ class TrajectoryDataset:
     def reader(self, k: int):
         if k not in self._readers:
             reader = self.open_shard(k)
-            self.check(k)
+            self.check(k, reader)
             self._readers[k] = reader
         return self._readers[k]
 
-    def check(self, k: int) -> None:
-        """Raise if shard k's bytes do not match the manifest (hashed once)."""
+    def check(self, k: int, reader=None) -> None:
+        """Raise if shard k's bytes do not match the manifest, or its rows hold what no dump writes
+        (token, step, class or branch out of range, non-finite features): checked once."""
         if k not in self.verified:
             problem = self.checksum_problem(k)
+            if problem is None:
+                reader = reader or self.open_shard(k)
+                problem = shard_content_problem(reader, self.manifest, self.shards[k].rows)
             if problem:
                 raise MigmError(
                     f"shard {self.shards[k].name!r} is damaged ({problem}); `migm verify {self.root}` lists every bad shard, rerunning the dump rebuilds them"

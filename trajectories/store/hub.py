@@ -6,6 +6,7 @@ from pathlib import Path
 
 from migm.trajectories.checks import check_repo_id, inert
 from migm.trajectories.errors import MigmError
+from migm.trajectories.safe_load import read_text
 from migm.trajectories.store.manifest import read_manifest, shard_path
 from migm.trajectories.store.schema import MANIFEST
 from migm.trajectories.store.verify import verify_dataset
@@ -65,7 +66,7 @@ def upload_files(
         if path.is_symlink() or not path.is_file():
             what = "a link" if path.is_symlink() else "missing or not a file"
             raise MigmError(f"{path} is {what}; push uploads plain files only")
-    card = (root / "README.md").read_text() if "README.md" in files else ""
+    card = read_text(root / "README.md", what="card") if "README.md" in files else ""  # the Hub shows UTF-8
     result = {
         "repo_id": repo_id,
         "repo_type": repo_type,

@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path, PurePosixPath
 
 from migm.trajectories.errors import MigmError
-from migm.trajectories.rollout import SamplerConfig
+from migm.trajectories.rollout import LEGACY_SAMPLER, SamplerConfig
+from migm.trajectories.safe_load import load_json
 from migm.trajectories.store.codecs import Codec, parse_codec
 from migm.trajectories.store.schema import FORMATS, MANIFEST, SCHEMA_VERSION, Dims, shard_name, write_json_atomic
 
@@ -55,7 +56,7 @@ class Plan:
     seed: int
     classes: list[int]  # sample i is conditioned on classes[i % len(classes)] (text: a prompt index)
     branches: int  # rows per sample: 2 with classifier-free guidance (conditional first), else 1
-    text: dict | None  # text bases: {"prompts": [...], "image_offset": id of image code 0}; else None
+    text: dict | None  # text bases: {"prompts": [...], "image_offset": id of image code 0 or None}; else None
 
     @property
     def num_shards(self) -> int:
@@ -141,9 +142,8 @@ SAMPLER_KEYS = {
     "rule": str,
     "temperature": float,
 }
-SAMPLER_DEFAULTS = {"rule": "maskgit", "temperature": 1.0}  # absent from datasets written before DiMOO
 DIMS_KEYS = {"N": int, "L": int, "C": int, "D": int, "V": int, "P": int}
-TEXT_KEYS = {"prompts": list, "image_offset": int}
+TEXT_KEYS = {"prompts": list, "image_offset": "int?"}  # None: the feature is the image grid alone
 SHARD_KEYS = {"name": str, "rows": int, "sha256": str, "bytes": int}
 PLAN_KEYS = {
     "schema_version": int,
@@ -224,22 +224,22 @@ def _plan(d: dict, keys: dict) -> Plan:
     if d["format"] not in FORMATS:
         raise ValueError(f"unknown format {d['format']!r}")
     dims = _keys({"P": 0, **d["dims"]} if isinstance(d["dims"], dict) else d["dims"], DIMS_KEYS, "dims")
-    bad = [k for k, v in dims.items() if v < (0 if k == "P" else 1)]
+    bad = [k for k, v in dims.items() if v < (0 if k in ("P", "C") else 1)]  # C = 0: aMUSEd's feature is the grid
     if bad:
-        raise ValueError(f"dims {', '.join(bad)} must be at least 1")
+        raise ValueError(f"dims {', '.join(bad)} must be at least {0 if bad[0] in ('P', 'C') else 1}")
     text = d["text"]
     if text is not None:
         _keys(text, TEXT_KEYS, "text")
         if not text["prompts"] or not all(isinstance(p, str) for p in text["prompts"]):
             raise ValueError("text.prompts must be a non-empty list of strings")
-        if text["image_offset"] < 0 or dims["P"] < 1:
+        if (text["image_offset"] is not None and text["image_offset"] < 0) or dims["P"] < 1:
             raise ValueError("a text dataset needs image_offset >= 0 and dims P >= 1")
         if any(c >= len(text["prompts"]) for c in d["classes"] if _is(c, int)):
             raise ValueError("classes of a text dataset index its prompts")
     elif dims["P"]:
         raise ValueError("dims P is set but the dataset has no text section")
     try:
-        given = d["sampler"] if not isinstance(d["sampler"], dict) else {**SAMPLER_DEFAULTS, **d["sampler"]}
+        given = d["sampler"] if not isinstance(d["sampler"], dict) else {**LEGACY_SAMPLER, **d["sampler"]}
         sampler = SamplerConfig(**_keys(given, SAMPLER_KEYS, "sampler"))
     except MigmError as e:
         raise ValueError(f"sampler: {e}") from None
@@ -339,12 +339,8 @@ def plan_from_dict(d, where: str | Path) -> Plan:
 
 
 def read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MigmError(f"{path} is not valid JSON ({getattr(e, 'msg', e)})") from None
-    except OSError as e:
-        raise MigmError(f"cannot read {path}: {e.strerror or e}") from None
+    """A JSON file read back within the safe loader's limits (size, UTF-8, depth, integers)."""
+    return load_json(path)
 
 
 def read_manifest(root: str | Path) -> Manifest:

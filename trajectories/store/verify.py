@@ -8,13 +8,15 @@ import numpy as np
 
 from migm.trajectories.checks import output_file, writable_dir
 from migm.trajectories.errors import MigmError
+from migm.trajectories.store.content import rows_problem
 from migm.trajectories.store.dataset import TrajectoryDataset, open_dataset
 from migm.trajectories.store.schema import path_size
 
 
 def shard_problem(ds: TrajectoryDataset, k: int, block: int = 64) -> str | None:
     """Why shard k is bad, or None: its checksum, then every row read back and decoded, with the
-    ids each row must carry (sample k·S + i // branches, branch i % branches)."""
+    ids each row must carry (sample k·S + i // branches, branch i % branches) and the content the
+    manifest allows (`store.content.rows_problem`: ranges, finite features)."""
     try:
         problem = ds.checksum_problem(k)
         if problem is not None:
@@ -31,6 +33,9 @@ def shard_problem(ds: TrajectoryDataset, k: int, block: int = 64) -> str | None:
                         f"field {name} is {data[name].dtype}{list(data[name].shape[1:])}, expected {dtype}{list(shape)}"
                     )
             ds.codec.decode({f: data[f] for f in ds.codec.stored_fields()})
+            content = rows_problem(data, plan, start)
+            if content is not None:
+                return content
             if not (
                 np.array_equal(data["sample_id"], first + i // plan.branches)
                 and np.array_equal(data["branch"], i % plan.branches)
