@@ -16,6 +16,7 @@ from migm.shortcut_zoo.on_policy import chain_loss
 from migm.shortcut_zoo.predictors import ShortcutPredictor
 from migm.shortcut_zoo.train import TrainConfig, shortcut_loss, train
 from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.base.protocol import PredictorDefaults
 from migm.trajectories.dump import rollout_rows
 from migm.trajectories.generate import sample_many
 from migm.trajectories.live import LiveConfig, chain_batch, chain_windows, live_plan
@@ -39,7 +40,7 @@ def random_shortcut(seed: int = 0):
     return model.eval()
 
 
-class Watch:
+class Watch(PredictorDefaults):
     """The shortcut as `sample` runs it, recording what each shortcut step is given and what the base
     computes on the sampler's state there."""
 
@@ -48,15 +49,6 @@ class Watch:
     def __init__(self, model):
         self.inner = ShortcutPredictor(model)
         self.seen = []  # (step, input feature, base's feature)
-
-    def place(self, N, B):
-        return self.inner.place(N, B)
-
-    def reset(self):
-        pass
-
-    def observe(self, step, feature):
-        pass
 
     def predict(self, step, feature, *rest, base, tokens, cond, **kw):
         self.seen.append((step, feature.clone(), base.forward(tokens, cond)[1]))

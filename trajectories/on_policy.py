@@ -72,10 +72,15 @@ class TargetProbe:
         self.inner = inner
         self.true: dict[int, torch.Tensor] = {}
 
-    def __getattr__(self, name: str):  # the inner predictor's own hooks (place, full_forward)
-        if name in ("inner", "true"):
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    # the inner predictor's own hooks
+    def full_steps(self, N: int) -> list[int] | None:
+        return self.inner.full_steps(N)
+
+    def place(self, N: int, B: int) -> list[int]:
+        return self.inner.place(N, B)
+
+    def full_forward(self, base, tokens: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inner.full_forward(base, tokens, cond)
 
     def reset(self) -> None:
         self.true = {}
@@ -85,7 +90,7 @@ class TargetProbe:
         self.inner.observe(step, feature)
 
     def predict(self, step, feature, new_emb, new_pos, new_valid, mask_ratio, feat_valid=None, *, base, tokens, cond):
-        state = {"base": base, "tokens": tokens, "cond": cond} if getattr(self.inner, "needs_state", False) else {}
+        state = {"base": base, "tokens": tokens, "cond": cond} if self.inner.needs_state else {}
         out = self.inner.predict(step, feature, new_emb, new_pos, new_valid, mask_ratio, feat_valid=feat_valid, **state)
         self.true[step] = base.forward(tokens, cond)[1]
         return out
