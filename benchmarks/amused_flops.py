@@ -21,7 +21,7 @@ import json
 import torch
 
 from migm.shortcut_zoo.archs import build
-from migm.shortcut_zoo.evaluate import count_flops
+from migm.shortcut_zoo.cost import count_flops
 
 RELEASED = {
     "amused-256": {"sample_size": 16, "downsample": False},

@@ -41,10 +41,12 @@ import torch.nn as nn
 
 from migm.shortcut_zoo.archs import build_for_base
 from migm.shortcut_zoo.bench import cpu_name
-from migm.shortcut_zoo.evaluate import relative_cost
+from migm.shortcut_zoo.cost import relative_cost
 from migm.shortcut_zoo.predictors import make_predictor
 from migm.trajectories.base import resolve_device
-from migm.trajectories.base.dimoo import DTYPES, DiMOO, SpecialTokens, load_tokenizer
+from migm.trajectories.base.dimoo import DiMOO
+from migm.trajectories.base.dimoo_layout import SpecialTokens
+from migm.trajectories.base.dimoo_loading import DTYPES, load_tokenizer
 from migm.trajectories.base.llada import LLaDA, LLaDAConfig, RMSNorm
 from migm.trajectories.errors import MigmError
 from migm.trajectories.rollout import SamplerConfig, autocast, rollout, sample_seeds, stack_cond

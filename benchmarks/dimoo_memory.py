@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import save_file
 
 from migm.shortcut_zoo.bench import cpu_name
-from migm.trajectories.base.dimoo import VQ_WEIGHTS
+from migm.trajectories.base.dimoo_loading import VQ_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "published" / "dimoo" / "checkpoint"
@@ -55,7 +55,7 @@ CHILD = """
 import json, sys, time
 from pathlib import Path
 import torch, safetensors.torch, transformers  # imports belong to the baseline
-from migm.trajectories.base.dimoo import load_dimoo, load_tokenizer, shard_files
+from migm.trajectories.base.dimoo_loading import load_dimoo, load_tokenizer, shard_files
 from migm.trajectories.base.llada import LLaDA, LLaDAConfig
 
 mode, folder = sys.argv[1], Path(sys.argv[2])

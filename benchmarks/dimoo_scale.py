@@ -30,7 +30,7 @@ shards.
 "lossless (bf16 features)" rounds the features to bf16 before the float16 cast: what a bf16 base (the
 default on a GPU) hands the recorder.
 
-(c) FlopCounterMode (`shortcut_zoo.evaluate.count_flops`) of: one base forward per branch (all 32 layers
+(c) FlopCounterMode (`shortcut_zoo.cost.count_flops`) of: one base forward per branch (all 32 layers
 + the head), the head alone (image-code logits at the 4096 cells), and one call of the released shortcut
 (`dimoo-transformer`, bottleneck 2, 1 block, built for the base; 219,797,204 parameters) per branch with
 K new tokens (cond: every prompt id + L/N cells; uncond: L/N cells; also each shortcut step's own K).
@@ -70,17 +70,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from migm.shortcut_zoo.archs import build, build_for_base
 from migm.shortcut_zoo.bench import cpu_name
-from migm.shortcut_zoo.evaluate import count_flops
-from migm.trajectories.base.dimoo import (
-    SYSTEM_PROMPT,
-    UNCONDITION,
-    DiMOO,
-    SpecialTokens,
-    load_dimoo,
-    load_tokenizer,
-    prompt_text,
-    sequence_ids,
-)
+from migm.shortcut_zoo.cost import count_flops
+from migm.trajectories.base.dimoo import DiMOO
+from migm.trajectories.base.dimoo_layout import SYSTEM_PROMPT, UNCONDITION, SpecialTokens, prompt_text, sequence_ids
+from migm.trajectories.base.dimoo_loading import load_dimoo, load_tokenizer
 from migm.trajectories.base.llada import LLaDA, LLaDAConfig
 from migm.trajectories.dump import WRITERS, DumpConfig, StepRecorder, sample_major, text_fields, text_layout
 from migm.trajectories.rollout import SamplerConfig, autocast, rollout, sample_seeds, stack_cond

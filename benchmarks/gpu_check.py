@@ -19,7 +19,7 @@ import torch
 
 from migm.shortcut_zoo.archs import build
 from migm.shortcut_zoo.bench import cpu_name
-from migm.shortcut_zoo.evaluate import relative_cost
+from migm.shortcut_zoo.cost import relative_cost
 from migm.shortcut_zoo.predictors import make_predictor
 from migm.trajectories.base import resolve_device
 from migm.trajectories.base.maskgit import MaskGIT, MaskGITConfig, MaskTransformer

@@ -136,10 +136,10 @@ def render_model_card(config: dict, path: str) -> str:
             cache_cos=figure(m["cache_cos"], ".4f"),
             cache_mse=figure(m["cache_mse"], ".4g"),
             cache_agree=figure(m["cache_agree"], ".4f"),
-            step_header=" | ".join(str(r["step"]) for r in per_step),
-            step_rule="---|" * len(per_step),
-            step_cos=" | ".join(figure(r["cos"], ".4f") for r in per_step),
-            step_cache=" | ".join(figure(r["cache_cos"], ".4f") for r in per_step),
+            # one row per step: a table that fits any width for any N (a row per step, not a column)
+            step_rows="\n".join(
+                f"| {r['step']} | {figure(r['cos'], '.4f')} | {figure(r['cache_cos'], '.4f')} |" for r in per_step
+            ),
         )
     )
 

@@ -5,6 +5,7 @@ User errors (MigmError) print `error: …` and exit 2 (`--debug` shows the trace
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,7 +17,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from migm.trajectories.base import BaseSpec
 from migm.trajectories.checks import inert
 from migm.trajectories.errors import MigmError
 
@@ -28,8 +28,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # click's plain help: flags read as flags, not as `--json <bool>`
 )
-console = Console()
-err_console = Console(stderr=True)
+# Lines of output that goes to a pipe or a file (`migm … | cat`, CI logs): wide enough for every table.
+PIPE_WIDTH = 200
+
+
+def make_console(stderr: bool = False) -> Console:
+    """rich's console on a terminal; on a pipe or file (rich would assume 80 columns and cut table cells to
+    "…"), wide tables and no wrapping of plain text, so a markdown table keeps one row per line. An
+    explicit $COLUMNS is kept."""
+    console = Console(stderr=stderr)
+    if console.is_terminal or "COLUMNS" in os.environ:
+        return console
+    return Console(stderr=stderr, width=PIPE_WIDTH, soft_wrap=True)
+
+
+console = make_console()
+err_console = make_console(stderr=True)
 _state = {"debug": False}
 
 # Options shared by several commands.
@@ -69,6 +83,15 @@ WidthOpt = Annotated[
     Optional[int], typer.Option("--width", help="Image width in pixels, a multiple of 16 (--model dimoo).")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+# A dataset location may be an fsspec URL (s3://, gs://, az://, hf://datasets/… to read, memory://, file://).
+StorageOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--storage-option",
+        help="Option of the dataset URL's filesystem, KEY=VALUE (repeatable), e.g. endpoint_url=http://host:9000 "
+        "for an S3-compatible server; credentials come as the store's own tools expect (environment, config files).",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 # Real bases (--model maskgit) load from local files.
 CheckpointOpt = Annotated[
@@ -129,36 +152,8 @@ ClipOpt = Annotated[
 ]
 
 
-def base_spec(
-    model: str | None,
-    checkpoint: str | None = None,
-    vqgan: str | None = None,
-    heads: int | None = None,
-    pixels: str | None = None,
-    precision: str | None = None,
-    device: str = "auto",
-    height: int | None = None,
-    width: int | None = None,
-) -> BaseSpec:
-    """The base options of a command, parsed once into the spec that `load_base` loads."""
-    return BaseSpec(
-        model,
-        checkpoint=checkpoint,
-        vqgan=vqgan,
-        heads=heads,
-        pixels=pixels,
-        precision=precision,
-        device=device,
-        height=height,
-        width=width,
-    )
-
-
-def condition_args(
-    base, classes: str | None, prompt: list[str] | None, prompts_file: str | None
-) -> tuple[list[int] | None, list[str] | None]:
+def condition_args(base, classes: str | None, prompts: list[str] | None) -> tuple[list[int] | None, list[str] | None]:
     """(class ids, prompts) of a sampling command: a text base takes prompts, a class base classes (default 0-9)."""
-    prompts = parse_prompts(prompt, prompts_file)
     if base.text:
         if classes is not None:
             raise MigmError(
@@ -261,16 +256,16 @@ def progress_bar(total: int, what: str, quiet: bool) -> Iterator[Callable[[int],
 
 def load_metrics(
     base,
-    fid_ref: str | None,
-    inception_weights: str | None,
-    fid_dims: int,
-    clip: str | None,
     seed: int,
     batch_size: int,
     quiet: bool,
+    fid_ref: str | None = None,
+    inception_weights: str | None = None,
+    fid_dims: int = 2048,
+    clip: str | None = None,
 ):
-    """The image metrics a command asks for, loaded before any sampling (None: none asked)."""
-    from migm.trajectories.metrics import load_image_metrics, reference_count
+    """The image metrics a command asks for (its metric options), loaded before any sampling (None: none asked)."""
+    from migm.shortcut_zoo.image_metrics import load_image_metrics, reference_count
 
     with progress_bar(call(reference_count, fid_ref), "reference images", quiet) as bar:
         return call(
@@ -298,6 +293,14 @@ def print_metrics(title: str, result: dict, as_json: bool) -> None:
     for key, value in flat.items():  # None: a figure not measured (e.g. too few held-out samples)
         shown = "n/a" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
         table.add_row(plain(key), plain(shown))
+    console.print(table)
+
+
+def print_per_step(per_step: list[dict]) -> None:
+    """The per-step validation figures, one row per step (as many rows as steps, so any N fits)."""
+    table = Table("step", "cosine", "cache cosine", "token agreement", "cache agreement", title="per step (held-out)")
+    for r in per_step:
+        table.add_row(str(r["step"]), *(f"{r[k]:.4f}" for k in ("cos", "cache_cos", "agree", "cache_agree")))
     console.print(table)
 
 

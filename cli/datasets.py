@@ -10,82 +10,73 @@ import typer
 from rich.table import Table
 
 from migm.cli.app import (
-    CheckpointOpt,
-    DeviceOpt,
-    GuidanceOpt,
-    HeadsOpt,
-    HeightOpt,
     JsonOpt,
-    ModelOpt,
-    PrecisionOpt,
-    PromptOpt,
-    PromptsFileOpt,
     QuietOpt,
-    RTempOpt,
     SeedOpt,
-    SmTempOpt,
     StepsOpt,
-    TemperatureOpt,
-    WidthOpt,
+    StorageOpt,
     app,
-    base_spec,
     call,
     console,
     parse_classes,
-    parse_prompts,
     plain,
     print_metrics,
     progress_bar,
     steps_for,
 )
-from migm.trajectories.checks import check_writable_dir, inert
+from migm.cli.groups import base_options, prompt_options, sampler_options
+from migm.trajectories.base import BaseSpec
+from migm.trajectories.checks import inert
+
+OutOpt = Annotated[
+    str,
+    typer.Option(
+        "--out", "-o", help="Dataset folder (missing folders are created) or URL (s3://bucket/set, gs://…) to write."
+    ),
+]
+NumSamplesOpt = Annotated[int, typer.Option("--num-samples", help="Samples to roll out (one row per CFG branch).")]
+FormatOpt = Annotated[str, typer.Option("--format", help="zarr (local random access) or parquet (the Hub's layout).")]
+CodecOpt = Annotated[
+    str,
+    typer.Option(
+        "--codec",
+        help="lossless; quant[:bits=2..8] (lossy, per-token scale); delta[:bits=2..8,keyframe=16] "
+        "(lossy, temporal: quantised differences from the previous decoded step, keyframes every k steps).",
+    ),
+]
+ShardSizeOpt = Annotated[int, typer.Option("--shard-size", help="Samples per shard.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Samples per rollout batch.")]
+ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="Classes to sample, e.g. 0-9 (default: all).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an output made with another config.")]
 
 
 @app.command("dump-trajectories")
+@base_options(omit=("vqgan", "pixels"))
+@sampler_options
+@prompt_options
 def dump_trajectories(
-    out: Annotated[str, typer.Option("--out", "-o", help="Dataset folder to write (missing folders are created).")],
-    model: ModelOpt = "maskgit-digits",
-    num_samples: Annotated[
-        int, typer.Option("--num-samples", help="Samples to roll out (one row per CFG branch).")
-    ] = 2048,
+    spec: BaseSpec,
+    sampler: dict,
+    prompt_list: list[str] | None,
+    out: OutOpt,
+    num_samples: NumSamplesOpt = 2048,
     steps: StepsOpt = None,
-    format: Annotated[
-        str, typer.Option("--format", help="zarr (local random access) or parquet (the Hub's layout).")
-    ] = "zarr",
-    codec: Annotated[
-        str,
-        typer.Option(
-            "--codec",
-            help="lossless; quant[:bits=2..8] (lossy, per-token scale); delta[:bits=2..8,keyframe=16] "
-            "(lossy, temporal: quantised differences from the previous decoded step, keyframes every k steps).",
-        ),
-    ] = "lossless",
-    shard_size: Annotated[int, typer.Option("--shard-size", help="Samples per shard.")] = 256,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per rollout batch.")] = 64,
+    format: FormatOpt = "zarr",
+    codec: CodecOpt = "lossless",
+    shard_size: ShardSizeOpt = 256,
+    batch_size: BatchSizeOpt = 64,
     seed: SeedOpt = 0,
-    classes: Annotated[
-        Optional[str], typer.Option("--classes", help="Classes to sample, e.g. 0-9 (default: all).")
-    ] = None,
-    prompt: PromptOpt = None,
-    prompts: PromptsFileOpt = None,
-    guidance: GuidanceOpt = None,
-    r_temp: RTempOpt = None,
-    sm_temp: SmTempOpt = None,
-    temperature: TemperatureOpt = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an output made with another config.")] = False,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = None,
-    checkpoint: CheckpointOpt = None,
-    heads: HeadsOpt = None,
-    height: HeightOpt = None,
-    width: WidthOpt = None,
+    classes: ClassesOpt = None,
+    overwrite: OverwriteOpt = False,
+    storage_option: StorageOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Roll out a base model and write its per-step feature trajectories as a dataset."""
     from migm.trajectories.base import load_base
-    from migm.trajectories.dump import DumpConfig
+    from migm.trajectories.dump import DumpConfig, check_out
     from migm.trajectories.dump import dump_trajectories as run
+    from migm.trajectories.store.location import parse_storage_options
 
     cfg = DumpConfig(
         num_samples=num_samples,
@@ -97,14 +88,11 @@ def dump_trajectories(
         batch_size=batch_size,
         seed=seed,
         classes=call(parse_classes, classes) if classes else None,
-        prompts=call(parse_prompts, prompt, prompts),
-        guidance=guidance,
-        r_temp=r_temp,
-        sm_temp=sm_temp,
-        temperature=temperature,
+        prompts=prompt_list,
+        **sampler,
+        storage_options=call(parse_storage_options, storage_option),
     )
-    call(check_writable_dir, out, "--out")  # before loading the base: a bad --out never wastes a load
-    spec = base_spec(model, checkpoint, heads=heads, precision=precision, device=device, height=height, width=width)
+    call(check_out, out, cfg.storage_options)  # before loading the base: a bad --out never wastes a load
     base = call(load_base, spec)
     cfg = replace(cfg, steps=steps_for(base, steps, 16))
     with progress_bar(num_samples, "dumping samples", quiet or as_json) as bar:
@@ -121,11 +109,16 @@ def dump_trajectories(
 
 
 @app.command()
-def verify(dataset: Annotated[str, typer.Argument(help="Dataset folder.")], as_json: JsonOpt = False) -> None:
+def verify(
+    dataset: Annotated[str, typer.Argument(help="Dataset folder or URL.")],
+    storage_option: StorageOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Check a dataset's manifest, shard checksums and every row; exit 2 if any shard is bad."""
+    from migm.trajectories.store.location import parse_storage_options
     from migm.trajectories.store.verify import verify_dataset
 
-    report = call(verify_dataset, dataset)
+    report = call(verify_dataset, dataset, call(parse_storage_options, storage_option))
     if as_json:
         print(json.dumps(report, indent=2))
     else:
@@ -141,23 +134,25 @@ def verify(dataset: Annotated[str, typer.Argument(help="Dataset folder.")], as_j
 
 @app.command("inspect")
 def inspect_dataset(
-    dataset: Annotated[str, typer.Argument(help="Dataset folder.")],
+    dataset: Annotated[str, typer.Argument(help="Dataset folder or URL.")],
     plot: Annotated[
         Optional[str],
         typer.Option(
             "--plot", help="Smoothness curve PNG to write (default: a temporary file; the dataset is never written)."
         ),
     ] = None,
+    storage_option: StorageOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Rows, dims, size vs raw float16, codec error, and the smoothness curve of the features."""
     import tempfile
 
+    from migm.trajectories.store.location import parse_storage_options
     from migm.trajectories.store.verify import inspect_dataset as run
 
     if plot is None:  # inspect only reads the dataset (it may be read-only): the plot goes elsewhere
         plot = tempfile.NamedTemporaryFile(prefix="migm-smoothness-", suffix=".png", delete=False).name
-    info = call(run, dataset, plot=plot)
+    info = call(run, dataset, plot=plot, storage_options=call(parse_storage_options, storage_option))
     if as_json:
         print(json.dumps(info, indent=2))
         return
@@ -168,7 +163,7 @@ def inspect_dataset(
 
 @app.command()
 def push(
-    dataset: Annotated[str, typer.Argument(help="Dataset folder or zoo folder.")],
+    dataset: Annotated[str, typer.Argument(help="Dataset folder or URL, or zoo folder.")],
     repo_id: Annotated[
         str,
         typer.Option(
@@ -179,6 +174,7 @@ def push(
         bool, typer.Option("--private/--public", help="Create the repo private (default), or public.")
     ] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be uploaded, upload nothing.")] = False,
+    storage_option: StorageOpt = None,
 ) -> None:
     """Upload a verified dataset folder, or a zoo folder, to the Hugging Face Hub: exactly the files
     its manifest or zoo config lists, nothing else, never through a link."""
@@ -186,10 +182,14 @@ def push(
 
     from migm.shortcut_zoo.export import push as push_zoo
     from migm.trajectories.store.hub import push_dataset
+    from migm.trajectories.store.location import parse_storage_options, protocol_of
     from migm.trajectories.store.schema import MANIFEST
 
-    run = push_dataset if (Path(dataset) / MANIFEST).exists() else push_zoo  # a dataset goes straight to the store
-    result = call(run, dataset, repo_id, private=private, dry_run=dry_run)
+    options = call(parse_storage_options, storage_option)
+    if protocol_of(dataset) is not None or (Path(dataset) / MANIFEST).exists():  # a dataset goes straight to the store
+        result = call(push_dataset, dataset, repo_id, private=private, dry_run=dry_run, storage_options=options)
+    else:
+        result = call(push_zoo, dataset, repo_id, private=private, dry_run=dry_run)
     verb = "would upload" if dry_run else "uploaded"
     console.print(
         f"{verb} {len(result['files'])} files ({result['bytes'] / 1e6:.1f} MB) to {repo_id}"

@@ -11,41 +11,25 @@ from rich.table import Table
 from migm.cli.app import (
     BatchOpt,
     BudgetOpt,
-    CheckpointOpt,
-    ClipOpt,
     DeviceOpt,
     FidDimsOpt,
-    FidRefOpt,
-    GuidanceOpt,
-    HeadsOpt,
-    HeightOpt,
     InceptionWeightsOpt,
     JsonOpt,
-    ModelOpt,
-    PixelsOpt,
-    PrecisionOpt,
-    PromptOpt,
-    PromptsFileOpt,
     QuietOpt,
-    RTempOpt,
     SeedOpt,
-    SmTempOpt,
     StepsOpt,
-    TemperatureOpt,
-    VqganOpt,
-    WidthOpt,
     app,
-    base_spec,
     call,
     condition_args,
     console,
     err_console,
     load_metrics,
-    parse_prompts,
     print_metrics,
     progress_bar,
     steps_for,
 )
+from migm.cli.groups import base_options, metric_options, prompt_options, sampler_options
+from migm.trajectories.base import BaseSpec
 
 
 @app.command()
@@ -81,27 +65,18 @@ PlacementOpt = Annotated[
 
 
 @app.command()
+@base_options()
+@sampler_options
+@prompt_options
 def generate(
+    spec: BaseSpec,
+    sampler: dict,
+    prompt_list: list[str] | None,
     out: ImageOutOpt = "grid.png",
-    model: ModelOpt = "maskgit-digits",
     classes: ClassesOpt = None,
-    prompt: PromptOpt = None,
-    prompts: PromptsFileOpt = None,
     per_class: PerClassOpt = 8,
     steps: StepsOpt = None,
     seed: SeedOpt = 0,
-    guidance: GuidanceOpt = None,
-    r_temp: RTempOpt = None,
-    sm_temp: SmTempOpt = None,
-    temperature: TemperatureOpt = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = None,
-    checkpoint: CheckpointOpt = None,
-    vqgan: VqganOpt = None,
-    pixels: PixelsOpt = None,
-    heads: HeadsOpt = None,
-    height: HeightOpt = None,
-    width: WidthOpt = None,
     batch_size: BatchOpt = 250,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -111,12 +86,10 @@ def generate(
     from migm.trajectories.generate import generate as run
     from migm.trajectories.rollout import SamplerConfig
 
-    base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device, height, width))
-    class_ids, prompt_list = call(condition_args, base, classes, prompt, prompts)
+    base = call(load_base, spec)
+    class_ids, prompt_list = call(condition_args, base, classes, prompt_list)
     steps = steps_for(base, steps, 16)
-    config = call(
-        SamplerConfig.for_base, base, steps, guidance=guidance, r_temp=r_temp, sm_temp=sm_temp, temperature=temperature
-    )
+    config = call(SamplerConfig.for_base, base, steps, **sampler)
     rows = len(prompt_list or class_ids or [])
     with progress_bar(rows * per_class, "sampling", quiet or as_json) as bar:
         result = call(
@@ -143,54 +116,40 @@ SamplesOpt = Annotated[
 
 
 @app.command()
+@base_options()
+@sampler_options
+@prompt_options
+@metric_options
 def score(
-    model: ModelOpt = "maskgit-digits",
+    spec: BaseSpec,
+    sampler: dict,
+    prompt_list: list[str] | None,
+    metric_options: dict,
     samples: SamplesOpt = None,
-    prompt: PromptOpt = None,
-    prompts: PromptsFileOpt = None,
     steps: StepsOpt = None,
     seed: SeedOpt = 0,
-    guidance: GuidanceOpt = None,
-    r_temp: RTempOpt = None,
-    sm_temp: SmTempOpt = None,
-    temperature: TemperatureOpt = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = None,
-    checkpoint: CheckpointOpt = None,
-    vqgan: VqganOpt = None,
-    pixels: PixelsOpt = None,
-    heads: HeadsOpt = None,
-    height: HeightOpt = None,
-    width: WidthOpt = None,
-    fid_ref: FidRefOpt = None,
-    inception_weights: InceptionWeightsOpt = None,
-    fid_dims: FidDimsOpt = 2048,
-    clip: ClipOpt = None,
     batch_size: BatchOpt = 250,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Sample with vanilla sampling and score: the digits bases' classifier (accuracy, Fréchet distance),
     FID and Inception Score against --fid-ref, CLIP score of a text base's images against their prompts."""
+    from migm.shortcut_zoo.image_metrics import default_samples
+    from migm.shortcut_zoo.score import score as run
     from migm.trajectories.base import load_base
-    from migm.trajectories.generate import score as run
-    from migm.trajectories.metrics import default_samples
     from migm.trajectories.rollout import SamplerConfig
 
-    base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device, height, width))
+    base = call(load_base, spec)
     steps = steps_for(base, steps, 16)
-    config = call(
-        SamplerConfig.for_base, base, steps, guidance=guidance, r_temp=r_temp, sm_temp=sm_temp, temperature=temperature
-    )
-    prompt_list = call(parse_prompts, prompt, prompts)
-    metrics = load_metrics(base, fid_ref, inception_weights, fid_dims, clip, seed, batch_size, quiet or as_json)
+    config = call(SamplerConfig.for_base, base, steps, **sampler)
+    metrics = load_metrics(base, seed, batch_size, quiet or as_json, **metric_options)
     samples = samples if samples is not None else default_samples(base, metrics, prompt_list)
     what = "sampling, then scoring" if metrics else "sampling"
     with progress_bar(samples * (2 if metrics else 1), what, quiet or as_json) as bar:
         result = call(
             run, base, samples, config, seed, batch_size=batch_size, progress=bar, prompts=prompt_list, metrics=metrics
         )
-    print_metrics(f"{model}, N={steps}", result, as_json)
+    print_metrics(f"{spec.name}, N={steps}", result, as_json)
 
 
 @app.command("fid-stats")
@@ -205,9 +164,9 @@ def fid_stats(
     as_json: JsonOpt = False,
 ) -> None:
     """Precompute the FID statistics (Inception-v3 pool features' mean and covariance) of a folder of images."""
+    from migm.shortcut_zoo.image_metrics import fid_stats as run
+    from migm.shortcut_zoo.image_metrics import reference_count
     from migm.trajectories.base import resolve_device
-    from migm.trajectories.metrics import fid_stats as run
-    from migm.trajectories.metrics import reference_count
 
     dev = call(resolve_device, device)
     with progress_bar(call(reference_count, folder), "reference images", quiet or as_json) as bar:
@@ -220,42 +179,36 @@ def fid_stats(
         console.print(f"wrote {result['out']} ({result['images']} images, {result['features']} features)", markup=False)
 
 
+ShortcutOpt = Annotated[Optional[str], typer.Option("--shortcut", help="Zoo folder of a trained shortcut.")]
+PredictorOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--predictor",
+        help="shortcut (default with --shortcut), cache, taylor, taylor2, or ml-cache (DiMOO bases; picks its "
+        "own full steps, no --budget; knobs as ml-cache:warmup=0.3,period=5,quantile=0.1).",
+    ),
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Use a shortcut trained for another base fingerprint.")]
+
+
 @app.command()
+@base_options()
+@sampler_options
+@prompt_options
 def sample(
+    spec: BaseSpec,
+    sampler: dict,
+    prompt_list: list[str] | None,
     out: ImageOutOpt = "grid.png",
-    model: ModelOpt = "maskgit-digits",
-    shortcut: Annotated[Optional[str], typer.Option("--shortcut", help="Zoo folder of a trained shortcut.")] = None,
-    predictor: Annotated[
-        Optional[str],
-        typer.Option(
-            "--predictor",
-            help="shortcut (default with --shortcut), cache, taylor, taylor2, or ml-cache (DiMOO bases; picks its "
-            "own full steps, no --budget; knobs as ml-cache:warmup=0.3,period=5,quantile=0.1).",
-        ),
-    ] = None,
+    shortcut: ShortcutOpt = None,
+    predictor: PredictorOpt = None,
     classes: ClassesOpt = None,
-    prompt: PromptOpt = None,
-    prompts: PromptsFileOpt = None,
     per_class: PerClassOpt = 8,
     steps: StepsOpt = None,
     budget: BudgetOpt = None,
     placement: PlacementOpt = "uniform",
     seed: SeedOpt = 0,
-    guidance: GuidanceOpt = None,
-    r_temp: RTempOpt = None,
-    sm_temp: SmTempOpt = None,
-    temperature: TemperatureOpt = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Use a shortcut trained for another base fingerprint.")
-    ] = False,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = None,
-    checkpoint: CheckpointOpt = None,
-    vqgan: VqganOpt = None,
-    pixels: PixelsOpt = None,
-    heads: HeadsOpt = None,
-    height: HeightOpt = None,
-    width: WidthOpt = None,
+    force: ForceOpt = False,
     batch_size: BatchOpt = 250,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -265,19 +218,10 @@ def sample(
     from migm.trajectories.base import load_base
     from migm.trajectories.rollout import SamplerConfig
 
-    base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device, height, width))
-    class_ids, prompt_list = call(condition_args, base, classes, prompt, prompts)
+    base = call(load_base, spec)
+    class_ids, prompt_list = call(condition_args, base, classes, prompt_list)
     steps = steps_for(base, steps, 32)
-    config = call(
-        SamplerConfig.for_base,
-        base,
-        steps,
-        budget,
-        guidance=guidance,
-        r_temp=r_temp,
-        sm_temp=sm_temp,
-        temperature=temperature,
-    )
+    config = call(SamplerConfig.for_base, base, steps, budget, **sampler)
     rows = len(prompt_list or class_ids or [])
     with progress_bar(rows * per_class, "sampling", quiet or as_json) as bar:
         result = call(
@@ -307,61 +251,61 @@ def sample(
         )
 
 
+BenchShortcutOpt = Annotated[Optional[list[str]], typer.Option("--shortcut", help="Zoo folder (repeatable).")]
+ConfigsOpt = Annotated[str, typer.Option("--configs", help="Comma-separated N or NxBy configs.")]
+PredictorsOpt = Annotated[
+    str,
+    typer.Option(
+        "--predictors",
+        help="Comma-separated: shortcut, cache, taylor, taylor2, ml-cache (DiMOO bases, one row per N; "
+        "knobs as ml-cache:warmup=0.3,period=5,quantile=0.1).",
+    ),
+]
+BenchPlacementOpt = Annotated[
+    str,
+    typer.Option(
+        "--placement",
+        help="Comma-separated placements of a zoo shortcut's full steps, one row each: uniform (published), "
+        "auto (by its stored held-out errors; row shortcut:NAME@auto). Peers are placed uniformly.",
+    ),
+]
+BootstrapOpt = Annotated[
+    int,
+    typer.Option(
+        "--bootstrap", help="Resamples of the 95% intervals of every quality column (0: none; at most 10000)."
+    ),
+]
+FidelityOpt = Annotated[
+    bool,
+    typer.Option(
+        "--fidelity/--no-fidelity",
+        help="Rollout fidelity: cosine to the base's own feature at each shortcut step (one extra base forward).",
+    ),
+]
+RepeatsOpt = Annotated[int, typer.Option("--repeats", help="Timed batches per point, after a warm-up.")]
+OutOpt = Annotated[str, typer.Option("--out", "-o", help="Folder for results.json, results.md, pareto.png.")]
+BenchForceOpt = Annotated[bool, typer.Option("--force", help="Use shortcuts trained for another base fingerprint.")]
+
+
 @app.command()
+@base_options()
+@prompt_options
+@metric_options
 def bench(
-    model: ModelOpt = "maskgit-digits",
-    shortcut: Annotated[Optional[list[str]], typer.Option("--shortcut", help="Zoo folder (repeatable).")] = None,
-    configs: Annotated[
-        str, typer.Option("--configs", help="Comma-separated N or NxBy configs.")
-    ] = "N8,N12,N16,N32,N32B12,N32B8,N16B6",
-    predictors: Annotated[
-        str,
-        typer.Option(
-            "--predictors",
-            help="Comma-separated: shortcut, cache, taylor, taylor2, ml-cache (DiMOO bases, one row per N; "
-            "knobs as ml-cache:warmup=0.3,period=5,quantile=0.1).",
-        ),
-    ] = "shortcut,cache,taylor",
-    placement: Annotated[
-        str,
-        typer.Option(
-            "--placement",
-            help="Comma-separated placements of a zoo shortcut's full steps, one row each: uniform (published), "
-            "auto (by its stored held-out errors; row shortcut:NAME@auto). Peers are placed uniformly.",
-        ),
-    ] = "uniform",
-    bootstrap: Annotated[
-        int,
-        typer.Option(
-            "--bootstrap", help="Resamples of the 95% intervals of every quality column (0: none; at most 10000)."
-        ),
-    ] = 1000,
-    fidelity: Annotated[
-        bool,
-        typer.Option(
-            "--fidelity/--no-fidelity",
-            help="Rollout fidelity: cosine to the base's own feature at each shortcut step (one extra base forward).",
-        ),
-    ] = True,
+    spec: BaseSpec,
+    prompt_list: list[str] | None,
+    metric_options: dict,
+    shortcut: BenchShortcutOpt = None,
+    configs: ConfigsOpt = "N8,N12,N16,N32,N32B12,N32B8,N16B6",
+    predictors: PredictorsOpt = "shortcut,cache,taylor",
+    placement: BenchPlacementOpt = "uniform",
+    bootstrap: BootstrapOpt = 1000,
+    fidelity: FidelityOpt = True,
     samples: SamplesOpt = None,
-    prompt: PromptOpt = None,
-    prompts: PromptsFileOpt = None,
-    repeats: Annotated[int, typer.Option("--repeats", help="Timed batches per point, after a warm-up.")] = 5,
-    out: Annotated[str, typer.Option("--out", "-o", help="Folder for results.json, results.md, pareto.png.")] = "bench",
+    repeats: RepeatsOpt = 5,
+    out: OutOpt = "bench",
     seed: SeedOpt = 0,
-    force: Annotated[bool, typer.Option("--force", help="Use shortcuts trained for another base fingerprint.")] = False,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = None,
-    checkpoint: CheckpointOpt = None,
-    vqgan: VqganOpt = None,
-    pixels: PixelsOpt = None,
-    heads: HeadsOpt = None,
-    height: HeightOpt = None,
-    width: WidthOpt = None,
-    fid_ref: FidRefOpt = None,
-    inception_weights: InceptionWeightsOpt = None,
-    fid_dims: FidDimsOpt = 2048,
-    clip: ClipOpt = None,
+    force: BenchForceOpt = False,
     batch_size: BatchOpt = 250,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -369,13 +313,12 @@ def bench(
     """Quality vs latency of vanilla, shortcut and training-free configs: table, JSON and Pareto plot
     (quality: FID / IS with --fid-ref, CLIP score with --clip, the digits classifier, token agreement)."""
     from migm.shortcut_zoo.bench import BenchConfig, results_table, run_bench
+    from migm.shortcut_zoo.image_metrics import default_samples
     from migm.shortcut_zoo.predictors import split_predictors
     from migm.trajectories.base import load_base
-    from migm.trajectories.metrics import default_samples
 
-    base = call(load_base, base_spec(model, checkpoint, vqgan, heads, pixels, precision, device, height, width))
-    prompt_list = call(parse_prompts, prompt, prompts)
-    metrics = load_metrics(base, fid_ref, inception_weights, fid_dims, clip, seed, batch_size, quiet or as_json)
+    base = call(load_base, spec)
+    metrics = load_metrics(base, seed, batch_size, quiet or as_json, **metric_options)
     cfg = BenchConfig(
         shortcuts=shortcut or [],
         configs=[c for c in configs.split(",") if c.strip()],

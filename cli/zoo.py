@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
+from dataclasses import replace
 from typing import Annotated, Optional
 
 import typer
@@ -10,33 +12,30 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from migm.cli.app import (
-    CheckpointOpt,
-    DeviceOpt,
-    GuidanceOpt,
-    HeadsOpt,
-    HeightOpt,
     JsonOpt,
-    PrecisionOpt,
-    PromptOpt,
-    PromptsFileOpt,
     QuietOpt,
-    RTempOpt,
     SeedOpt,
-    SmTempOpt,
-    TemperatureOpt,
-    WidthOpt,
+    StorageOpt,
     app,
-    base_spec,
     call,
     console,
     err_console,
     parse_classes,
     parse_overrides,
-    parse_prompts,
     plain,
     print_metrics,
+    print_per_step,
     steps_for,
 )
+from migm.cli.groups import (
+    Options,
+    base_options,
+    group,
+    option,
+    prompt_options,
+    sampler_options,
+)
+from migm.trajectories.base import BaseSpec
 from migm.trajectories.errors import MigmError
 
 
@@ -48,21 +47,6 @@ def parse_weights(text: str | None) -> list[float] | None:
         return [float(w) for w in text.split(",")]
     except ValueError:
         raise MigmError(f"--rollout-weights takes comma-separated numbers, e.g. 1,0.5,0.25, got {text!r}") from None
-
-
-def on_policy_config(share: float | None, budgets: str | None, start: int, ramp: int):
-    """`OnPolicyConfig` of `train --on-policy SHARE` (None without it)."""
-    from migm.trajectories.on_policy import OnPolicyConfig
-
-    if share is None:
-        if budgets is not None or start or ramp:
-            raise MigmError("--on-policy-budget, --on-policy-start and --on-policy-ramp go with --on-policy SHARE")
-        return None
-    try:
-        parsed = [int(b) for b in (budgets or "4").split(",")]
-    except ValueError:
-        raise MigmError(f"--on-policy-budget takes comma-separated budgets, e.g. 2,4, got {budgets!r}") from None
-    return OnPolicyConfig(fraction=share, budgets=parsed, start=start, ramp=ramp)
 
 
 def live_config(live: bool, data: str | None, model: str | None, **options):
@@ -83,143 +67,209 @@ def live_config(live: bool, data: str | None, model: str | None, **options):
     return LiveConfig(**options)
 
 
-@app.command()
-def train(
-    data: Annotated[Optional[str], typer.Option("--data", help="Trajectory dataset folder (or --live).")] = None,
-    arch: Annotated[
-        str, typer.Option("--arch", help="tiny-transformer, mlp, gru, or dimoo-transformer (DiMOO-architecture bases).")
-    ] = "tiny-transformer",
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Zoo folder to write (default: zoo/ARCH).")] = None,
-    arch_option: Annotated[
-        Optional[list[str]],
-        typer.Option(
-            "--arch-option",
-            "-a",
-            help="Arch hyper-parameter, key=value (repeatable), e.g. -a bottleneck=2 -a blocks=1.",
+# TrainConfig's fields the command line sets, one option each (the others: --data, --out, -a, --rollout-weights, --live)
+TRAIN_OPTIONS: Options = {
+    "arch": (
+        option("--arch", str, "tiny-transformer, mlp, gru, or dimoo-transformer (DiMOO-architecture bases)."),
+        "tiny-transformer",
+    ),
+    "steps": (option("--steps", int, "Optimizer steps."), 2000),
+    "batch_size": (option("--batch-size", int, "Pairs per step and process."), 128),
+    "lr": (option("--lr", float, "Peak learning rate (AdamW, warm-up then --lr-schedule)."), 1e-3),
+    "warmup": (option("--warmup", int, "Linear warm-up steps (published: 0)."), 100),
+    "lr_schedule": (
+        option(
+            "--lr-schedule",
+            str,
+            "cosine (to 10% of the peak), or step: x0.1 from --lr-decay-step on (published).",
         ),
-    ] = None,
-    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 2000,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per step and process.")] = 128,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then --lr-schedule).")] = 1e-3,
-    warmup: Annotated[int, typer.Option("--warmup", help="Linear warm-up steps (published: 0).")] = 100,
-    lr_schedule: Annotated[
-        str,
-        typer.Option(
-            "--lr-schedule", help="cosine (to 10% of the peak), or step: x0.1 from --lr-decay-step on (published)."
-        ),
-    ] = "cosine",
-    lr_decay_step: Annotated[
-        int, typer.Option("--lr-decay-step", help="Step of the x0.1 decay with --lr-schedule step (published: 1000).")
-    ] = 1000,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = 0.01,
-    grad_clip: Annotated[
-        float, typer.Option("--grad-clip", help="Gradient norm clip; 0: none (published: none).")
-    ] = 1.0,
-    ema: Annotated[float, typer.Option("--ema", help="EMA decay of the exported weights.")] = 0.999,
-    loss: Annotated[
-        str, typer.Option("--loss", help="mse, or mse+kl (adds KL between the base head's distributions).")
-    ] = "mse",
-    mse_weight: Annotated[float, typer.Option("--mse-weight", help="Weight of the feature MSE.")] = 1.0,
-    mse_positions: Annotated[
-        str,
-        typer.Option(
+        "cosine",
+    ),
+    "lr_decay_step": (
+        option("--lr-decay-step", int, "Step of the x0.1 decay with --lr-schedule step (published: 1000)."),
+        1000,
+    ),
+    "weight_decay": (option("--weight-decay", float, "AdamW weight decay."), 0.01),
+    "grad_clip": (option("--grad-clip", float, "Gradient norm clip; 0: none (published: none)."), 1.0),
+    "ema": (option("--ema", float, "EMA decay of the exported weights."), 0.999),
+    "loss": (option("--loss", str, "mse, or mse+kl (adds KL between the base head's distributions)."), "mse"),
+    "mse_weight": (option("--mse-weight", float, "Weight of the feature MSE."), 1.0),
+    "mse_positions": (
+        option(
             "--mse-positions",
-            help="Where the MSE is taken: masked (image cells still masked after the step) or all (every real "
+            str,
+            "Where the MSE is taken: masked (image cells still masked after the step) or all (every real "
             "position, as the published DiMOO trainer).",
         ),
-    ] = "masked",
-    kl_weight: Annotated[float, typer.Option("--kl-weight", help="Weight of the KL term (--loss mse+kl).")] = 0.1,
-    kl_temperature: Annotated[
-        float, typer.Option("--kl-temperature", help="T of the KL term: softmax(logits / T), loss scaled by T^2.")
-    ] = 1.0,
-    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Held-out fraction of samples.")] = 0.05,
-    rollout: Annotated[
-        int,
-        typer.Option(
+        "masked",
+    ),
+    "kl_weight": (option("--kl-weight", float, "Weight of the KL term (--loss mse+kl)."), 0.1),
+    "kl_temperature": (
+        option("--kl-temperature", float, "T of the KL term: softmax(logits / T), loss scaled by T^2."),
+        1.0,
+    ),
+    "val_fraction": (option("--val-fraction", float, "Held-out fraction of samples."), 0.05),
+    "rollout": (
+        option(
             "--rollout",
-            help="K: train on windows of K consecutive steps, chaining the shortcut from one true feature with "
-            "the recorded new tokens, a loss at every chained step (1: one-step pairs). --batch-size counts windows.",
+            int,
+            "K: train on windows of K consecutive steps, chaining the shortcut from one true feature with "
+            "the recorded new tokens, a loss at every chained step (1: one-step pairs). --batch-size counts "
+            "windows.",
         ),
-    ] = 1,
-    rollout_weights: Annotated[
-        Optional[str],
-        typer.Option("--rollout-weights", help="Loss weight of each chained step, e.g. 1,0.5,0.25 (default: equal)."),
-    ] = None,
-    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 0,
-    save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every this many steps.")] = 500,
-    stop_at: Annotated[
-        Optional[int], typer.Option("--stop-at", help="Stop after this step, leaving a checkpoint for --resume.")
-    ] = None,
-    seed: SeedOpt = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")] = False,
-    live: Annotated[
-        bool,
-        typer.Option(
-            "--live",
-            help="No dataset: roll out the base (--model, on the GPU when present) in this job and train from a "
-            "replay buffer of recent pairs; the pairs equal a dump's of the same --seed and conditions.",
-        ),
-    ] = False,
-    classes: Annotated[
-        Optional[str], typer.Option("--classes", help="--live: classes to roll out, e.g. 0-9 (default: all).")
-    ] = None,
-    prompt: PromptOpt = None,
-    prompts: PromptsFileOpt = None,
-    sampling_steps: Annotated[
-        Optional[int], typer.Option("--sampling-steps", help="--live: sampling steps N (default: the base's, else 16).")
-    ] = None,
-    guidance: GuidanceOpt = None,
-    r_temp: RTempOpt = None,
-    sm_temp: SmTempOpt = None,
-    temperature: TemperatureOpt = None,
-    buffer: Annotated[
-        int, typer.Option("--buffer", help="--live: pairs the replay buffer holds (whole rollout batches).")
-    ] = 16384,
-    replay: Annotated[
-        float, typer.Option("--replay", help="--live: times each rolled-out pair is drawn for training, on average.")
-    ] = 4.0,
-    live_batch: Annotated[int, typer.Option("--live-batch", help="--live: samples per rollout batch.")] = 64,
-    val_samples: Annotated[
-        int,
-        typer.Option("--val-samples", help="--live: held-out samples 0..V-1 (rolled out once) for validation."),
-    ] = 64,
-    on_policy: Annotated[
-        Optional[float],
-        typer.Option(
+        1,
+    ),
+    "workers": (option("--workers", int, "DataLoader worker processes."), 0),
+    "save_every": (option("--save-every", int, "Checkpoint every this many steps."), 500),
+    "stop_at": (
+        option("--stop-at", Optional[int], "Stop after this step, leaving a checkpoint for --resume."),
+        None,
+    ),
+    "seed": (SeedOpt, 0),
+}
+
+
+def _live_options(sampling_steps, classes, live_batch, buffer, replay, val_samples) -> dict:
+    """The `LiveConfig` fields the --live options set (the sampler and prompts come from their groups)."""
+    return {
+        "steps": sampling_steps,
+        "classes": parse_classes(classes) if classes else None,
+        "batch_size": live_batch,
+        "buffer": buffer,
+        "replay": replay,
+        "val_samples": val_samples,
+    }
+
+
+LIVE_OPTIONS: Options = {
+    "sampling_steps": (
+        option("--sampling-steps", Optional[int], "--live: sampling steps N (default: the base's, else 16)."),
+        None,
+    ),
+    "classes": (option("--classes", Optional[str], "--live: classes to roll out, e.g. 0-9 (default: all)."), None),
+    "buffer": (option("--buffer", int, "--live: pairs the replay buffer holds (whole rollout batches)."), 16384),
+    "replay": (option("--replay", float, "--live: times each rolled-out pair is drawn for training, on average."), 4.0),
+    "live_batch": (option("--live-batch", int, "--live: samples per rollout batch."), 64),
+    "val_samples": (
+        option("--val-samples", int, "--live: held-out samples 0..V-1 (rolled out once for validation)."),
+        64,
+    ),
+}
+
+
+def on_policy_config(share: float | None, budgets: str | None, start: int, ramp: int):
+    """`OnPolicyConfig` of `train --on-policy SHARE` (None without it)."""
+    from migm.trajectories.on_policy import OnPolicyConfig
+
+    if share is None:
+        if budgets is not None or start or ramp:
+            raise MigmError("--on-policy-budget, --on-policy-start and --on-policy-ramp go with --on-policy SHARE")
+        return None
+    try:
+        parsed = [int(b) for b in (budgets or "4").split(",")]
+    except ValueError:
+        raise MigmError(f"--on-policy-budget takes comma-separated budgets, e.g. 2,4, got {budgets!r}") from None
+    return OnPolicyConfig(fraction=share, budgets=parsed, start=start, ramp=ramp)
+
+
+def _on_policy_options(on_policy, on_policy_budget, on_policy_start, on_policy_ramp, chain_budget) -> dict:
+    """The TrainConfig fields of on-policy training and budget-aware chains (docs/on-policy.md)."""
+    return {
+        "on_policy": on_policy_config(on_policy, on_policy_budget, on_policy_start, on_policy_ramp),
+        "chain_budget": chain_budget,
+    }
+
+
+ON_POLICY_OPTIONS: Options = {
+    "on_policy": (
+        option(
             "--on-policy",
-            help="--live: SHARE in (0, 1] of each batch from on-policy pairs: the base rolled out with the "
-            "current shortcut in the loop at --on-policy-budget, the base's feature on its states as target.",
+            Optional[float],
+            "--live: SHARE in (0, 1] of each batch from on-policy pairs: the base rolled out with the current "
+            "shortcut in the loop at --on-policy-budget, the base's feature on its states as target.",
         ),
-    ] = None,
-    on_policy_budget: Annotated[
-        Optional[str],
-        typer.Option(
-            "--on-policy-budget", help="--on-policy: budgets B of those rollouts, cycled, e.g. 2,4 (default 4)."
-        ),
-    ] = None,
-    on_policy_start: Annotated[
-        int, typer.Option("--on-policy-start", help="--on-policy: step of the first on-policy rollout.")
-    ] = 0,
-    on_policy_ramp: Annotated[
-        int, typer.Option("--on-policy-ramp", help="--on-policy: steps over which the share grows from 0.")
-    ] = 0,
-    chain_budget: Annotated[
-        Optional[int],
-        typer.Option(
+        None,
+    ),
+    "on_policy_budget": (
+        option("--on-policy-budget", Optional[str], "--on-policy: budgets B of those rollouts, cycled (default 4)."),
+        None,
+    ),
+    "on_policy_start": (option("--on-policy-start", int, "--on-policy: step of the first on-policy rollout."), 0),
+    "on_policy_ramp": (option("--on-policy-ramp", int, "--on-policy: steps over which the share grows from 0."), 0),
+    "chain_budget": (
+        option(
             "--chain-budget",
-            help="--live: chain the shortcut from each full step to the next of the placement for (N, B), a loss "
-            "at every chained step (weights: --rollout-weights, one per step of the longest chain).",
+            Optional[int],
+            "--live: chain the shortcut from each full step to the next of the placement for (N, B), a loss at "
+            "every chained step (weights: --rollout-weights, one per step of the longest chain).",
         ),
-    ] = None,
-    model: Annotated[
-        Optional[str], typer.Option("--model", "-m", help="Base model (default: the one the dataset names).")
-    ] = None,
-    checkpoint: CheckpointOpt = None,
-    heads: HeadsOpt = None,
-    height: HeightOpt = None,
-    width: WidthOpt = None,
-    precision: PrecisionOpt = None,
-    device: DeviceOpt = "auto",
+        None,
+    ),
+}
+TRAIN_MODEL = (option("--model", Optional[str], "Base model (default: the one the dataset names).", "-m"), None)
+
+
+DataOpt = Annotated[
+    Optional[str], typer.Option("--data", help="Trajectory dataset folder or URL, e.g. s3://bucket/set (or --live).")
+]
+CacheDirOpt = Annotated[
+    Optional[str],
+    typer.Option("--cache-dir", help="--data URL: local folder of the shard cache (default: the temporary folder)."),
+]
+CacheSizeOpt = Annotated[
+    str,
+    typer.Option(
+        "--cache-size",
+        help="--data URL: local bytes of whole shards kept per reading process, e.g. 2GB (0: read straight from the store).",
+    ),
+]
+OutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help="Zoo folder to write (default: zoo/ARCH).")]
+ArchOptionOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--arch-option",
+        "-a",
+        help="Arch hyper-parameter, key=value (repeatable), e.g. -a bottleneck=2 -a blocks=1.",
+    ),
+]
+RolloutWeightsOpt = Annotated[
+    Optional[str],
+    typer.Option("--rollout-weights", help="Loss weight of each chained step, e.g. 1,0.5,0.25 (default: equal)."),
+]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.")]
+LiveOpt = Annotated[
+    bool,
+    typer.Option(
+        "--live",
+        help="No dataset: roll out the base (--model, on the GPU when present) in this job and train from a "
+        "replay buffer of recent pairs; the pairs equal a dump's of the same --seed and conditions.",
+    ),
+]
+
+
+@app.command()
+@base_options(omit=("vqgan", "pixels"), model=TRAIN_MODEL)
+@sampler_options
+@prompt_options
+@group("live_options", _live_options, LIVE_OPTIONS)
+@group("train_options", dict, TRAIN_OPTIONS)
+@group("on_policy_options", _on_policy_options, ON_POLICY_OPTIONS)
+def train(
+    on_policy_options: dict,
+    train_options: dict,
+    live_options: dict,
+    sampler: dict,
+    prompt_list: list[str] | None,
+    spec: BaseSpec,
+    data: DataOpt = None,
+    storage_option: StorageOpt = None,
+    cache_dir: CacheDirOpt = None,
+    cache_size: CacheSizeOpt = "2GB",
+    out: OutOpt = None,
+    arch_option: ArchOptionOpt = None,
+    rollout_weights: RolloutWeightsOpt = None,
+    resume: ResumeOpt = False,
+    live: LiveOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -230,71 +280,40 @@ def train(
     rolled out in this job: held-out samples 0..V-1 validate, training samples follow them."""
     from migm.shortcut_zoo.train import TrainConfig
     from migm.shortcut_zoo.train import train as run
+    from migm.trajectories.store.cache import cache_config
+    from migm.trajectories.store.location import parse_storage_options
 
-    live_cfg = call(
-        live_config,
-        live,
-        data,
-        model,
-        steps=sampling_steps,
-        classes=call(parse_classes, classes) if classes else None,
-        prompts=call(parse_prompts, prompt, prompts),
-        guidance=guidance,
-        r_temp=r_temp,
-        sm_temp=sm_temp,
-        temperature=temperature,
-        batch_size=live_batch,
-        buffer=buffer,
-        replay=replay,
-        val_samples=val_samples,
-    )
+    live_cfg = call(live_config, live, data, spec.name, prompts=prompt_list, **sampler, **live_options)
     cfg = TrainConfig(
         data=data,
-        arch=arch,
-        out=out or f"zoo/{arch}",
+        out=out or f"zoo/{train_options['arch']}",
         arch_config=call(parse_overrides, arch_option or []),
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        warmup=warmup,
-        lr_schedule=lr_schedule,
-        lr_decay_step=lr_decay_step,
-        weight_decay=weight_decay,
-        grad_clip=grad_clip,
-        ema=ema,
-        loss=loss,
-        mse_weight=mse_weight,
-        mse_positions=mse_positions,
-        kl_weight=kl_weight,
-        kl_temperature=kl_temperature,
-        val_fraction=val_fraction,
-        rollout=rollout,
         rollout_weights=call(parse_weights, rollout_weights),
-        workers=workers,
-        save_every=save_every,
-        stop_at=stop_at,
-        seed=seed,
         live=live_cfg,
-        on_policy=call(on_policy_config, on_policy, on_policy_budget, on_policy_start, on_policy_ramp),
-        chain_budget=chain_budget,
+        storage_options=call(parse_storage_options, storage_option),
+        cache=call(cache_config, cache_dir, cache_size),
+        **train_options,
+        **on_policy_options,
     )
-    spec = base_spec(model, checkpoint, heads=heads, precision=precision, device=device, height=height, width=width)
-    if not (quiet or as_json):
-        columns = [
-            TextColumn("training"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-        ]
-        with Progress(*columns, console=err_console, transient=True) as bar:
-            task = bar.add_task("train", total=min(steps, stop_at or steps), info="")
-            report = lambda step, loss, rate: bar.update(
-                task, completed=step, info=f"loss {loss:.4f}  {rate:,.0f} pairs/s"
-            )
-            result = call(run, cfg, spec, resume=resume, progress=report)
-    else:
+    if quiet or as_json:
         result = call(run, cfg, spec, resume=resume)
+    else:
+        with training_bar(min(cfg.steps, cfg.stop_at or cfg.steps)) as report:
+            result = call(run, cfg, spec, resume=resume, progress=report)
+    print_training(cfg, result, as_json)
+
+
+@contextmanager
+def training_bar(total: int):
+    """A progress bar of optimizer steps; yields the `progress(step, loss, rate)` callback of `train`."""
+    columns = [TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}")]
+    with Progress(*columns, TimeElapsedColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task("train", total=total, info="")
+        yield lambda step, loss, rate: bar.update(task, completed=step, info=f"loss {loss:.4f}  {rate:,.0f} pairs/s")
+
+
+def print_training(cfg, result: dict, as_json: bool) -> None:
+    """What `train` prints: where it stopped, or the exported shortcut's validation figures."""
     result.pop("losses", None)
     if "stopped_at" in result:
         stopped = f"stopped at step {result['stopped_at']}; resume with --resume (checkpoint {result['checkpoint']})"
@@ -307,7 +326,7 @@ def train(
         return
     m, cost = result["metrics"]["overall"], result["cost"]
     print_metrics(
-        f"{cfg.out} ({arch}, {cost['parameters']:,} parameters, {cost['relative_cost']:.3f}x a base forward)",
+        f"{cfg.out} ({cfg.arch}, {cost['parameters']:,} parameters, {cost['relative_cost']:.3f}x a base forward)",
         {
             "val cosine": m["cos"],
             "cache cosine": m["cache_cos"],
@@ -319,6 +338,7 @@ def train(
         },
         False,
     )
+    print_per_step(result["metrics"]["per_step"])
     console.print(plain(f"wrote {cfg.out}/model.safetensors, config.json, README.md"))
 
 
@@ -364,42 +384,44 @@ def zoo_show(path: Annotated[str, typer.Argument(help="Zoo folder.")]) -> None:
     console.print(Markdown(inert(call(read_model_card, path))))
 
 
+IMPORT_BASE = (option("--base", str, "Base the shortcut belongs to.", "--model"), "maskgit")
+
+
+PublishedOpt = Annotated[
+    str, typer.Option("--published", help="Published MIGM-Shortcut state dict (torch file, read weights-only).")
+]
+ZooImportOutOpt = Annotated[str, typer.Option("--out", "-o", help="Zoo folder to write (new or empty).")]
+ShortcutHeadsOpt = Annotated[
+    int,
+    typer.Option("--shortcut-heads", help="Attention heads of a MaskGIT shortcut (released: 16; DiMOO: the base's)."),
+]
+BottleneckOpt = Annotated[
+    Optional[int], typer.Option("--bottleneck", help="Expected D / hidden (checked against the file).")
+]
+BlocksOpt = Annotated[Optional[int], typer.Option("--blocks", help="Expected blocks (checked against the file).")]
+StepsOpt = Annotated[
+    Optional[int],
+    typer.Option("--steps", help="N the shortcut is meant for (cost accounting, card); default: the base's, else 32."),
+]
+
+
 @zoo_app.command("import")
+@base_options(omit=("vqgan", "pixels", "precision", "device"), model=IMPORT_BASE)
 def zoo_import(
-    published: Annotated[
-        str, typer.Option("--published", help="Published MIGM-Shortcut state dict (torch file, read weights-only).")
-    ],
-    out: Annotated[str, typer.Option("--out", "-o", help="Zoo folder to write (new or empty).")],
-    checkpoint: CheckpointOpt = None,
-    model: Annotated[str, typer.Option("--base", "--model", help="Base the shortcut belongs to.")] = "maskgit",
-    heads: HeadsOpt = None,
-    shortcut_heads: Annotated[
-        int,
-        typer.Option(
-            "--shortcut-heads", help="Attention heads of a MaskGIT shortcut (released: 16; DiMOO: the base's)."
-        ),
-    ] = 16,
-    bottleneck: Annotated[
-        Optional[int], typer.Option("--bottleneck", help="Expected D / hidden (checked against the file).")
-    ] = None,
-    blocks: Annotated[
-        Optional[int], typer.Option("--blocks", help="Expected blocks (checked against the file).")
-    ] = None,
-    steps: Annotated[
-        Optional[int],
-        typer.Option(
-            "--steps", help="N the shortcut is meant for (cost accounting, card); default: the base's, else 32."
-        ),
-    ] = None,
-    height: HeightOpt = None,
-    width: WidthOpt = None,
+    spec: BaseSpec,
+    published: PublishedOpt,
+    out: ZooImportOutOpt,
+    shortcut_heads: ShortcutHeadsOpt = 16,
+    bottleneck: BottleneckOpt = None,
+    blocks: BlocksOpt = None,
+    steps: StepsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Wrap a published shortcut into a zoo folder bound to its base's fingerprint."""
-    from migm.shortcut_zoo.export import import_published
+    """Wrap a published shortcut into a zoo folder bound to its base's fingerprint (loaded on the CPU)."""
+    from migm.shortcut_zoo.published import import_published
     from migm.trajectories.base import hub, load_base
 
-    base = call(load_base, base_spec(model, checkpoint, heads=heads, device="cpu", height=height, width=width))
+    base = call(load_base, replace(spec, device="cpu"))
     steps = steps_for(base, steps, 32)
     config = call(
         import_published,

@@ -3,7 +3,7 @@
 For every (config, predictor): latency per image (warm-up, then repeats timed round-robin over all
 points: median and spread),
 speedup vs vanilla at the same N (same run), class accuracy and Fréchet distance (the base's
-scorer), FID / Inception Score / CLIP score when asked for (trajectories/metrics.py),
+scorer), FID / Inception Score / CLIP score when asked for (shortcut_zoo/image_metrics.py),
 token agreement with vanilla sampling of the same seeds, and measured / ideal latency,
 where ideal = B·t_full + (N−B)·(t_shortcut + t_head) + N·t_sampling from per-call costs measured in
 the same run. Predictors that choose their own full steps (ml-cache) get one row per N (config N{N},
@@ -21,17 +21,19 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from migm.shortcut_zoo.evaluate import FidelityProbe, bootstrap_ci, pareto_front
+from migm.shortcut_zoo.evaluate import FidelityProbe
 from migm.shortcut_zoo.export import load_shortcut, read_step_errors
+from migm.shortcut_zoo.image_metrics import ImageMetrics, image_metrics
 from migm.shortcut_zoo.predictors import check_predictor_name, make_predictor
 from migm.shortcut_zoo.sample import check_placement
+from migm.shortcut_zoo.stats import bootstrap_ci, pareto_front
 from migm.trajectories.checks import check_int, check_outside_data, check_seed, check_writable_dir, writable_dir
 from migm.trajectories.errors import MigmError
-from migm.trajectories.generate import sample_many, spread, spread_prompts
-from migm.trajectories.metrics import ImageMetrics, image_metrics
+from migm.trajectories.generate import cycled_conditions, cycled_prompts, sample_many
 from migm.trajectories.rollout import SamplerConfig, autocast, rollout, sample_seeds, stack_cond
 
 # image metrics a row can carry (when asked for) and their table headings
@@ -42,6 +44,8 @@ QUALITY_LABELS = {
     "frechet": "Fréchet distance (lower is better)",
     "token_agreement": "token agreement with vanilla (higher is better)",
 }
+
+MAX_BOOTSTRAP = 10_000  # resamples: scipy's own default is 9,999; each one recomputes every statistic
 
 MAX_BOOTSTRAP = 10_000  # resamples: scipy's own default is 9,999; each one recomputes every statistic
 
@@ -108,8 +112,8 @@ def call_fns(
     branches), as functions to time beside the rollouts."""
     batch, L, device = len(cond), base.L, base.device
     rows = stack_cond(cond.to(device), base.null_cond(batch).to(device))
-    B2 = len(rows)
-    tokens = torch.full((B2, L), base.mask_id, device=device)
+    R = len(rows)
+    tokens = torch.full((R, L), base.mask_id, device=device)
     feature = base.forward(tokens, rows)[1]
     K = max(1, L // N)
     new = base.new_tokens(
@@ -118,8 +122,8 @@ def call_fns(
         rows,
         torch.arange(2, device=device).repeat_interleave(batch),
     )
-    padding = {} if (valid := base.feature_valid(rows)) is None else {"feat_valid": valid}
-    args = (feature, *new, torch.full((B2,), 0.5, device=device))
+    text_rows = {} if (valid := base.feature_valid(rows)) is None else {"feat_valid": valid}
+    args = (feature, *new, torch.full((R,), 0.5, device=device))
 
     def under_autocast(fn: Callable[[], object]) -> Callable[[], object]:
         def run():
@@ -129,7 +133,7 @@ def call_fns(
         return run
 
     fns = {"t_full": lambda: base.forward(tokens, rows), "t_head": lambda: base.head(feature, rows)}
-    fns |= {f"t_shortcut:{name}": (lambda m=m: m(*args, **padding)) for name, m in shortcuts.items()}
+    fns |= {f"t_shortcut:{name}": (lambda m=m: m(*args, **text_rows)) for name, m in shortcuts.items()}
     return {key: under_autocast(fn) for key, fn in fns.items()}
 
 
@@ -144,11 +148,8 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def run_bench(
-    cfg: BenchConfig, base, progress: Callable[[str], None] | None = None, metrics: ImageMetrics | None = None
-) -> dict:
-    """Bench the loaded `base`: every config of `cfg` with vanilla sampling and each predictor; `metrics`
-    adds FID / Inception Score (with a reference) and CLIP score (text bases) to every row."""
+def check_bench(cfg: BenchConfig, base) -> list[tuple[int, int | None]]:
+    """The configs (N, B) of `cfg`, after checking every option against the base before any work."""
     configs = [parse_config(c) for c in cfg.configs]
     if not configs:
         raise MigmError("--configs names no config; give e.g. N16,N32B12")
@@ -168,49 +169,60 @@ def run_bench(
         check_predictor_name(name, base)
     if "shortcut" in cfg.predictors and not cfg.shortcuts and any(b for _, b in configs):
         raise MigmError("the shortcut predictor needs --shortcut zoo/NAME (or leave it out of --predictors)")
-    check_outside_data(cfg.out, "--out", itself=True)  # bench writes its own files into the folder
-    out = check_writable_dir(cfg.out, "--out")
     for N, B in configs:
         SamplerConfig.for_base(base, N, B)  # validates 1 <= B <= N <= L before any work
-    shortcuts = {Path(p).name: load_shortcut(p, base, force=cfg.force) for p in cfg.shortcuts}
-    step_errors = {Path(p).name: read_step_errors(p) for p in cfg.shortcuts} if "auto" in cfg.placements else {}
-    statistics = base.score_statistics  # the scorer's metrics per subset of samples: their intervals
-    # Without a scorer for this base (real ImageNet models: no classifier ships), quality is token agreement only.
-    scorer = base.scorer
-    classifier = scorer or (lambda tokens, labels: {"accuracy": None, "frechet": None})
-    labels, cond = spread(base, cfg.samples, cfg.prompts)
-    texts = spread_prompts(base, cfg.samples, cfg.prompts)
+    return configs
 
-    def score(s) -> dict:  # the classifier's metrics and the image metrics asked for, of one sampling run
-        m = classifier(s.tokens, s.labels)
-        return m | (image_metrics(metrics, base, s.tokens, texts, cfg.batch_size) if metrics else {})
 
-    def image_columns(m: dict, again: dict | None = None) -> dict:  # vanilla rows: the seed-to-seed spread too
-        out = {k: m[k] for k in IMAGE_METRICS if k in m}
-        if again is not None:
-            out |= {f"{k}_spread": abs(m[k] - again[k]) for k in ("fid", "clip_score") if k in m}
-        return out
+@dataclass
+class BenchRun:
+    """What every point of one bench shares: the base, its samples' conditions, the scorers, and
+    vanilla's tokens at each N (the reference of token agreement)."""
 
-    timing_cond = cond[: cfg.batch_size]
-    timing_seeds = sample_seeds(cfg.seed + 10_000, 0, len(timing_cond))
+    cfg: BenchConfig
+    base: Any
+    metrics: ImageMetrics | None
+    shortcuts: dict[str, torch.nn.Module]
+    step_errors: dict[str, dict]  # a zoo shortcut's stored errors, for --placement auto
+    labels: torch.Tensor
+    cond: torch.Tensor
+    texts: list[str] | None
+    vanilla: dict[int, torch.Tensor] = field(default_factory=dict)
 
-    rows, vanilla, timed = [], {}, []  # timed: what each row's latency runs, timed after all sampling
+    @property
+    def scorer(self) -> Callable | None:  # None: no classifier ships for this base; quality is token agreement
+        return self.base.scorer
 
-    def timer(config, predictor) -> Callable[[], object]:
-        return lambda: rollout(base, timing_cond, timing_seeds, config, predictor=predictor)
+    def sample(self, config: SamplerConfig, predictor=None, seed_offset: int = 0):
+        """Sample every condition; with --fidelity a predictor is wrapped in a probe. Returns (samples, probe)."""
+        probe = None
+        if predictor is not None and self.cfg.fidelity:
+            probe = FidelityProbe(predictor, branches=2 if config.guidance > 0 else 1)
+        s = sample_many(
+            self.base,
+            self.labels,
+            config,
+            self.cfg.seed + seed_offset,
+            self.cfg.batch_size,
+            predictor=probe or predictor,
+            cond=self.cond,
+        )
+        return s, probe
 
-    def placed(name: str, placement: str) -> dict | None:  # the step errors a shortcut places by (None: uniform)
-        return step_errors[name] if placement == "auto" else None
+    def score(self, s) -> dict:
+        """The classifier's metrics (None without one) and the image metrics asked for, of one sampling run."""
+        m = self.scorer(s.tokens, s.labels) if self.scorer else {"accuracy": None, "frechet": None}
+        if self.metrics:
+            m |= image_metrics(self.metrics, self.base, s.tokens, self.texts, self.cfg.batch_size)
+        return m
 
-    def probed(config, predictor) -> FidelityProbe | None:  # fidelity measured while sampling (bench only)
-        return FidelityProbe(predictor, branches=2 if config.guidance > 0 else 1) if cfg.fidelity else None
-
-    def quality(s, N: int, probe: FidelityProbe | None = None) -> dict:
+    def quality(self, s, N: int, probe: FidelityProbe | None) -> dict:
         """Token agreement with vanilla N and rollout fidelity (per-sample means), and a bootstrap 95%
         interval (KEY_ci) of every quality column the samples allow: the scorer's too."""
-        agree = (s.tokens == vanilla[N]["tokens"]).double().mean(1).numpy() if N in vanilla else None
+        agree = (s.tokens == self.vanilla[N]).double().mean(1).numpy() if N in self.vanilla else None
         fidelity = probe.values() if probe is not None else None
-        stats = dict(statistics(s.tokens, s.labels)) if statistics else {}
+        per_subset = self.base.score_statistics  # the scorer's metrics per subset of samples
+        stats = dict(per_subset(s.tokens, s.labels)) if per_subset else {}
         columns = {"token_agreement": 1.0 if agree is None else float(agree.mean())}
         if agree is not None:
             stats["token_agreement"] = lambda i: float(agree[i].mean())
@@ -218,104 +230,105 @@ def run_bench(
         if fidelity is not None:
             f = fidelity.numpy()
             stats["fidelity"] = lambda i: float(f[i].mean())
+        cfg = self.cfg
         for key, stat in stats.items():  # resampling biases Fréchet distances: estimate ± 1.96 standard errors
             method = "normal" if key in ("frechet", "fid") else "percentile"
-            ci = bootstrap_ci(stat, len(s.tokens), cfg.bootstrap, cfg.seed, method) if cfg.bootstrap else None
-            columns[f"{key}_ci"] = ci
+            columns[f"{key}_ci"] = (
+                bootstrap_ci(stat, len(s.tokens), cfg.bootstrap, cfg.seed, method) if cfg.bootstrap else None
+            )
         return columns
 
-    steps_needed = sorted({N for N, _ in configs})
-    for N in steps_needed:  # vanilla at every N: the reference for speed-up and agreement
-        config = SamplerConfig.for_base(base, N)
+    def row(self, s, m: dict, probe, *, config: str, method: str, N: int, B: int, placement: str, **extra) -> dict:
+        """One row of the table: the point, its scores, quality columns and image metrics."""
+        head = {"config": config, "method": method, "N": N, "B": B, "accuracy": m["accuracy"], "frechet": m["frechet"]}
+        image = {k: m[k] for k in IMAGE_METRICS if k in m}
+        return {**head, **extra, "placement": placement, "full_steps": s.full, **self.quality(s, N, probe), **image}
+
+
+def vanilla_points(run: BenchRun, Ns: list[int], progress) -> list[tuple[dict, SamplerConfig, object]]:
+    """Vanilla at every N: the reference for speed-up and agreement, with the run-to-run spread of a
+    second seed's Fréchet distance / FID / CLIP score. (row, config, predictor) each."""
+    points = []
+    for N in Ns:
+        config = SamplerConfig.for_base(run.base, N)
         if progress:
             progress(f"vanilla N{N}")
-        s = sample_many(base, labels, config, cfg.seed, cfg.batch_size, cond=cond)
-        m = score(s)
-        vanilla[N] = {"tokens": s.tokens}
-        if scorer or metrics:  # a second seed gives the run-to-run spread of the Fréchet distance / FID / CLIP
-            again = sample_many(base, labels, config, cfg.seed + 1, cfg.batch_size, cond=cond)
-            m2 = score(again)
-        timed.append(timer(config, None))
-        rows.append(
-            {
-                "config": f"N{N}",
-                "method": "vanilla",
-                "N": N,
-                "B": N,
-                "accuracy": m["accuracy"],
-                "frechet": m["frechet"],
-                "frechet_spread": abs(m["frechet"] - m2["frechet"]) if scorer else None,
-                "placement": "all",
-                "full_steps": s.full,
-                **quality(s, N),
-                **image_columns(m, m2 if metrics else None),
-            }
-        )
+        s, _ = run.sample(config)
+        m = run.score(s)
+        run.vanilla[N] = s.tokens
+        spread = {"frechet_spread": None}
+        if run.scorer or run.metrics:
+            m2 = run.score(run.sample(config, seed_offset=1)[0])
+            spread = {"frechet_spread": abs(m["frechet"] - m2["frechet"]) if run.scorer else None}
+            if run.metrics:
+                spread |= {f"{k}_spread": abs(m[k] - m2[k]) for k in ("fid", "clip_score") if k in m}
+        row = run.row(s, m, None, config=f"N{N}", method="vanilla", N=N, B=N, placement="all")
+        points.append(({**row, **spread}, config, None))
+    return points
+
+
+def budget_points(run: BenchRun, configs: list[tuple[int, int | None]], progress) -> list[tuple]:
+    """Each N/B config below N: a zoo shortcut once per placement (auto: by its stored step errors), the
+    peers placed uniformly. (row, config, predictor) each."""
+    cfg, points = run.cfg, []
     for N, B in configs:
         if B is None or B == N:
             continue
-        config = SamplerConfig.for_base(base, N, B)
-        methods = [  # a zoo shortcut once per placement (auto: by its stored step errors), the peers uniform
-            (shortcut_method(name, placement), placement, make_predictor("shortcut", model, placed(name, placement)))
-            for name, model in shortcuts.items()
+        config = SamplerConfig.for_base(run.base, N, B)
+        methods = [
+            (
+                shortcut_method(name, placement),
+                placement,
+                make_predictor("shortcut", model, placed(run, name, placement)),
+            )
+            for name, model in run.shortcuts.items()
             for placement in cfg.placements
             if "shortcut" in cfg.predictors
         ] + [(p, "uniform", make_predictor(p)) for p in cfg.predictors if p != "shortcut" and not own_steps(p)]
         for method, placement, predictor in methods:
             if progress:
                 progress(f"{method} N{N}B{B}")
-            probe = probed(config, predictor)
-            s = sample_many(base, labels, config, cfg.seed, cfg.batch_size, predictor=probe or predictor, cond=cond)
-            m = score(s)
-            timed.append(timer(config, predictor))
-            rows.append(
-                {
-                    "config": f"N{N}B{B}",
-                    "method": method,
-                    "N": N,
-                    "B": B,
-                    "accuracy": m["accuracy"],
-                    "frechet": m["frechet"],
-                    "placement": placement,
-                    "full_steps": s.full,
-                    **quality(s, N, probe),
-                    **image_columns(m),
-                }
-            )
+            s, probe = run.sample(config, predictor)
+            row = run.row(s, run.score(s), probe, config=f"N{N}B{B}", method=method, N=N, B=B, placement=placement)
+            points.append((row, config, predictor))
+    return points
 
-    for N in steps_needed:  # predictors that pick their own full steps: one row per N, B their count
-        for method in filter(own_steps, cfg.predictors):
+
+def placed(run: BenchRun, name: str, placement: str) -> dict | None:
+    """The step errors a zoo shortcut places its full steps by (None: uniform)."""
+    return run.step_errors[name] if placement == "auto" else None
+
+
+def own_step_points(run: BenchRun, Ns: list[int], progress) -> list[tuple]:
+    """Predictors that pick their own full steps (ml-cache): one row per N, B their count."""
+    points = []
+    for N in Ns:
+        for method in filter(own_steps, run.cfg.predictors):
             predictor = make_predictor(method)
-            config = SamplerConfig.for_base(base, N)
+            config = SamplerConfig.for_base(run.base, N)
             if progress:
                 progress(f"{method} N{N}")
-            probe = probed(config, predictor)
-            s = sample_many(base, labels, config, cfg.seed, cfg.batch_size, predictor=probe or predictor, cond=cond)
-            m = score(s)
+            s, probe = run.sample(config, predictor)
+            m = run.score(s)
             recomputed = predictor.recomputed_fraction  # read before the timing runs add to it
-            timed.append(timer(config, predictor))
-            rows.append(
-                {
-                    "config": f"N{N}",
-                    "method": method,
-                    "N": N,
-                    "B": len(s.full),
-                    "placement": "own",
-                    "full_steps": s.full,
-                    "recomputed": 0.0 if recomputed is None else recomputed,
-                    "accuracy": m["accuracy"],
-                    "frechet": m["frechet"],
-                    **quality(s, N, probe),
-                    **image_columns(m),
-                }
-            )
+            extra = {"recomputed": 0.0 if recomputed is None else recomputed}
+            row = run.row(s, m, probe, config=f"N{N}", method=method, N=N, B=len(s.full), placement="own", **extra)
+            points.append((row, config, predictor))
+    return points
 
-    # Latency: every rollout and the per-call costs of the overhead accounting, timed round-robin.
-    if progress:
-        progress("latency, all points round-robin")
-    n = len(timing_cond)
-    cost_fns = call_fns(base, shortcuts, timing_cond, max(steps_needed))
-    times = _interleaved_times(timed + list(cost_fns.values()), cfg.repeats)
+
+def time_points(run: BenchRun, points: list[tuple], N_max: int) -> dict:
+    """Latency of every row (a batch of `--batch-size` rollouts) and the per-call costs of the overhead
+    accounting, all timed round-robin; sets latency_* and speedup on the rows. Returns the costs."""
+    timing_cond = run.cond[: run.cfg.batch_size]
+    seeds = sample_seeds(run.cfg.seed + 10_000, 0, len(timing_cond))
+    rollouts = [
+        (lambda c=config, p=predictor: rollout(run.base, timing_cond, seeds, c, predictor=p))
+        for _, config, predictor in points
+    ]
+    cost_fns = call_fns(run.base, run.shortcuts, timing_cond, N_max)
+    times = _interleaved_times(rollouts + list(cost_fns.values()), run.cfg.repeats)
+    n, rows = len(timing_cond), [row for row, _, _ in points]
     for r, (med, lo, hi) in zip(rows, times):
         r.update(latency_s=med / n, latency_min_s=lo / n, latency_max_s=hi / n)
     for r in rows:
@@ -323,11 +336,16 @@ def run_bench(
             next(v["latency_s"] for v in rows if v["method"] == "vanilla" and v["N"] == r["N"]) / r["latency_s"]
         )
     per_call = {key: t[0] / n for key, t in zip(cost_fns, times[len(rows) :])}
-    costs = {
+    return {
         "t_full": per_call["t_full"],
         "t_head": per_call["t_head"],
         "t_shortcut": {k.split(":", 1)[1]: v for k, v in per_call.items() if k.startswith("t_shortcut:")},
     }
+
+
+def ideal_latency(rows: list[dict], costs: dict) -> dict[int, float]:
+    """Sets ideal_s = B·t_full + (N−B)·(cost of a non-full step) + N·t_sampling and measured_over_ideal on
+    every row; returns t_sampling per step at each N (vanilla's latency beyond its base forwards)."""
     sampling = {
         r["N"]: max(0.0, (r["latency_s"] - r["N"] * costs["t_full"]) / r["N"]) for r in rows if r["method"] == "vanilla"
     }
@@ -343,11 +361,12 @@ def run_bench(
             per_shortcut_step = costs["t_head"]
         r["ideal_s"] = B * costs["t_full"] + (N - B) * per_shortcut_step + N * sampling[N]
         r["measured_over_ideal"] = r["latency_s"] / r["ideal_s"]
+    return sampling
 
-    # the plotted quality, and per method the rows on its Pareto front in latency and that quality
-    plotted = next((k for k in ("fid", "clip_score") if k in rows[0]), "frechet" if scorer else "token_agreement")
-    mark_pareto(rows, plotted)
 
+def write_outputs(run: BenchRun, out: Path, rows: list[dict], costs: dict, plotted: str) -> dict:
+    """results.json, results.md and pareto.png in `out`; returns the result with the files written."""
+    base, cfg = run.base, run.cfg
     writable_dir(out, "--out")
     where = {
         "device": str(base.device),
@@ -358,19 +377,49 @@ def run_bench(
         "samples": cfg.samples,
         "batch": cfg.batch_size,
     }
-    result = {"where": where, "costs": {**costs, "t_sampling_per_step": sampling}, "config": asdict(cfg), "rows": rows}
-    if metrics:
-        result["image_metrics"] = metrics.about
+    result = {"where": where, "costs": costs, "config": asdict(cfg), "rows": rows}
+    if run.metrics:
+        result["image_metrics"] = run.metrics.about
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "results.md").write_text(results_table(result) + "\n")
-    pareto_plot(
-        rows,
-        out / "pareto.png",
-        f"{base.name}, {cfg.samples} samples, {where['device']} ({where['threads']} threads)",
-        quality=plotted,
-    )
+    title = f"{base.name}, {cfg.samples} samples, {where['device']} ({where['threads']} threads)"
+    pareto_plot(rows, out / "pareto.png", title, quality=plotted)
     result["files"] = [str(out / f) for f in ("results.json", "results.md", "pareto.png")]
     return result
+
+
+def run_bench(
+    cfg: BenchConfig, base, progress: Callable[[str], None] | None = None, metrics: ImageMetrics | None = None
+) -> dict:
+    """Bench the loaded `base`: every config of `cfg` with vanilla sampling and each predictor; `metrics`
+    adds FID / Inception Score (with a reference) and CLIP score (text bases) to every row.
+    Plan (check the options, load the shortcuts) → sample and score each point → time them → rows → files."""
+    configs = check_bench(cfg, base)
+    check_outside_data(cfg.out, "--out", itself=True)  # bench writes its own files into the folder
+    out = check_writable_dir(cfg.out, "--out")
+    labels, cond = cycled_conditions(base, cfg.samples, cfg.prompts)
+    run = BenchRun(
+        cfg,
+        base,
+        metrics,
+        shortcuts={Path(p).name: load_shortcut(p, base, force=cfg.force) for p in cfg.shortcuts},
+        step_errors={Path(p).name: read_step_errors(p) for p in cfg.shortcuts} if "auto" in cfg.placements else {},
+        labels=labels,
+        cond=cond,
+        texts=cycled_prompts(base, cfg.samples, cfg.prompts),
+    )
+    Ns = sorted({N for N, _ in configs})
+    points = vanilla_points(run, Ns, progress) + budget_points(run, configs, progress)
+    points += own_step_points(run, Ns, progress)
+    if progress:
+        progress("latency, all points round-robin")
+    costs = time_points(run, points, max(Ns))
+    rows = [row for row, _, _ in points]
+    sampling = ideal_latency(rows, costs)
+    # the plotted quality, and per method the rows on its Pareto front in latency and that quality
+    plotted = next((k for k in ("fid", "clip_score") if k in rows[0]), "frechet" if run.scorer else "token_agreement")
+    mark_pareto(rows, plotted)
+    return write_outputs(run, out, rows, {**costs, "t_sampling_per_step": sampling}, plotted)
 
 
 def results_table(result: dict) -> str:
@@ -428,17 +477,35 @@ def image_cell(row: dict, key: str) -> str:
 
 def pareto_plot(rows: list[dict], path: Path, title: str, quality: str = "frechet") -> None:
     """Quality vs latency, one colour per method; quality is FID or CLIP score when measured, else the
-    Fréchet distance, or token agreement with vanilla for bases without a scorer. A line joins a method's
-    points of the same N across budgets (vanilla: across N), error bars are the bootstrap 95% intervals,
-    and a ring marks each method's Pareto front (`mark_pareto`)."""
+    Fréchet distance, or token agreement with vanilla for bases without a scorer. Beside any quality but
+    token agreement, a second panel plots token agreement: its intervals are narrow enough at a few hundred
+    samples to tell predictors apart where the Fréchet distance's overlap. A line joins a method's points
+    of the same N across budgets (vanilla: across N), error bars are the bootstrap 95% intervals, and a
+    ring marks each method's Pareto front in that panel's quality."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    panels = [quality] if quality == "token_agreement" else [quality, "token_agreement"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 5), dpi=120, squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (ax, q) in enumerate(zip(axes[0], panels)):
+        # the side panel leaves vanilla out (its agreement is 1 by definition) so that the peers' spread shows
+        quality_panel(ax, rows, q, colours, skip=("vanilla",) if k else ())
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def quality_panel(ax, rows: list[dict], quality: str, colours: list[str], skip: tuple[str, ...] = ()) -> None:
+    """One panel of `pareto_plot`: `quality` against latency, intervals, lines and Pareto rings."""
+    higher = quality not in ("fid", "frechet")
+    ring_label = "Pareto front of its method"  # once per panel
     for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
+        if method in skip:
+            continue
         mine = [r for r in rows if r["method"] == method]
         lines = (
             [mine]
@@ -462,8 +529,7 @@ def pareto_plot(rows: list[dict], path: Path, title: str, quality: str = "freche
             )
             for r, x, y in zip(pts, xs, ys):
                 ax.annotate(r["config"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    front = [r for r in rows if r.get("pareto_front")]
-    if front:
+        front = [r for r, f in zip(mine, pareto_front([(r["latency_s"], r[quality]) for r in mine], higher)) if f]
         ax.scatter(
             [1000 * r["latency_s"] for r in front],
             [r[quality] for r in front],
@@ -471,13 +537,10 @@ def pareto_plot(rows: list[dict], path: Path, title: str, quality: str = "freche
             facecolors="none",
             edgecolors="black",
             linewidths=1,
-            label="Pareto front of its method",
+            label=ring_label,
         )
+        ring_label = None
     ax.set_xlabel("latency per image (ms)")
     ax.set_ylabel(QUALITY_LABELS[quality])
-    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

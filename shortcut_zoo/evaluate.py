@@ -1,9 +1,10 @@
 """Validation metrics of a shortcut against the `cache` predictor, the chained-step errors `--placement auto`
-uses, counted per-call costs, and the bench's measures: bootstrap intervals, Pareto fronts, rollout fidelity."""
+uses, and the bench's rollout fidelity probe. Intervals and Pareto fronts: `stats`; FLOP counts: `cost`;
+FID / IS / CLIP score: `image_metrics`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -27,8 +28,8 @@ def masked_positions(batch: dict[str, torch.Tensor], T: int) -> torch.Tensor:
 
 def predict(model: torch.nn.Module, base, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     new_emb = base.embed(batch["new_ids"], batch["new_pos"])
-    padding = {"feat_valid": batch["feat_valid"]} if "feat_valid" in batch else {}  # text rows are right-padded
-    return model(batch["feature"], new_emb, batch["new_pos"], batch["new_valid"], batch["mask_ratio"], **padding)
+    text_rows = {"feat_valid": batch["feat_valid"]} if "feat_valid" in batch else {}  # text rows are right-padded
+    return model(batch["feature"], new_emb, batch["new_pos"], batch["new_valid"], batch["mask_ratio"], **text_rows)
 
 
 @torch.no_grad()
@@ -117,43 +118,6 @@ def chained_errors(model: torch.nn.Module, base, stream, device="cpu") -> dict |
     }
 
 
-def bootstrap_ci(
-    statistic: Callable[[np.ndarray], float], n: int, resamples: int, seed: int = 0, method: str = "percentile"
-) -> list[float]:
-    """95% interval [low, high] of `statistic(sample indices)` over `resamples` resamples of the n samples
-    with replacement (scipy's bootstrap, one seeded draw, so every row is resampled alike): `percentile`,
-    or `normal`: the estimate ± 1.96 bootstrap standard errors, for a statistic that resampling biases,
-    such as a Fréchet distance (a resample's repeated samples shrink its covariance, so nearly every
-    resample lies above the estimate and a percentile interval would miss it; the bias itself is common
-    to rows of the same sample count)."""
-    import warnings
-
-    from scipy.stats import bootstrap
-
-    with warnings.catch_warnings():  # identical values (vanilla's agreement of 1) are a valid, zero-width interval
-        warnings.simplefilter("ignore")
-        result = bootstrap(
-            (np.arange(n),),
-            statistic,
-            vectorized=False,
-            n_resamples=resamples,
-            method="percentile",
-            random_state=np.random.default_rng(seed),
-        )
-    if method == "normal":
-        estimate, half = statistic(np.arange(n)), 1.959964 * float(result.standard_error)
-        return [estimate - half, estimate + half]
-    return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
-
-
-def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> list[bool]:
-    """Which (cost, quality) points no other point beats: as cheap or cheaper and as good or better,
-    strictly one of the two."""
-    sign = 1 if higher_is_better else -1
-    pts = [(c, sign * q) for c, q in points]
-    return [not any(c2 <= c and q2 >= q and (c2 < c or q2 > q) for c2, q2 in pts) for c, q in pts]
-
-
 def masked_cosine(base, feature: torch.Tensor, true: torch.Tensor, tokens: torch.Tensor, cond: torch.Tensor):
     """[R] mean cosine between two features [R, T, D] over each row's image cells still masked in `tokens` [R, L]
     (the cells sampled from this step's logits)."""
@@ -212,39 +176,3 @@ class FidelityProbe:
         """Per sample (in sampling order), the mean cosine over its shortcut steps (None: no shortcut step ran)."""
         self._flush()
         return torch.cat(self.batches) if self.batches else None
-
-
-def count_flops(fn, *args) -> int:
-    """Floating-point operations of one call, counted by torch's FlopCounterMode (matmuls, convs, attention)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    # the math kernel: the counter has no formula for the CPU's fused attention, which it would skip
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        fn(*args)
-    return counter.get_total_flops()
-
-
-def relative_cost(model: torch.nn.Module, base, steps: int) -> dict:
-    """Counted FLOPs of one shortcut call (K = L/N new tokens) and of one base forward, per sample."""
-    L, device = base.L, base.device
-    K = max(1, L // steps)
-    cond = base.null_cond(1).to(device)  # a stand-in condition: class or (short) prompt
-    tokens = torch.full((1, L), base.mask_id, device=device)
-    feat = base.forward(tokens, cond)[1].float()
-    new = base.new_tokens(
-        torch.zeros(1, K, dtype=torch.long, device=device),
-        torch.arange(K, device=device)[None],
-        cond,
-        torch.zeros(1, dtype=torch.long, device=device),
-    )
-    shortcut = count_flops(model, feat, *new, torch.full((1,), 0.5, device=device))
-    full = count_flops(base.forward, tokens, cond)
-    head = count_flops(base.head, feat, cond)
-    return {
-        "shortcut_flops": shortcut,
-        "base_flops": full,
-        "head_flops": head,
-        "relative_cost": shortcut / full,
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,8 @@ import torch.nn.functional as F
 
 from migm.shortcut_zoo.archs import build_for_base
 from migm.shortcut_zoo.checkpoint import CHECKPOINT, check_out_folder, load_checkpoint, read_extra, save_checkpoint
-from migm.shortcut_zoo.evaluate import chained_errors, masked_positions, predict, relative_cost, validate
+from migm.shortcut_zoo.cost import relative_cost
+from migm.shortcut_zoo.evaluate import chained_errors, masked_positions, predict, validate
 from migm.shortcut_zoo.on_policy import (
     check_training,
     fingerprint_extra,
@@ -40,12 +42,16 @@ from migm.trajectories.errors import MigmError
 from migm.trajectories.live import LiveConfig, LiveSource, MemoryDataset, heldout_rows, live_fingerprint, live_plan
 from migm.trajectories.on_policy import OnPolicyConfig
 from migm.trajectories.pairs import PairStream, pair_loader, split_window
+from migm.trajectories.store.cache import CacheConfig
 from migm.trajectories.store.dataset import open_dataset
 from migm.trajectories.store.manifest import Manifest
 
 
 @dataclass
 class TrainConfig:
+    """The options of `migm train`: data (or a live rollout), arch and its options, optimisation, loss,
+    validation, checkpoints and rollout training (`rollout` = K chained steps per window)."""
+
     data: str | None  # dataset folder; None with `live`
     arch: str = "tiny-transformer"
     out: str = "zoo/tiny-transformer"
@@ -74,6 +80,8 @@ class TrainConfig:
     live: LiveConfig | None = None  # train from live rollouts of the base instead of a dataset
     on_policy: OnPolicyConfig | None = None  # live: mix in pairs rolled out with the shortcut in the loop
     chain_budget: int | None = None  # live: chain between the full steps of (N, this B) (rollout_weights per step)
+    storage_options: dict | None = None  # a dataset at an fsspec URL: options of its filesystem
+    cache: CacheConfig | None = None  # a dataset on a store: streamed through this bounded local cache
 
 
 def get_lr(step: int, cfg: TrainConfig) -> float:
@@ -219,50 +227,61 @@ def live_batches(live: LiveSource, state: dict):
         yield state["step"], live.batch(state["step"])
 
 
-def train(
-    cfg: TrainConfig,
-    spec: BaseSpec | None = None,
-    resume: bool = False,
-    progress: Callable[[int, float, float], None] | None = None,
-) -> dict:
-    """Train, validate and export a shortcut to `cfg.out`; returns the exported config."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from migm.shortcut_zoo.export import CONFIG, export_shortcut
-
-    check_config(cfg)
-    check_training(cfg)
-    if (cfg.data is None) == (cfg.live is None):
-        raise MigmError("give a dataset (--data DIR) or --live with a base (--model), not both")
-    ds = open_dataset(cfg.data) if cfg.live is None else None
-    out = Path(cfg.out)
-    check_out_folder(out, resume, marker=CONFIG)
-    ckpt = out / CHECKPOINT
-
-    spec = spec or BaseSpec()
+def training_base(cfg: TrainConfig, spec: BaseSpec, ds, device: str):
+    """The base to train against (the dataset's when `spec` names none) on `device`, and the manifest of
+    the samples: the dataset's, or (live) the plan of the dump whose samples are rolled out."""
     if spec.name is None:  # the base the dataset names; real checkpoints still need their files
         if ds is None:
             raise MigmError("--live rolls out a base: give it with --model (and its checkpoint options)")
         spec = replace(spec, name=ds.manifest.base.name)
-    accelerator = Accelerator(cpu=spec.device == "cpu" or not torch.cuda.is_available())
-    set_seed(cfg.seed)  # the same initial weights on every rank
-    base = load_base(replace(spec, device=str(accelerator.device)))
-    # live: the plan of the dump whose samples are rolled out (held-out samples as its samples)
-    manifest = ds.manifest if ds is not None else live_plan(base, cfg.live, cfg.seed)
-    if ds is not None and base.fingerprint != manifest.base.fingerprint:
+    base = load_base(replace(spec, device=device))
+    if ds is None:
+        return base, live_plan(base, cfg.live, cfg.seed)
+    manifest = ds.manifest
+    if base.fingerprint != manifest.base.fingerprint:
         raise MigmError(
             f"dataset {cfg.data} was dumped from {manifest.base.name} with fingerprint "
             f"{manifest.base.fingerprint[:12]}, but the base given has fingerprint "
             f"{base.fingerprint[:12]} ({base.name}); pass the same --model / --checkpoint as the dump"
         )
-    if ds is not None and base.L != manifest.dims.L:
+    if base.L != manifest.dims.L:
         raise MigmError(
             f"dataset {cfg.data} has L = {manifest.dims.L} image cells, the base given {base.L}; "
             "pass the dump's --height / --width"
         )
+    return base, manifest
+
+
+@dataclass
+class Run:
+    """One training job's parts: what the loop steps and what a checkpoint saves."""
+
+    cfg: TrainConfig
+    out: Path
+    accelerator: Any
+    base: Any
+    manifest: Any  # Manifest, or the live plan
+    ds: Any  # the dataset (None: live)
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    ema: EMA
+    provenance: dict  # what a checkpoint must match to be continued by this run
+    state: dict = field(default_factory=lambda: {"step": 0, "epoch": 0, "batch_in_epoch": 0, "losses": []})
+    batches: Callable = None  # () -> (index, batch) of one epoch (live: endless)
+    val_rows: np.ndarray | None = None
+    live: LiveSource | None = None
+    policy: Any = None  # the on-policy source (OnPolicySource), with --on-policy
+
+
+def start_run(cfg: TrainConfig, spec: BaseSpec, ds, out: Path, resume: bool) -> Run:
+    """The base, the model and its optimizer and EMA (restored from the checkpoint with `resume`)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(cpu=spec.device == "cpu" or not torch.cuda.is_available())
+    set_seed(cfg.seed)  # the same initial weights on every rank
+    base, manifest = training_base(cfg, spec, ds, str(accelerator.device))
     model = build_for_base(cfg.arch, base, **cfg.arch_config)
-    # What a checkpoint must match to be continued by this run.
     provenance = {
         "dataset": manifest.fingerprint()
         if ds is not None
@@ -274,103 +293,155 @@ def train(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, opt = accelerator.prepare(model, opt)
     ema = EMA(accelerator.unwrap_model(model), cfg.ema)
-
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "losses": []}
-    policy = None  # the on-policy source, with --on-policy
+    run = Run(cfg, out, accelerator, base, manifest, ds, model, opt, ema, provenance)
     if resume:
-        state = load_checkpoint(out, accelerator, model, opt, ema, provenance)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    if ds is not None:
-        train_rows, val_rows = split_rows(manifest, cfg.val_fraction, cfg.seed)
+        run.state = load_checkpoint(out, accelerator, model, opt, ema, provenance)
+    return run
+
+
+def attach_pairs(run: Run) -> None:
+    """This rank's training batches: a shuffled stream of the dataset's training rows, or live rollouts."""
+    cfg, rank, world = run.cfg, run.accelerator.process_index, run.accelerator.num_processes
+    if run.ds is not None:
+        train_rows, run.val_rows = split_rows(run.manifest, cfg.val_fraction, cfg.seed)
         stream = PairStream(
-            ds, batch_size=cfg.batch_size, rows=train_rows, seed=cfg.seed, rank=rank, world=world, window=cfg.rollout
+            run.ds,
+            batch_size=cfg.batch_size,
+            rows=train_rows,
+            seed=cfg.seed,
+            rank=rank,
+            world=world,
+            window=cfg.rollout,
         )
         if stream.num_pairs() == 0:
             raise MigmError(f"rank {rank} has no training rows; use a larger dataset")
-        batches = lambda: dataset_batches(stream, state, cfg.workers)  # noqa: E731
+        run.batches = lambda: dataset_batches(stream, run.state, cfg.workers)
     else:
-        live = LiveSource(
-            base, manifest, cfg.live, cfg.batch_size, cfg.rollout, rank, world, state["step"], cfg.chain_budget
+        step = run.state["step"]
+        run.live = LiveSource(
+            run.base, run.manifest, cfg.live, cfg.batch_size, cfg.rollout, rank, world, step, cfg.chain_budget
         )
-        batches = lambda: live_batches(live, state)  # noqa: E731
+        run.batches = lambda: live_batches(run.live, run.state)
         if cfg.on_policy is not None:
-            policy = on_policy_source(live, cfg.on_policy, accelerator.unwrap_model(model), ema, state["step"])
-            policy.restore(read_extra(out) if resume else {})
-            batches = lambda: mixed_live_batches(live, policy, state)  # noqa: E731
-    writable_dir(out, "--out folder")  # before any work, so a bad path never wastes a run
+            unwrapped = run.accelerator.unwrap_model(run.model)
+            run.policy = on_policy_source(run.live, cfg.on_policy, unwrapped, run.ema, step)
+            run.policy.restore(read_extra(run.out) if step else {})
+            run.batches = lambda: mixed_live_batches(run.live, run.policy, run.state)
 
-    stop = min(cfg.steps, cfg.stop_at or cfg.steps)
+
+def train_step(run: Run, batch: dict) -> float:
+    """One optimizer step: learning rate, loss, finite check, backward, clip, step, EMA. Returns the loss."""
+    cfg, accelerator, model, opt = run.cfg, run.accelerator, run.model, run.opt
+    for group in opt.param_groups:
+        group["lr"] = get_lr(run.state["step"], cfg)
+    loss = mixed_loss(model, run.base, batch, cfg, lambda b: rollout_loss(model, run.base, b, cfg), shortcut_loss)
+    if not torch.isfinite(loss):
+        raise MigmError(f"loss became {loss.item()} at step {run.state['step']}; lower --lr or check the dataset")
+    accelerator.backward(loss)
+    if cfg.grad_clip > 0:  # 0: no clipping (the published trainer clips none)
+        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    run.ema.update(accelerator.unwrap_model(model))
+    return loss.item()
+
+
+def train_loop(run: Run, stop: int, progress: Callable[[int, float, float], None] | None) -> tuple[int, float]:
+    """Steps until `stop`, checkpointing every `save_every` and at the end. Returns (pairs, seconds)."""
+    accelerator, state = run.accelerator, run.state
     pairs, t0 = 0, time.perf_counter()
-    model.train()
+    run.model.train()
     while state["step"] < stop:
-        for i, batch in batches():  # one epoch of the dataset; live: endless
+        for i, batch in run.batches():  # one epoch of the dataset; live: endless
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            for group in opt.param_groups:
-                group["lr"] = get_lr(state["step"], cfg)
-            loss = mixed_loss(model, base, batch, cfg, lambda b: rollout_loss(model, base, b, cfg), shortcut_loss)
-            if not torch.isfinite(loss):
-                raise MigmError(f"loss became {loss.item()} at step {state['step']}; lower --lr or check the dataset")
-            accelerator.backward(loss)
-            if cfg.grad_clip > 0:  # 0: no clipping (the published trainer clips none)
-                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            ema.update(accelerator.unwrap_model(model))
+            loss = train_step(run, batch)
             state["step"] += 1
             state["batch_in_epoch"] = i + 1
-            state["losses"].append(loss.item())
+            state["losses"].append(loss)
             pairs += len(batch["step"]) * accelerator.num_processes  # teacher-forced windows
             if progress is not None and accelerator.is_main_process:
-                progress(state["step"], loss.item(), pairs / (time.perf_counter() - t0))
-            if state["step"] % cfg.save_every == 0 or state["step"] == stop:
-                extra = None if policy is None else policy.snapshots()
-                save_checkpoint(out, accelerator, model, opt, ema, state, provenance, extra)
+                progress(state["step"], loss, pairs / (time.perf_counter() - t0))
+            if state["step"] % run.cfg.save_every == 0 or state["step"] == stop:
+                extra = None if run.policy is None else run.policy.snapshots()
+                save_checkpoint(run.out, accelerator, run.model, run.opt, run.ema, state, run.provenance, extra)
             if state["step"] >= stop:
                 break
         else:
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
-    seconds = time.perf_counter() - t0
+    return pairs, time.perf_counter() - t0
+
+
+def export_trained(run: Run, pairs: int, seconds: float) -> dict:
+    """The EMA weights validated on the held-out pairs (live: the held-out samples, rolled out once) and
+    exported to the zoo folder with their metrics, chained errors and cost."""
+    from migm.shortcut_zoo.export import export_shortcut
+
+    cfg, base, manifest, device = run.cfg, run.base, run.manifest, run.accelerator.device
+    final = build_for_base(cfg.arch, base, **cfg.arch_config).to(device)
+    final.load_state_dict(run.ema.shadow)
+    ds, val_rows = run.ds, run.val_rows
+    if ds is None:
+        ds, val_rows = MemoryDataset(manifest, heldout_rows(base, manifest, cfg.live.batch_size)), None
+    val = PairStream(ds, batch_size=256, rows=val_rows, shuffle=False)
+    metrics = validate(final, base, pair_loader(val), manifest.dims.N - 1, device)
+    step_errors = chained_errors(final, base, val, device)
+    cost = relative_cost(final, base, manifest.dims.N)
+    training = {
+        **{k: v for k, v in asdict(cfg).items() if k != "storage_options"},  # may hold credentials
+        "processes": run.accelerator.num_processes,
+        "seconds": seconds,
+        "pairs_per_second": pairs / seconds,
+        "final_loss": run.state["losses"][-1],
+    }
+    trained_live = None
+    if cfg.live is not None:
+        trained_live = {
+            "fingerprint": run.provenance["dataset"],
+            "seed": cfg.seed,
+            "training_samples": run.live.trained_samples(),
+            "validation_samples": [0, cfg.live.val_samples],
+        }
+        if run.policy is not None:
+            trained_live["on_policy"] = trained_on_policy(run.policy, run.accelerator.num_processes)
+    result = export_shortcut(
+        run.out, final, cfg.arch, base, manifest, metrics, cost, training, step_errors, live=trained_live
+    )
+    return {**result, "losses": run.state["losses"]}
+
+
+def train(
+    cfg: TrainConfig,
+    spec: BaseSpec | None = None,
+    resume: bool = False,
+    progress: Callable[[int, float, float], None] | None = None,
+) -> dict:
+    """Train, validate and export a shortcut to `cfg.out`; returns the exported config.
+    Check the config and folder → load the base, model, optimizer (resume: the checkpoint) → pairs →
+    the loop → (a time-boxed run stops at its checkpoint) → validate and export on the main process."""
+    from migm.shortcut_zoo.export import CONFIG
+
+    check_config(cfg)
+    check_training(cfg)
+    if (cfg.data is None) == (cfg.live is None):
+        raise MigmError("give a dataset (--data DIR) or --live with a base (--model), not both")
+    ds = open_dataset(cfg.data, storage_options=cfg.storage_options, cache=cfg.cache) if cfg.live is None else None
+    out = Path(cfg.out)
+    check_out_folder(out, resume, marker=CONFIG)
+    run = start_run(cfg, spec or BaseSpec(), ds, out, resume)
+    attach_pairs(run)
+    writable_dir(out, "--out folder")  # before any work, so a bad path never wastes a run
+    pairs, seconds = train_loop(run, min(cfg.steps, cfg.stop_at or cfg.steps), progress)
+    accelerator, state = run.accelerator, run.state
     accelerator.wait_for_everyone()
     if state["step"] < cfg.steps:  # time-boxed run: the checkpoint is the result
+        ckpt = str(out / CHECKPOINT)
         return {
             "stopped_at": state["step"],
-            "checkpoint": str(ckpt),
+            "checkpoint": ckpt,
             "processes": accelerator.num_processes,
             "losses": state["losses"],
         }
-
-    result = None
-    if accelerator.is_main_process:
-        final = build_for_base(cfg.arch, base, **cfg.arch_config).to(accelerator.device)
-        final.load_state_dict(ema.shadow)
-        if ds is None:  # live: the held-out samples, rolled out once
-            ds = MemoryDataset(manifest, heldout_rows(base, manifest, cfg.live.batch_size))
-            val_rows = None
-        val = PairStream(ds, batch_size=256, rows=val_rows, shuffle=False)
-        metrics = validate(final, base, pair_loader(val), manifest.dims.N - 1, accelerator.device)
-        step_errors = chained_errors(final, base, val, accelerator.device)
-        cost = relative_cost(final, base, manifest.dims.N)
-        training = {
-            **asdict(cfg),
-            "processes": accelerator.num_processes,
-            "seconds": seconds,
-            "pairs_per_second": pairs / seconds,
-            "final_loss": state["losses"][-1],
-        }
-        trained_live = None
-        if cfg.live is not None:
-            trained_live = {
-                "fingerprint": provenance["dataset"],
-                "seed": cfg.seed,
-                "training_samples": live.trained_samples(),
-                "validation_samples": [0, cfg.live.val_samples],
-            }
-            if policy is not None:
-                trained_live["on_policy"] = trained_on_policy(policy, accelerator.num_processes)
-        result = export_shortcut(
-            out, final, cfg.arch, base, manifest, metrics, cost, training, step_errors, live=trained_live
-        )
-        result["losses"] = state["losses"]
+    result = export_trained(run, pairs, seconds) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
     return result or {"processes": accelerator.num_processes, "losses": state["losses"]}

@@ -296,7 +296,7 @@ def write_tiny_dimoo(
 
     from safetensors.torch import save_file
 
-    from migm.trajectories.base.dimoo import VQ_WEIGHTS
+    from migm.trajectories.base.dimoo_loading import VQ_WEIGHTS
 
     source = DIMOO_FIXTURE / "checkpoint"
     folder.mkdir(parents=True, exist_ok=True)

@@ -6,27 +6,13 @@ import shutil
 
 import pytest
 from amused_folder import write_amused
+from helpers import ok, refused
 from test_image_metrics import clip_dir  # noqa: F401  (a tiny random CLIP folder)
 from typer.testing import CliRunner
 
-from migm.cli.main import app
 from migm.trajectories.schedule import full_steps
 
 runner = CliRunner()
-
-
-def ok(args: list[str]) -> str:
-    r = runner.invoke(app, args)
-    assert r.exit_code == 0, r.output
-    return r.output
-
-
-def refused(args: list[str]) -> str:
-    r = runner.invoke(app, args)
-    assert r.exit_code == 2, r.output
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

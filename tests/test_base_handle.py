@@ -8,26 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import maskgit_state, write_maskgit, write_vqgan
+from helpers import ok, refused
 from typer.testing import CliRunner
 
 from migm.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-
-
-def ok(args: list[str]) -> str:
-    r = runner.invoke(app, args)
-    assert r.exit_code == 0, r.output
-    return r.output
-
-
-def refused(args: list[str]) -> str:
-    r = runner.invoke(app, args)
-    assert r.exit_code == 2, r.output
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -9,27 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import ok, refused
 from typer.testing import CliRunner
 
-from migm.cli.main import app
 from migm.trajectories.base.protocol import Base, TextBase
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-
-
-def ok(args: list[str]) -> str:
-    r = runner.invoke(app, args)
-    assert r.exit_code == 0, r.output
-    return r.output
-
-
-def refused(args: list[str]) -> str:
-    r = runner.invoke(app, args)
-    assert r.exit_code == 2, r.output
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    return lines[0]
 
 
 def docs_example() -> str:

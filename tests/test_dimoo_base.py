@@ -10,25 +10,22 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import DIMOO_FIXTURE, write_tiny_dimoo
+from helpers import rel
 from safetensors.torch import load_file, save_file
 
 from migm.trajectories.base import BaseSpec, load_base
-from migm.trajectories.base.dimoo import SpecialTokens, cell_positions, prompt_text, sequence_length
+from migm.trajectories.base.dimoo_layout import SpecialTokens, cell_positions, prompt_text, sequence_length
 from migm.trajectories.errors import MigmError
 
 CHECKPOINT = DIMOO_FIXTURE / "checkpoint"
 PROMPT = "a photo of a red cat"
 
 
-def rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours.float() - ref.float()).norm() / ref.float().norm()).item()
-
-
 def load(folder: Path, **kw):
     return load_base(BaseSpec(name="dimoo", checkpoint=str(folder), device="cpu", **{"height": 48, "width": 48} | kw))
 
 
-def refused(folder: Path, **kw) -> str:
+def load_refused(folder: Path, **kw) -> str:
     with pytest.raises(MigmError) as e:
         load(folder, **kw)
     message = str(e.value)
@@ -221,7 +218,7 @@ def test_a_folder_missing_a_piece_is_named(tiny, tmp_path, remove, named):
     for name in remove.split():
         path = folder / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    message = refused(folder)
+    message = load_refused(folder)
     assert named in message and "missing" in message
 
 
@@ -229,7 +226,7 @@ def test_a_missing_shard_is_named(tiny, tmp_path):
     folder = tmp_path / "broken"
     shutil.copytree(tiny, folder)
     (folder / "model-00002-of-00002.safetensors").unlink()
-    assert "model-00002-of-00002.safetensors" in refused(folder)
+    assert "model-00002-of-00002.safetensors" in load_refused(folder)
 
 
 def test_keys_are_strict(tiny, tmp_path):
@@ -243,7 +240,7 @@ def test_keys_are_strict(tiny, tmp_path):
     state[wrong] = torch.zeros(3, 5)
     state["model.transformer.extra.weight"] = torch.zeros(2)
     save_file(state, str(shard))
-    message = refused(folder)
+    message = load_refused(folder)
     assert f"missing keys: {dropped.removeprefix('model.')}" in message
     assert "unexpected keys: transformer.extra.weight" in message
     assert f"wrong shapes: {wrong.removeprefix('model.')} (3, 5)" in message
@@ -251,21 +248,21 @@ def test_keys_are_strict(tiny, tmp_path):
 
 @pytest.mark.parametrize("size", [50, 0, -16, 8])
 def test_image_sizes_must_be_positive_multiples_of_16(tiny, size):
-    assert "multiple of 16" in refused(tiny, height=size)
-    assert "--width" in refused(tiny, width=size)
+    assert "multiple of 16" in load_refused(tiny, height=size)
+    assert "--width" in load_refused(tiny, width=size)
 
 
 def test_prompts_and_options_are_checked(base, tiny, tmp_path):
     with pytest.raises(MigmError, match="prompt 2 is empty"):
         base.encode_prompts([PROMPT, "  "])
     assert "--checkpoint DIR" in str(pytest.raises(MigmError, load_base, BaseSpec("dimoo", device="cpu")).value)
-    assert "not a folder" in refused(tmp_path / "nowhere")
+    assert "not a folder" in load_refused(tmp_path / "nowhere")
     with pytest.raises(MigmError, match="--height not used by --model maskgit-digits"):
         load_base(BaseSpec("maskgit-digits", height=64, device="cpu"))
     assert load_base(BaseSpec("maskgit-digits", device="cpu")).precision == "fp32"  # the default for MaskGIT
     folder = tmp_path / "special"
     shutil.copytree(tiny, folder)
     (folder / "special_tokens.json").write_text(json.dumps({"mask": 255, "image_offset": 270}))
-    assert "beyond the vocabulary" in refused(folder)
+    assert "beyond the vocabulary" in load_refused(folder)
     (folder / "special_tokens.json").write_text(json.dumps({"masks": 255}))
-    assert "unknown keys masks" in refused(folder)
+    assert "unknown keys masks" in load_refused(folder)

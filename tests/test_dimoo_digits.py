@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 import torch
 from conftest import DIMOO_FIXTURE
+from helpers import ok
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from migm.cli.main import app
+from migm.shortcut_zoo.score import score
 from migm.trajectories.base import BaseSpec, load_base
 from migm.trajectories.base.digits import decode_digits, load_classifier
-from migm.trajectories.base.dimoo import UNCONDITION, load_dimoo, load_tokenizer
 from migm.trajectories.base.dimoo_digits import (
     DIGIT_WORDS,
     HELD_OUT_PHRASINGS,
@@ -27,9 +28,11 @@ from migm.trajectories.base.dimoo_digits import (
     phrase,
     prompts_of,
 )
+from migm.trajectories.base.dimoo_layout import UNCONDITION
+from migm.trajectories.base.dimoo_loading import load_dimoo, load_tokenizer
 from migm.trajectories.base.registry import names
 from migm.trajectories.errors import MigmError
-from migm.trajectories.generate import score, spread
+from migm.trajectories.generate import cycled_conditions
 from migm.trajectories.rollout import SamplerConfig
 
 runner = CliRunner()
@@ -131,13 +134,13 @@ def test_label_of_reads_the_digit_a_prompt_names():
 
 
 def test_spread_labels_samples_by_the_named_digit(base):
-    labels, cond = spread(base, 25)  # no prompts: the base's default prompts, digits first
+    labels, cond = cycled_conditions(base, 25)  # no prompts: the base's default prompts, digits first
     assert labels.tolist() == [i % 10 for i in range(25)]
     assert torch.equal(cond[3, : (cond[3] >= 0).sum()], base.encode_prompts([base.default_prompts[3]])[0])
-    labels, _ = spread(base, 4, ["the digit 2", "number nine"])
+    labels, _ = cycled_conditions(base, 4, ["the digit 2", "number nine"])
     assert labels.tolist() == [2, 9, 2, 9]
     with pytest.raises(MigmError, match="names no class"):
-        spread(base, 4, ["a cat"])
+        cycled_conditions(base, 4, ["a cat"])
 
 
 def read_grid(path: Path, count: int) -> torch.Tensor:
@@ -172,11 +175,6 @@ def test_score_reports_accuracy_and_frechet(base):
 def test_cli_text_path_end_to_end(tmp_path):
     """dump --prompts -> verify -> inspect -> train dimoo-transformer -> sample --shortcut -> bench (shortcut,
     cache, taylor, ml-cache, accuracy scored by the named digit) -> push --dry-run, all on the shipped base."""
-
-    def ok(args: list[str]) -> str:
-        r = runner.invoke(app, args)
-        assert r.exit_code == 0, r.output
-        return r.output
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a handwritten seven\nthe digit 3\nnumber one\n")

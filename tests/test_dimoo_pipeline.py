@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_tiny_dimoo
+from helpers import ok, refused
 from typer.testing import CliRunner
 
-from migm.cli.main import app
 from migm.shortcut_zoo.predictors import CachePredictor
 from migm.trajectories.base import BaseSpec, load_base
 from migm.trajectories.base.rules import DIMOO_RULE, MASKGIT_RULE
@@ -38,20 +38,6 @@ def base(ckpt):
 
 def base_args(ckpt: Path) -> list[str]:
     return ["--model", "dimoo", "--checkpoint", str(ckpt), "--height", "48", "--width", "48"]
-
-
-def ok(args: list[str]) -> str:
-    r = runner.invoke(app, args)
-    assert r.exit_code == 0, r.output
-    return r.output
-
-
-def refused(args: list[str]) -> str:
-    r = runner.invoke(app, args)
-    assert r.exit_code == 2, r.output
-    lines = [line for line in r.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.output
-    return lines[0]
 
 
 # ---- the DiMOO sampling rule ----------------------------------------------------------------------

@@ -9,13 +9,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import PUBLISHED
+from helpers import rel
 from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from migm.cli.main import app
 from migm.shortcut_zoo.archs import build, build_for_base
-from migm.shortcut_zoo.export import import_published, load_shortcut, published_dimoo_arch_config, read_zoo_config
+from migm.shortcut_zoo.export import load_shortcut, read_zoo_config
+from migm.shortcut_zoo.published import import_published, published_dimoo_arch_config
 from migm.trajectories.base.checkpoints import load_state_dict, load_state_dict_strict
 from migm.trajectories.base.llada import LLaDAConfig
 from migm.trajectories.errors import MigmError
@@ -23,10 +25,6 @@ from migm.trajectories.errors import MigmError
 FIXTURES = PUBLISHED
 DIMOO = FIXTURES / "dimoo"
 runner = CliRunner()
-
-
-def rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +181,9 @@ def test_zoo_import_cli_round_trips(published, io, wte, tmp_path):
     """`migm zoo import --published shortcut.pth --base dimoo --checkpoint DIR`: the zoo folder loads
     and gives the published output."""
     from migm.trajectories.base import BaseSpec, load_base
+    from migm.trajectories.base.registry import names
 
+    assert "dimoo" in names()
     out = tmp_path / "zoo"
     args = ["zoo", "import", "--published", str(DIMOO / "shortcut.pth"), "--base", "dimoo"]
     result = runner.invoke(app, [*args, "--checkpoint", str(DIMOO / "checkpoint"), "--out", str(out)])

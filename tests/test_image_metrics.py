@@ -1,4 +1,4 @@
-"""FID, Inception Score and CLIP score (trajectories/metrics.py) on random-weight networks of the real
+"""FID, Inception Score and CLIP score (shortcut_zoo/image_metrics.py) on random-weight networks of the real
 classes saved to local files: torch-fidelity's Inception-v3 in its weight format, and a tiny transformers
 CLIP saved with save_pretrained. A real Inception forward at 299 px is ~6 GFLOP per image, so most tests
 resize to 75 px (Inception-v3's smallest input) through the class's INPUT_IMAGE_SIZE; one test runs the
@@ -7,23 +7,22 @@ FID on 2048-d ones takes an eigendecomposition of a 2048 x 2048 product, tens of
 
 import json
 import os
+import pickle
 
 import numpy as np
 import pytest
 import torch
+from helpers import one_line_error
 from PIL import Image
 from typer.testing import CliRunner
 
 from migm.cli.main import app
-from migm.trajectories.base import BaseSpec, load_base
-from migm.trajectories.errors import MigmError
-from migm.trajectories.generate import sample_many, spread, spread_prompts
-from migm.trajectories.metrics import (
+from migm.shortcut_zoo.image_metrics import (
     FEATURES,
     FeatureStats,
     feature_stats,
+    fid,
     fidelity,
-    frechet_distance,
     inception_outputs,
     inception_score,
     load_clip,
@@ -31,13 +30,12 @@ from migm.trajectories.metrics import (
     to_uint8,
     weights_only_loads,
 )
+from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.errors import MigmError
+from migm.trajectories.generate import cycled_conditions, cycled_prompts, sample_many
 from migm.trajectories.rollout import SamplerConfig
 
 runner = CliRunner()
-
-
-def one_line_error(r) -> bool:
-    return r.exit_code == 2 and r.output.startswith("error: ") and len(r.output.strip().splitlines()) == 1
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +84,7 @@ def test_fid_at_299_px_equals_torchmetrics_own(inception_file):
 
     a, b = images(2, 0), images(2, 1)
     net = load_inception(str(inception_file), dims=64)
-    ours = frechet_distance(feature_stats(inception_outputs(net, a)[0]), feature_stats(inception_outputs(net, b)[0]))
+    ours = fid(feature_stats(inception_outputs(net, a)[0]), feature_stats(inception_outputs(net, b)[0]))
     with weights_only_loads():
         theirs = FrechetInceptionDistance(
             feature=64, feature_extractor_weights_path=str(inception_file), antialias=False
@@ -104,9 +102,9 @@ def test_fid_is_zero_against_itself_and_grows_with_perturbation(inception_file, 
     net = load_inception(str(inception_file), dims=64)
     features, logits = inception_outputs(net, a)
     stats = feature_stats(features)
-    near = frechet_distance(stats, feature_stats(inception_outputs(net, perturbed(a, 20, 1))[0]))
-    far = frechet_distance(stats, feature_stats(inception_outputs(net, perturbed(a, 120, 2))[0]))
-    assert abs(frechet_distance(stats, stats)) < 1e-6 * (1 + np.trace(stats.sigma))
+    near = fid(stats, feature_stats(inception_outputs(net, perturbed(a, 20, 1))[0]))
+    far = fid(stats, feature_stats(inception_outputs(net, perturbed(a, 120, 2))[0]))
+    assert abs(fid(stats, stats)) < 1e-6 * (1 + np.trace(stats.sigma))
     assert 0 < near < far
     # the IS logits of the same pass are torchmetrics' own (its Inception for IS, with torch-fidelity's resize)
     with weights_only_loads():
@@ -136,7 +134,7 @@ def test_stats_file_round_trips_and_bad_files_are_refused(tmp_path):
         assert set(data.files) >= {"mu", "sigma"}
     assert not [p.name for p in tmp_path.iterdir() if p.name != "ref.npz"]  # no temporary left
     other = FeatureStats(x[:3].mean(0), np.cov(x[:3], rowvar=False), 3)
-    assert frechet_distance(back, other) == pytest.approx(frechet_distance(stats, other), rel=1e-12)
+    assert fid(back, other) == pytest.approx(fid(stats, other), rel=1e-12)
 
     np.savez(tmp_path / "no-sigma.npz", mu=stats.mu)
     np.savez(tmp_path / "objects.npz", mu=np.array([{"a": 1}], dtype=object), sigma=stats.sigma)
@@ -237,10 +235,10 @@ def test_weights_are_loaded_weights_only_and_bad_ones_are_one_line_errors(incept
         r = runner.invoke(
             app, ["fid-stats", str(folder), "--out", str(tmp_path / "s.npz"), "--inception-weights", weights]
         )
-        assert one_line_error(r) and message in r.output, r.output
+        one_line_error(r, message)
     assert not created.exists() and not (tmp_path / "s.npz").exists()
     # torch-fidelity's own loader (weights_only=False in its code) is made weights-only too
-    with weights_only_loads(), pytest.raises(Exception, match="Weights only load failed"):
+    with weights_only_loads(), pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         fidelity().FeatureExtractorInceptionV3("x", ["2048"], feature_extractor_weights_path=str(sneaky))
     assert not created.exists()
 
@@ -257,7 +255,7 @@ def test_missing_weights_offline_is_a_one_line_error(tmp_path, monkeypatch):
     for i in range(2):
         Image.fromarray(images(1, i)[0].permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
     r = runner.invoke(app, ["score", "--samples", "2", "--fid-ref", str(folder), "--quiet"])
-    assert one_line_error(r) and "cannot download torch-fidelity's Inception-v3 weights" in r.output, r.output
+    one_line_error(r, "cannot download torch-fidelity's Inception-v3 weights")
     assert "--inception-weights" in r.output and str(tmp_path / "torch-home") in r.output
     assert not list((tmp_path / "torch-home").rglob("*.pth*"))  # no partial download left
 
@@ -278,7 +276,7 @@ def test_option_mistakes_are_one_line_errors(inception_file, tmp_path):
     ]
     for args in cases:
         r = runner.invoke(app, args)
-        assert one_line_error(r), (args, r.output)
+        one_line_error(r)
 
 
 # --- CLIP score ---------------------------------------------------------------------------------------
@@ -344,9 +342,9 @@ def test_clip_score_of_a_text_base_equals_transformers_clip(clip_dir, dimoo_digi
     assert {"accuracy", "frechet", "clip_score"} <= set(result) and "fid" not in result
     # the same samples, drawn and decoded here, scored by transformers directly
     prompts = ["a handwritten seven", "the digit 3"]
-    labels, cond = spread(dimoo_digits, 4, prompts)
+    labels, cond = cycled_conditions(dimoo_digits, 4, prompts)
     tokens = sample_many(dimoo_digits, labels, SamplerConfig.for_base(dimoo_digits, 4), 0, cond=cond).tokens
-    texts = spread_prompts(dimoo_digits, 4, prompts)
+    texts = cycled_prompts(dimoo_digits, 4, prompts)
     expected = direct_clip_score(clip_dir, to_uint8(dimoo_digits.decode(tokens)), texts)
     assert result["clip_score"] == pytest.approx(expected, rel=1e-4, abs=1e-4)
 
@@ -368,4 +366,4 @@ def test_clip_folder_mistakes_are_one_line_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     for folder in (tmp_path / "empty", tmp_path / "missing"):
         r = runner.invoke(app, ["score", "--model", "dimoo-digits", "--samples", "2", "--clip", str(folder)])
-        assert one_line_error(r) and "--clip" in r.output, r.output
+        one_line_error(r, "--clip")

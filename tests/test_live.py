@@ -14,6 +14,7 @@ from migm.shortcut_zoo.export import load_shortcut
 from migm.shortcut_zoo.train import TrainConfig, train
 from migm.trajectories.base import BaseSpec, load_base
 from migm.trajectories.dump import DumpConfig, dump_trajectories, rollout_rows
+from migm.trajectories.errors import MigmError
 from migm.trajectories.live import LiveConfig, LiveSource, live_plan
 from migm.trajectories.pairs import pair_batch
 from migm.trajectories.store.dataset import open_dataset
@@ -93,7 +94,7 @@ def test_live_training_validates_resumes_and_exports(tmp_path):
 
     # a resume with other live settings reads other pairs: refused
     other = LiveConfig(**{**vars(LIVE), "replay": 2.0})
-    with pytest.raises(Exception, match="another dataset"):
+    with pytest.raises(MigmError, match="another dataset"):
         train(TrainConfig(data=None, out=str(tmp_path / "b"), live=other, **TINY), SPEC, resume=True)
 
 

@@ -83,3 +83,17 @@ def test_load_base_from_the_package():
 def test_module_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "migm.cli.main", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "dump-trajectories" in out.stdout
+
+
+def test_no_library_function_over_60_lines_and_no_command_over_20_options():
+    """The AST count of benchmarks/function_sizes.py: functions stay short, shared option groups count once."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "function_sizes.py"
+    spec = importlib.util.spec_from_file_location("function_sizes", path)
+    sizes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sizes)
+    found = [f for file in sizes.library_files() for f in sizes.functions(file)]
+    assert len(found) > 300  # it read the library
+    assert [f["where"] for f in found if f["lines"] > 60] == []
+    assert [f["where"] for f in found if f["command"] and f["params"] > 20] == []

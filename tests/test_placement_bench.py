@@ -10,15 +10,16 @@ import torch
 from typer.testing import CliRunner
 
 from migm.cli.main import app
-from migm.shortcut_zoo.evaluate import FidelityProbe, pareto_front
+from migm.shortcut_zoo.evaluate import FidelityProbe
 from migm.shortcut_zoo.export import load_shortcut, read_step_errors
 from migm.shortcut_zoo.predictors import make_predictor, step_cost
+from migm.shortcut_zoo.stats import pareto_front
 from migm.shortcut_zoo.train import TrainConfig, train
 from migm.trajectories.base import BaseSpec, load_base
-from migm.trajectories.base.digits import frechet_distance, frechet_to
 from migm.trajectories.base.protocol import PredictorDefaults
 from migm.trajectories.dump import DumpConfig, dump_trajectories
 from migm.trajectories.errors import MigmError
+from migm.trajectories.frechet import frechet_distance, frechet_to, moments
 from migm.trajectories.generate import sample_many
 from migm.trajectories.rollout import SamplerConfig
 from migm.trajectories.schedule import check_full_steps, full_steps, placed_full_steps
@@ -137,14 +138,24 @@ def test_fidelity_is_one_for_the_base_itself_and_probing_changes_no_sample():
     assert torch.equal(probed.tokens, sample_many(DIGITS, labels, config, 0, predictor=make_predictor("cache")).tokens)
 
 
-def test_pareto_front_and_frechet_to():
+def test_pareto_front():
     pts = [(1.0, 0.5), (2.0, 0.7), (3.0, 0.6), (2.0, 0.4)]  # (latency, quality)
     assert pareto_front(pts, higher_is_better=True) == [True, True, False, False]
     assert pareto_front(pts, higher_is_better=False) == [True, False, False, True]
     assert pareto_front([(1.0, 5.0), (2.0, 3.0), (3.0, 4.0)], higher_is_better=False) == [True, True, False]
+
+
+def test_frechet_distance_equals_the_sqrtm_formula():
+    """The one Fréchet distance (symmetric eigen form) against scipy's matrix square root of Σ₁Σ₂."""
+    from scipy import linalg
+
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(300, 8)), rng.normal(0.3, 1.2, size=(200, 8))
-    assert frechet_to(b)(a) == pytest.approx(frechet_distance(a, b), rel=1e-6)
+    (mu1, s1), (mu2, s2) = moments(a), moments(b)
+    expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * np.real(linalg.sqrtm(s1 @ s2)))
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
+    assert frechet_to(mu2, s2)(mu1, s1) == frechet_distance(mu1, s1, mu2, s2) > 0
+    assert abs(frechet_distance(mu1, s1, mu1, s1)) < 1e-9
 
 
 def test_bench_rows_carry_intervals_fidelity_placements_and_fronts(zoo, tmp_path):

@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import one_line_error
 from typer.testing import CliRunner
 
 from migm.cli.main import app
@@ -56,14 +57,6 @@ def manifest(path) -> dict:
     return json.loads((path / "dataset.json").read_text())
 
 
-def one_line_error(result, *fragments) -> None:
-    assert result.exit_code == 2, result.output
-    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
-    assert "Traceback" not in result.output
-    for f in fragments:
-        assert f in result.stderr, (f, result.stderr)
-
-
 def files(root) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
@@ -71,7 +64,7 @@ def files(root) -> list[str]:
 # ---- item 2: --overwrite removes only what the dump wrote ----------------------------------------
 
 
-def test_item2_overwrite_keeps_user_files(tmp_path):
+def test_overwrite_keeps_user_files(tmp_path):
     u = tmp_path / "u"
     u.mkdir()
     (u / "thesis.txt").write_text("x")
@@ -80,7 +73,7 @@ def test_item2_overwrite_keeps_user_files(tmp_path):
     assert files(u) == ["thesis.txt"] and (u / "thesis.txt").read_text() == "x"
 
 
-def test_item2_overwrite_replaces_a_dataset_but_refuses_one_holding_other_files(tmp_path, refs):
+def test_overwrite_replaces_a_dataset_but_refuses_one_holding_other_files(tmp_path, refs):
     ds = copy(refs["zarr"], tmp_path / "ds")
     (ds / "notes.md").write_text("mine")
     (ds / "shards" / "extra.bin").write_bytes(b"mine")
@@ -95,7 +88,7 @@ def test_item2_overwrite_replaces_a_dataset_but_refuses_one_holding_other_files(
     assert verify_dataset(ds)["ok"]
 
 
-def test_item2_overwrite_never_clears_the_current_folder_or_a_link(tmp_path, refs, monkeypatch):
+def test_overwrite_never_clears_the_current_folder_or_a_link(tmp_path, refs, monkeypatch):
     ds = copy(refs["zarr"], tmp_path / "ds")
     before = files(ds)
     monkeypatch.chdir(ds)
@@ -112,7 +105,7 @@ def test_item2_overwrite_never_clears_the_current_folder_or_a_link(tmp_path, ref
 
 
 @pytest.mark.parametrize("field", ["features", "tokens"])
-def test_item3_missing_zarr_chunk_is_named_by_inspect_and_train(tmp_path, refs, field):
+def test_missing_zarr_chunk_is_named_by_inspect_and_train(tmp_path, refs, field):
     ds = copy(refs["zarr"], tmp_path / "ds")
     chunk = ds / "shards" / "shard-00001.zarr" / field / "c" / "0" / "0"
     chunk = next(p for p in sorted(chunk.parent.rglob("*")) if p.is_file()) if not chunk.is_file() else chunk
@@ -127,7 +120,7 @@ def test_item3_missing_zarr_chunk_is_named_by_inspect_and_train(tmp_path, refs, 
 # ---- item 4: verify reads every row; reruns and readers check shards before trusting them --------
 
 
-def test_item4_verify_reads_every_row(tmp_path, refs):
+def test_verify_reads_every_row(tmp_path, refs):
     """A shard whose last row is wrong (and whose checksum was recomputed, as an old rerun did) fails."""
     import zarr
 
@@ -145,7 +138,7 @@ def test_item4_verify_reads_every_row(tmp_path, refs):
 
 
 @pytest.mark.parametrize("fmt", ["zarr", "parquet"])
-def test_item4_rerun_of_a_finished_dump_rebuilds_a_deleted_shard(tmp_path, refs, fmt):
+def test_rerun_of_a_finished_dump_rebuilds_a_deleted_shard(tmp_path, refs, fmt):
     ds = copy(refs[fmt], tmp_path / "ds")
     victim = ds / manifest(ds)["shards"][1]["name"]
     shutil.rmtree(victim) if victim.is_dir() else victim.unlink()
@@ -154,7 +147,7 @@ def test_item4_rerun_of_a_finished_dump_rebuilds_a_deleted_shard(tmp_path, refs,
     assert not list(ds.rglob("*.sha256")) and not (ds / PENDING).exists()
 
 
-def test_item4_rerun_rechecks_kept_shards_of_an_unfinished_dump(tmp_path, refs, monkeypatch):
+def test_rerun_rechecks_kept_shards_of_an_unfinished_dump(tmp_path, refs, monkeypatch):
     """A dump killed after its first shard, whose kept shard is then damaged: the rerun rebuilds it."""
     import migm.trajectories.dump as dump_module
 
@@ -179,7 +172,7 @@ def test_item4_rerun_rechecks_kept_shards_of_an_unfinished_dump(tmp_path, refs, 
     assert verify_dataset(ds)["ok"] and same(ds, refs["zarr"])
 
 
-def test_item4_readers_check_checksums_once_before_use(tmp_path, refs, monkeypatch):
+def test_readers_check_checksums_once_before_use(tmp_path, refs, monkeypatch):
     import zarr
 
     import migm.trajectories.store.dataset as dataset_module
@@ -246,7 +239,7 @@ def _edit(m: dict, how: str):
         ("garbage", "is not valid JSON"),
     ],
 )
-def test_item5_bad_manifests_are_one_line_errors(tmp_path, refs, how, message):
+def test_bad_manifests_are_one_line_errors(tmp_path, refs, how, message):
     ds = copy(refs["zarr"], tmp_path / "ds")
     text = "{not json" if how == "garbage" else json.dumps(_edit(manifest(ds), how))
     (ds / "dataset.json").write_text(text)
@@ -256,7 +249,7 @@ def test_item5_bad_manifests_are_one_line_errors(tmp_path, refs, how, message):
         PairStream(ds)
 
 
-def test_item5_a_shard_that_links_out_of_the_folder_is_refused(tmp_path, refs):
+def test_a_shard_that_links_out_of_the_folder_is_refused(tmp_path, refs):
     ds = copy(refs["zarr"], tmp_path / "ds")
     outside = tmp_path / "outside.zarr"
     shutil.move(ds / "shards" / "shard-00000.zarr", outside)
@@ -275,14 +268,14 @@ def test_item5_a_shard_that_links_out_of_the_folder_is_refused(tmp_path, refs):
 @pytest.mark.parametrize(
     "option, value", [("--guidance", "nan"), ("--r-temp", "inf"), ("--sm-temp", "-1"), ("--guidance", "-2")]
 )
-def test_item7_non_finite_or_negative_sampler_settings_are_refused(tmp_path, option, value):
+def test_non_finite_or_negative_sampler_settings_are_refused(tmp_path, option, value):
     out = tmp_path / "ds"
     r = runner.invoke(app, ["dump-trajectories", *CLI_SMALL, "--out", str(out), option, value])
     one_line_error(r, option.lstrip("-"))
     assert not out.exists()
 
 
-def test_item7_sampler_config_is_validated_wherever_it_is_made(tmp_path, refs):
+def test_sampler_config_is_validated_wherever_it_is_made(tmp_path, refs):
     for bad in (
         dict(guidance=float("nan")),
         dict(r_temp=float("inf")),
@@ -302,7 +295,7 @@ def test_item7_sampler_config_is_validated_wherever_it_is_made(tmp_path, refs):
 # ---- item 8: user-supplied names are printed as inert plain text ----------------------------------
 
 
-def test_item8_escape_sequences_and_markup_in_names_are_inert(tmp_path, refs):
+def test_escape_sequences_and_markup_in_names_are_inert(tmp_path, refs):
     name = "ds[/bold]\x1b[2J"
     ds = copy(refs["zarr"], tmp_path / name)
     r = runner.invoke(app, ["verify", str(ds)])
@@ -325,7 +318,7 @@ def test_item8_escape_sequences_and_markup_in_names_are_inert(tmp_path, refs):
 # ---- item 9: push uploads exactly the manifest's files --------------------------------------------
 
 
-def test_item9_push_lists_only_manifest_files_and_no_links(tmp_path, refs):
+def test_push_lists_only_manifest_files_and_no_links(tmp_path, refs):
     ds = copy(refs["parquet"], tmp_path / "ds")
     secret = tmp_path / "credentials"
     secret.write_text("token")
@@ -344,7 +337,7 @@ def test_item9_push_lists_only_manifest_files_and_no_links(tmp_path, refs):
     one_line_error(runner.invoke(app, ["push", str(ds), "--repo-id", "someone/digits", "--dry-run"]), "link")
 
 
-def test_item9_zarr_push_lists_every_file_of_each_shard(tmp_path, refs):
+def test_zarr_push_lists_every_file_of_each_shard(tmp_path, refs):
     from migm.trajectories.store.hub import push_dataset
 
     ds = copy(refs["zarr"], tmp_path / "ds")
@@ -357,7 +350,7 @@ def test_item9_zarr_push_lists_every_file_of_each_shard(tmp_path, refs):
 
 
 @pytest.mark.parametrize("repo_id", ["user/na me", "user/..", "u/" + "a" * 200, "no-slash"])
-def test_item9_repo_ids_the_hub_rejects_are_refused(refs, repo_id):
+def test_repo_ids_the_hub_rejects_are_refused(refs, repo_id):
     one_line_error(runner.invoke(app, ["push", str(refs["zarr"]), "--repo-id", repo_id, "--dry-run"]), "repo id")
 
 
@@ -368,13 +361,13 @@ def test_item9_repo_ids_the_hub_rejects_are_refused(refs, repo_id):
     "args, message",
     [(["--seed", "-1"], "--seed must be at least 0"), (["--batch-size", "0"], "batch-size must be at least 1")],
 )
-def test_item10_bad_sizes_are_one_line_errors(tmp_path, args, message):
+def test_bad_sizes_are_one_line_errors(tmp_path, args, message):
     out = tmp_path / "ds"
     one_line_error(runner.invoke(app, ["dump-trajectories", *CLI_SMALL, "--out", str(out), *args]), message)
     assert not out.exists()
 
 
-def test_item10_out_that_is_a_file_is_a_one_line_error(tmp_path):
+def test_out_that_is_a_file_is_a_one_line_error(tmp_path):
     f = tmp_path / "file"
     f.write_text("mine")
     one_line_error(runner.invoke(app, ["dump-trajectories", *CLI_SMALL, "--out", str(f)]), "is a file")
@@ -382,7 +375,7 @@ def test_item10_out_that_is_a_file_is_a_one_line_error(tmp_path):
     assert f.read_text() == "mine"
 
 
-def test_item10_missing_parent_folders_are_created(tmp_path):
+def test_missing_parent_folders_are_created(tmp_path):
     out = tmp_path / "a" / "b" / "ds"
     r = runner.invoke(app, ["dump-trajectories", *CLI_SMALL, "--out", str(out)])
     assert r.exit_code == 0, r.output
@@ -391,7 +384,7 @@ def test_item10_missing_parent_folders_are_created(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["zarr", "parquet"])
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES])
-def test_item10_disk_full_while_writing_is_one_line_and_a_rerun_continues(tmp_path, refs, monkeypatch, fmt, code):
+def test_disk_full_while_writing_is_one_line_and_a_rerun_continues(tmp_path, refs, monkeypatch, fmt, code):
     import pyarrow.parquet as pq
     import zarr.storage._local as zarr_local
 
@@ -439,7 +432,7 @@ def test_item10_disk_full_while_writing_is_one_line_and_a_rerun_continues(tmp_pa
     assert verify_dataset(ds)["ok"] and same(ds, refs[fmt])
 
 
-def test_item10_inspect_never_writes_into_the_dataset(tmp_path, refs):
+def test_inspect_never_writes_into_the_dataset(tmp_path, refs):
     ds = copy(refs["zarr"], tmp_path / "ds")
     before = files(ds)
     r = runner.invoke(app, ["inspect", str(ds), "--json"])
@@ -455,7 +448,7 @@ def test_item10_inspect_never_writes_into_the_dataset(tmp_path, refs):
 
 
 @pytest.mark.parametrize("fmt", ["zarr", "parquet"])
-def test_item11_manifest_dims_that_disagree_with_the_shards_are_caught(tmp_path, refs, fmt):
+def test_manifest_dims_that_disagree_with_the_shards_are_caught(tmp_path, refs, fmt):
     ds = copy(refs[fmt], tmp_path / "ds")
     m = manifest(ds)
     m["dims"]["D"] = 32
@@ -467,7 +460,7 @@ def test_item11_manifest_dims_that_disagree_with_the_shards_are_caught(tmp_path,
         PairStream(ds)
 
 
-def test_item11_a_failed_dump_leaves_no_state_that_refuses_the_next_run(tmp_path, monkeypatch):
+def test_a_failed_dump_leaves_no_state_that_refuses_the_next_run(tmp_path, monkeypatch):
     import migm.trajectories.dump as dump_module
 
     def broken(*args, **kw):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import published_shortcut_layout
+from helpers import one_line_stderr
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -70,11 +71,6 @@ def cli(*args):
     return result.exit_code, result.stdout, result.stderr
 
 
-def one_line_error(code, stderr, message):
-    assert code == 2 and stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
-    assert message in stderr and "Traceback" not in stderr, stderr
-
-
 def same_weights(a: Path, b: Path) -> bool:
     x, y = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
@@ -100,7 +96,7 @@ class Touch:
 # ---- item 1: code never runs on resume --------------------------------------------------------
 
 
-def test_item1_resume_never_unpickles(data, stopped, tmp_path):
+def test_resume_never_unpickles(data, stopped, tmp_path):
     out, pwned = copy(stopped, tmp_path), tmp_path / "pwned"
     for name in ("custom_checkpoint_0.pkl", "optimizer.bin", "random_states_0.pkl"):  # what accelerate reloaded
         torch.save({"decay": 0.999, "updates": 1, "shadow": Touch(pwned)}, out / "checkpoint" / name)
@@ -125,11 +121,11 @@ def test_item1_resume_never_unpickles(data, stopped, tmp_path):
         "--resume",
         "-q",
     )
-    one_line_error(code, stderr, "does not list")
+    one_line_stderr(code, stderr, "does not list")
     assert not pwned.exists()
 
 
-def test_item1_resume_is_bit_for_bit_from_safetensors_and_json(data, stopped, straight, tmp_path):
+def test_resume_is_bit_for_bit_from_safetensors_and_json(data, stopped, straight, tmp_path):
     out = copy(stopped, tmp_path)
     assert not [p for p in (out / "checkpoint").iterdir() if p.suffix in (".pkl", ".bin", ".pt")]
     resumed = resume(data, out)
@@ -187,7 +183,7 @@ def _old_layout(ckpt):
         (_old_layout, "never unpickled"),
     ],
 )
-def test_item1_a_damaged_checkpoint_is_refused_never_skipped(data, stopped, tmp_path, tamper, message):
+def test_a_damaged_checkpoint_is_refused_never_skipped(data, stopped, tmp_path, tamper, message):
     out = copy(stopped, tmp_path)
     tamper(out / "checkpoint")
     with pytest.raises(MigmError, match=message):
@@ -197,7 +193,7 @@ def test_item1_a_damaged_checkpoint_is_refused_never_skipped(data, stopped, tmp_
 # ---- item 6: checkpoints whole, bound to their run, and a failed save blocks nothing --------------
 
 
-def test_item6_a_kill_between_the_renames_leaves_a_whole_checkpoint(data, straight, tmp_path, monkeypatch):
+def test_a_kill_between_the_renames_leaves_a_whole_checkpoint(data, straight, tmp_path, monkeypatch):
     out, real = tmp_path / "z", os.replace
 
     def killed(src, dst):
@@ -215,7 +211,7 @@ def test_item6_a_kill_between_the_renames_leaves_a_whole_checkpoint(data, straig
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "checkpoint", "config.json", "model.safetensors"]
 
 
-def test_item6_files_of_two_saves_are_a_torn_checkpoint(data, stopped, straight, tmp_path):
+def test_files_of_two_saves_are_a_torn_checkpoint(data, stopped, straight, tmp_path):
     out = copy(stopped, tmp_path)
     shutil.copy(straight[0] / "checkpoint" / "model.safetensors", out / "checkpoint" / "model.safetensors")
     with pytest.raises(MigmError, match="torn"):
@@ -230,7 +226,7 @@ def test_item6_files_of_two_saves_are_a_torn_checkpoint(data, stopped, straight,
         ({"arch_config": {"blocks": 2}}, "resume with -a blocks=1"),
     ],
 )
-def test_item6_resume_with_another_dataset_or_arch_is_refused(data, stopped, tmp_path, change, message):
+def test_resume_with_another_dataset_or_arch_is_refused(data, stopped, tmp_path, change, message):
     out = copy(stopped, tmp_path)
     if "data" in change:
         change = {"data": str(dump(tmp_path / "other", seed=1))}
@@ -240,7 +236,7 @@ def test_item6_resume_with_another_dataset_or_arch_is_refused(data, stopped, tmp
 
 
 @pytest.mark.parametrize("error", [errno.ENOSPC, errno.EACCES])
-def test_item6_a_failed_first_save_leaves_nothing_that_blocks_a_rerun(data, tmp_path, monkeypatch, error):
+def test_a_failed_first_save_leaves_nothing_that_blocks_a_rerun(data, tmp_path, monkeypatch, error):
     out = tmp_path / "z"
 
     def full(*args, **kwargs):
@@ -257,19 +253,19 @@ def test_item6_a_failed_first_save_leaves_nothing_that_blocks_a_rerun(data, tmp_
 # ---- item 2: train never writes into a folder it does not own --------------------------------------
 
 
-def test_item2_train_refuses_a_folder_that_is_not_its_own(data, tmp_path):
+def test_train_refuses_a_folder_that_is_not_its_own(data, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "README.md").write_text("my thesis notes\n")
     code, _, stderr = cli("train", "--data", data, "--out", mine, "--steps", 2, "--device", "cpu", "-q")
-    one_line_error(code, stderr, "is not empty and not a migm zoo folder")
+    one_line_stderr(code, stderr, "is not empty and not a migm zoo folder")
     assert [p.name for p in mine.iterdir()] == ["README.md"] and (mine / "README.md").read_text() == "my thesis notes\n"
 
 
 # ---- item 8: a card's escape sequences are printed inert, its Markdown rendered --------------------
 
 
-def test_item8_zoo_show_renders_the_card_inert(straight, tmp_path):
+def test_zoo_show_renders_the_card_inert(straight, tmp_path):
     folder = copy(straight[0], tmp_path)
     (folder / "README.md").write_text(
         "---\nlicense: other\n---\n# Card \x1b[2J\x1b]0;owned\x07 [/bold]\n\n| a | b |\n|---|---|\n| 1 | 2 |\n"
@@ -298,7 +294,7 @@ class FakeHub:
         FakeHub.calls.append(("commit", sorted(op.path_in_repo for op in operations)))
 
 
-def test_item9_zoo_push_uploads_only_the_zoo_files(straight, tmp_path, monkeypatch):
+def test_zoo_push_uploads_only_the_zoo_files(straight, tmp_path, monkeypatch):
     import huggingface_hub
 
     folder = copy(straight[0], tmp_path)
@@ -317,9 +313,9 @@ def test_item9_zoo_push_uploads_only_the_zoo_files(straight, tmp_path, monkeypat
     assert code == 0 and "(public)" in stdout and "notes.txt" not in stdout and "creds" not in stdout
     (folder / "README.md").unlink()
     (folder / "README.md").symlink_to(secret)
-    one_line_error(*cli("push", folder, "--repo-id", "me/x", "--dry-run")[::2], "is a link")
+    one_line_stderr(*cli("push", folder, "--repo-id", "me/x", "--dry-run")[::2], "is a link")
     for bad in ("user/na me", "user/..", "a/" + "b" * 200, "no-namespace"):
-        one_line_error(*cli("push", folder, "--repo-id", bad, "--dry-run")[::2], "repo id")
+        one_line_stderr(*cli("push", folder, "--repo-id", bad, "--dry-run")[::2], "repo id")
 
 
 # ---- item 10: bad input is one line, before any work ----------------------------------------------
@@ -339,34 +335,34 @@ def test_item9_zoo_push_uploads_only_the_zoo_files(straight, tmp_path, monkeypat
         (["--val-fraction", "nan"], "--val-fraction must be a finite number"),
     ],
 )
-def test_item10_bad_train_options_are_one_line_errors(data, tmp_path, args, message):
+def test_bad_train_options_are_one_line_errors(data, tmp_path, args, message):
     out = tmp_path / "z"
     code, _, stderr = cli("train", "--data", data, "--out", out, "--steps", 2, "--device", "cpu", "-q", *args)
-    one_line_error(code, stderr, message)
+    one_line_stderr(code, stderr, message)
     assert not out.exists()
 
 
-def test_item10_an_out_that_is_a_file_is_refused(data, tmp_path):
+def test_an_out_that_is_a_file_is_refused(data, tmp_path):
     afile = tmp_path / "a-file"
     afile.write_text("x")
     code, _, stderr = cli("train", "--data", data, "--out", afile, "--steps", 2, "--device", "cpu", "-q")
-    one_line_error(code, stderr, "is a file")
+    one_line_stderr(code, stderr, "is a file")
     assert afile.read_text() == "x"
 
 
-def test_item10_resume_with_another_arch_is_one_line(data, stopped, tmp_path):
+def test_resume_with_another_arch_is_one_line(data, stopped, tmp_path):
     out = copy(stopped, tmp_path)
     code, _, stderr = cli(
         "train", "--data", data, "--out", out, "--arch", "mlp", "--steps", 4, "--device", "cpu", "--resume", "-q"
     )
-    one_line_error(code, stderr, "resume with --arch tiny-transformer")
+    one_line_stderr(code, stderr, "resume with --arch tiny-transformer")
 
 
 ABSURD = [({"bottleneck": 0}, "bottleneck"), ({"blocks": 10**9}, "blocks must")]
 
 
 @pytest.mark.parametrize("arch_config, message", ABSURD)
-def test_item10_an_absurd_zoo_config_is_refused_before_building(straight, tmp_path, arch_config, message):
+def test_an_absurd_zoo_config_is_refused_before_building(straight, tmp_path, arch_config, message):
     folder = copy(straight[0], tmp_path)
     config = json.loads((folder / "config.json").read_text())
     config["arch_config"] |= arch_config
@@ -375,16 +371,16 @@ def test_item10_an_absurd_zoo_config_is_refused_before_building(straight, tmp_pa
         load_shortcut(folder, DIGITS)
 
 
-def test_item10_zoo_show_without_a_card_is_one_line(straight, tmp_path):
+def test_zoo_show_without_a_card_is_one_line(straight, tmp_path):
     folder = copy(straight[0], tmp_path)
     (folder / "README.md").unlink()
-    one_line_error(*cli("zoo", "show", folder)[::2], "has no README.md")
+    one_line_stderr(*cli("zoo", "show", folder)[::2], "has no README.md")
 
 
 # ---- item 11: nothing silently accepted ----------------------------------------------------------
 
 
-def test_item11_too_few_held_out_samples_read_n_a_not_zero(data, tmp_path):
+def test_too_few_held_out_samples_read_n_a_not_zero(data, tmp_path):
     out = tmp_path / "z"
     result = train(TrainConfig(data=str(data), out=str(out), **{**RUN, "val_fraction": 0.0}), CPU)
     overall = result["metrics"]["overall"]
@@ -395,7 +391,7 @@ def test_item11_too_few_held_out_samples_read_n_a_not_zero(data, tmp_path):
     assert code == 0 and "n/a" in stdout and "0.0000" not in stdout
 
 
-def test_item11_zoo_import_works_for_the_digits_base_and_heads_0_is_refused(tmp_path):
+def test_zoo_import_works_for_the_digits_base_and_heads_0_is_refused(tmp_path):
     g = torch.Generator().manual_seed(0)
     layout = published_shortcut_layout(D=DIGITS.D, H=DIGITS.D // 2, blocks=1, time_hidden=30)
     torch.save({k: 0.05 * torch.randn(shape, generator=g) for k, shape in layout.items()}, tmp_path / "sc.pth")
@@ -418,4 +414,4 @@ def test_item11_zoo_import_works_for_the_digits_base_and_heads_0_is_refused(tmp_
         "--heads",
         0,
     )
-    one_line_error(code, stderr, "heads")
+    one_line_stderr(code, stderr, "heads")

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import one_line_stderr
 from typer.testing import CliRunner
 
 from migm.cli.main import app
@@ -26,13 +27,6 @@ WRITERS = {"zarr": ZarrShardWriter, "parquet": ParquetShardWriter}
 def cli(*args):
     result = runner.invoke(app, [str(a) for a in args])
     return result.exit_code, result.stdout, result.stderr
-
-
-def one_line_error(code, stderr, *fragments):
-    assert code == 2 and stderr.startswith("error: ") and stderr.count("\n") == 1, (code, stderr)
-    assert "Traceback" not in stderr
-    for f in fragments:
-        assert f in stderr, (f, stderr)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +105,7 @@ def test_cause1_a_rehashed_hostile_shard_is_refused_by_verify_and_train(
     assert code == 2 and name in stderr and "Traceback" not in stderr
     before = sorted(p.name for p in ds.rglob("*"))
     out = tmp_path / "z"
-    one_line_error(
+    one_line_stderr(
         *cli("train", "--data", ds, "--out", out, "--steps", 2, "--device", "cpu", "-q")[::2], name, "row 2", message
     )
     assert sorted(p.name for p in ds.rglob("*")) == before and not (out / "config.json").exists()
@@ -146,8 +140,8 @@ def test_cause2_a_hostile_zoo_config_is_one_line_for_list_and_show(tmp_path, tex
     folder.mkdir(parents=True)
     (folder / "config.json").write_bytes(text if isinstance(text, bytes) else text.encode())
     (folder / "README.md").write_text("# card\n")
-    one_line_error(*cli("zoo", "list", tmp_path / "zoo")[::2], message)
-    one_line_error(*cli("zoo", "show", folder)[::2], message)
+    one_line_stderr(*cli("zoo", "list", tmp_path / "zoo")[::2], message)
+    one_line_stderr(*cli("zoo", "show", folder)[::2], message)
 
 
 @pytest.mark.parametrize(
@@ -163,18 +157,18 @@ def test_cause2_a_hostile_dataset_json_is_one_line_for_verify(datasets, tmp_path
     ds = copy(datasets["zarr"], tmp_path / "ds")
     raw = (ds / "dataset.json").read_bytes().rstrip()
     (ds / "dataset.json").write_bytes(edit(raw))
-    one_line_error(*cli("verify", ds)[::2], "dataset.json", message)
+    one_line_stderr(*cli("verify", ds)[::2], "dataset.json", message)
 
 
 def test_cause2_a_readme_in_invalid_utf8_is_one_line_for_push_dry_run(datasets, tmp_path):
     ds = copy(datasets["parquet"], tmp_path / "ds")
     (ds / "README.md").write_bytes(b"# card \xff\xfe broken\n")
-    one_line_error(*cli("push", ds, "--repo-id", "me/ds", "--dry-run")[::2], "README.md", "not UTF-8")
+    one_line_stderr(*cli("push", ds, "--repo-id", "me/ds", "--dry-run")[::2], "README.md", "not UTF-8")
 
 
 def test_cause2_a_fid_reference_of_strings_is_refused(tmp_path):
+    from migm.shortcut_zoo.image_metrics import FeatureStats
     from migm.trajectories.errors import MigmError
-    from migm.trajectories.metrics import FeatureStats
 
     np.savez(tmp_path / "ref.npz", mu=np.array(["a"] * 64), sigma=np.zeros((64, 64)))
     with pytest.raises(MigmError, match="array 'mu' holds <U1, not numbers"):
@@ -196,8 +190,8 @@ def png_claiming(width: int, height: int) -> bytes:
 
 
 def test_cause2_a_decompression_bomb_png_is_refused_before_decoding(tmp_path):
+    from migm.shortcut_zoo.image_metrics import read_image
     from migm.trajectories.errors import MigmError
-    from migm.trajectories.metrics import read_image
 
     (tmp_path / "bomb.png").write_bytes(png_claiming(40_000, 40_000))
     with pytest.raises(MigmError, match="bomb.png is too large to decode"):
@@ -214,7 +208,7 @@ def test_cause3_bench_bootstrap_beyond_its_bound_is_refused(tmp_path):
     out = tmp_path / "b"
     args = ["bench", "--configs", "N4", "--predictors", "cache", "--samples", 4, "--out", out, "--device", "cpu"]
     code, _, stderr = cli(*args, "--bootstrap", 10_000_000)
-    one_line_error(code, stderr.lstrip("\n"), "--bootstrap must be at most 10000")  # bench opens with a blank line
+    one_line_stderr(code, stderr.lstrip("\n"), "--bootstrap must be at most 10000")  # bench opens with a blank line
     assert not out.exists()
 
 
@@ -223,7 +217,7 @@ def test_cause3_zoo_show_refuses_a_card_too_large_to_render(tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(ZOO))
     (folder / "README.md").write_text("# card\n" + "word " * 200_000)  # 1 MB
-    one_line_error(*cli("zoo", "show", folder)[::2], "model card", "more than the 262,144")
+    one_line_stderr(*cli("zoo", "show", folder)[::2], "model card", "more than the 262,144")
     (folder / "README.md").write_bytes(b"# card \xff in Latin-1\n")  # read as text: shown with a replacement mark
     code, stdout, _ = cli("zoo", "show", folder)
     assert code == 0 and "card" in stdout and "\ufffd" in stdout
@@ -233,7 +227,7 @@ def test_cause3_a_prompt_longer_than_the_base_takes_is_refused_before_sampling(t
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("seven " * 200_000 + "\n")  # one line of 1.2 MB
     out = tmp_path / "g.png"
-    one_line_error(
+    one_line_stderr(
         *cli("generate", "--model", "dimoo-digits", "--prompts", prompts, "--out", out, "--device", "cpu")[::2],
         "prompt 1 is",
         "more than the 4,096 dimoo-digits takes",
@@ -243,7 +237,7 @@ def test_cause3_a_prompt_longer_than_the_base_takes_is_refused_before_sampling(t
 
 def test_cause3_a_class_range_too_large_to_hold_is_refused(tmp_path):
     out = tmp_path / "g.png"
-    one_line_error(
+    one_line_stderr(
         *cli("generate", "--classes", "0-100000000000", "--out", out, "--device", "cpu")[::2], "--classes range"
     )
     assert not out.exists()
@@ -253,7 +247,7 @@ def test_cause3_a_class_range_too_large_to_hold_is_refused(tmp_path):
 def test_cause3_arch_sizes_of_any_length_are_one_line(datasets, tmp_path, value):
     out = tmp_path / "z"
     args = ["train", "--data", datasets["zarr"], "--out", out, "--steps", 2, "--device", "cpu", "-q"]
-    one_line_error(*cli(*args, "-a", f"blocks={value}")[::2], "blocks")
+    one_line_stderr(*cli(*args, "-a", f"blocks={value}")[::2], "blocks")
     assert not out.exists()
 
 
@@ -308,13 +302,13 @@ def test_cause4_disk_full_during_a_checkpoint_or_export_keeps_the_last_checkpoin
 
     disk_full_after(monkeypatch, 1)  # the step-4 save writes its RNG state, then the disk is full
     code, _, stderr = cli("train", "--data", data, "--out", out, *TRAIN, "--resume")
-    one_line_error(code, stderr, "cannot write checkpoint", "checkpoint.partial", "No space left on device", "is kept")
+    one_line_stderr(code, stderr, "cannot write checkpoint", "checkpoint.partial", "No space left on device", "is kept")
     assert digests(out / "checkpoint") == before and sorted(p.name for p in out.iterdir()) == ["checkpoint"]
 
     monkeypatch.undo()
     disk_full_after(monkeypatch, 4)  # the step-4 checkpoint is written whole; the zoo export then fails
     code, _, stderr = cli("train", "--data", data, "--out", out, *TRAIN, "--resume")
-    one_line_error(code, stderr, f"cannot write zoo folder {out}", "No space left on device")
+    one_line_stderr(code, stderr, f"cannot write zoo folder {out}", "No space left on device")
     assert not (out / "config.json").exists()
 
     monkeypatch.undo()  # space again: the rerun continues from the step-4 checkpoint and exports
@@ -348,7 +342,7 @@ def test_cause5_outputs_inside_a_dataset_or_zoo_folder_are_refused(datasets, tmp
         (["bench", "--configs", "N4", "--predictors", "cache", "--samples", 4, "--out", ds], "the dataset"),
     ]:
         code, _, stderr = cli(*args)
-        one_line_error(code, stderr.lstrip("\n"), "lies inside", where)
+        one_line_stderr(code, stderr.lstrip("\n"), "lies inside", where)
     assert {p: p.stat().st_mtime_ns for p in [*ds.rglob("*"), *zoo.rglob("*")]} == before
     assert verify_dataset(ds)["ok"]
     code, _, stderr = cli("inspect", ds, "--plot", tmp_path / "plots" / "x.png")  # beside it: fine
@@ -378,7 +372,7 @@ def test_cause6_non_finite_or_absurd_training_numbers_are_refused_before_any_wor
 ):
     out = tmp_path / "z"
     args = ["train", "--data", datasets["zarr"], "--out", out, "--steps", 2, "--device", "cpu", "-q"]
-    one_line_error(*cli(*args, option, value)[::2], message)
+    one_line_stderr(*cli(*args, option, value)[::2], message)
     assert not out.exists()
 
 
@@ -403,7 +397,7 @@ def zoo_import(state, tmp_path, out):
 def test_cause6_a_published_shortcut_with_nan_weights_is_refused_on_import(published, tmp_path):
     key = next(iter(published))
     published[key][0] = float("nan")
-    one_line_error(*zoo_import(published, tmp_path, tmp_path / "z")[::2], "NaN or infinite", key)
+    one_line_stderr(*zoo_import(published, tmp_path, tmp_path / "z")[::2], "NaN or infinite", key)
     assert not (tmp_path / "z").exists()
 
 
@@ -422,7 +416,7 @@ def test_cause6_push_refuses_a_zoo_folder_with_nan_weights_or_a_lying_header(pub
     state = load_file(str(weights))
     state[next(iter(state))][0] = torch.inf
     save_file(state, str(weights))
-    one_line_error(*cli("push", folder, "--repo-id", "me/sc", "--dry-run")[::2], "NaN or infinite")
+    one_line_stderr(*cli("push", folder, "--repo-id", "me/sc", "--dry-run")[::2], "NaN or infinite")
 
     n = struct.unpack("<Q", good[:8])[0]  # a header whose first tensor's offsets run past the data
     header = json.loads(good[8 : 8 + n])
@@ -430,7 +424,7 @@ def test_cause6_push_refuses_a_zoo_folder_with_nan_weights_or_a_lying_header(pub
     header[first]["data_offsets"][1] += 4
     text = json.dumps(header).encode()
     weights.write_bytes(struct.pack("<Q", len(text)) + text + good[8 + n :])
-    one_line_error(*cli("push", folder, "--repo-id", "me/sc", "--dry-run")[::2], "not a safetensors file")
+    one_line_stderr(*cli("push", folder, "--repo-id", "me/sc", "--dry-run")[::2], "not a safetensors file")
 
 
 def test_cause6_a_zoo_folder_path_that_is_not_utf8_gets_a_utf8_card(published, tmp_path):

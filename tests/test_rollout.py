@@ -1,8 +1,11 @@
 """The one sampling loop: determinism, per-sample seeds, recorder and predictor plumbing."""
 
+import pytest
 import torch
 
 from migm.trajectories.base.protocol import PredictorDefaults
+from migm.trajectories.dump import DumpConfig, plan
+from migm.trajectories.errors import MigmError
 from migm.trajectories.rollout import SamplerConfig, rollout, sample_seeds
 from migm.trajectories.schedule import token_schedule
 
@@ -96,3 +99,15 @@ def test_without_guidance_one_branch(tiny_base):
         tiny_base, 0, config=SamplerConfig(steps=4, guidance=0.0), recorder=lambda s, f, i, p: shapes.append(f.shape[0])
     )
     assert shapes == [6] * 4
+
+
+def test_a_schedule_that_reaches_every_cell_early_stops_the_loop_and_cannot_be_dumped(tiny_base, tmp_path):
+    """L = 16, N = 12: the published arccos counts end in 0, so the loop (as published) runs 11 steps;
+    a dataset needs a feature at every step, so the dump refuses that N."""
+    config = SamplerConfig(steps=12, guidance=2.0, r_temp=2.0)
+    steps = []
+    r = run(tiny_base, 0, config=config, recorder=lambda s, f, i, p: steps.append(s))
+    assert steps == list(range(11)) and len(r.step_times) == 11
+    assert (r.order < 11).all() and (r.tokens < tiny_base.V).all()
+    with pytest.raises(MigmError, match="after 11 steps"):
+        plan(DumpConfig(out=str(tmp_path / "d"), num_samples=2, steps=12), tiny_base)

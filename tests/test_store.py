@@ -11,7 +11,7 @@ from migm.trajectories.dump import DumpConfig, dump_trajectories
 from migm.trajectories.errors import MigmError
 from migm.trajectories.pairs import PairStream, all_pairs, pair_loader
 from migm.trajectories.rollout import SamplerConfig, rollout, sample_seeds
-from migm.trajectories.schedule import mask_ratios
+from migm.trajectories.schedule import token_schedule
 from migm.trajectories.store.codecs import parse_codec
 from migm.trajectories.store.dataset import open_dataset
 from migm.trajectories.store.verify import inspect_dataset, verify_dataset
@@ -106,7 +106,8 @@ def test_pairs_follow_the_definition(dumps):
     row = ds[2]
     batch = all_pairs(rows, mask_id=17)
     assert batch["step"].tolist() == [0, 1, 2, 3]
-    ratios = mask_ratios(64, 5)
+    committed = np.cumsum(token_schedule(64, 5))
+    ratios = [(64 - committed[s]) / 64 for s in range(5)]  # fraction still masked after step s
     for s in range(4):
         valid = batch["new_valid"][s]
         pos, ids = batch["new_pos"][s][valid].numpy(), batch["new_ids"][s][valid].numpy()

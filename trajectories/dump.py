@@ -10,11 +10,9 @@ writes the shards k ≡ r (mod world) and rank 0 writes the manifest after a bar
 
 from __future__ import annotations
 
-import os
-import shutil
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +21,9 @@ from migm.trajectories import __version__
 from migm.trajectories.checks import check_int, check_removable_dir, check_seed, check_writable_dir, writable_dir
 from migm.trajectories.errors import MigmError
 from migm.trajectories.rollout import SamplerConfig, rollout, sample_seeds, stack_cond
+from migm.trajectories.schedule import steps_run
 from migm.trajectories.store.codecs import parse_codec
+from migm.trajectories.store.location import Location, open_location, writable_location
 from migm.trajectories.store.manifest import (
     SUBDIR,
     BaseInfo,
@@ -40,9 +40,7 @@ from migm.trajectories.store.schema import (
     MANIFEST,
     SCHEMA_VERSION,
     Dims,
-    path_size,
     sha256_path,
-    write_json_atomic,
 )
 from migm.trajectories.store.zarr_writer import ZarrShardWriter
 
@@ -54,6 +52,9 @@ WRITERS = {"zarr": ZarrShardWriter, "parquet": ParquetShardWriter}
 
 @dataclass
 class DumpConfig:
+    """What `dump-trajectories` writes: how many samples, at how many steps, where, in which format and
+    codec; sampler options left None take the base's own defaults."""
+
     num_samples: int = 2048
     steps: int = 16
     out: str = "data/digits-n16"
@@ -68,6 +69,7 @@ class DumpConfig:
     r_temp: float | None = None
     sm_temp: float | None = None
     temperature: float | None = None
+    storage_options: dict | None = None  # for an fsspec URL in `out` (e.g. endpoint_url)
 
 
 def plan(cfg: DumpConfig, base) -> Plan:
@@ -81,6 +83,7 @@ def plan(cfg: DumpConfig, base) -> Plan:
     sampler = SamplerConfig.for_base(
         base, cfg.steps, guidance=cfg.guidance, r_temp=cfg.r_temp, sm_temp=cfg.sm_temp, temperature=cfg.temperature
     )
+    check_every_step_runs(sampler, base)
     branches = 2 if sampler.guidance > 0 else 1
     if base.text:
         classes, text, dims = text_layout(cfg, base, branches)
@@ -108,6 +111,19 @@ def plan(cfg: DumpConfig, base) -> Plan:
     )
 
 
+def check_every_step_runs(sampler: SamplerConfig, base) -> None:
+    """A trajectory holds a feature for each of the N steps: refuse an N whose published schedule commits
+    every cell early (the loop stops there, leaving the last steps without a feature)."""
+    L = base.L
+    counts = base.rule.unmask_counts(L, sampler.steps)
+    ran = steps_run(counts)
+    if ran < sampler.steps:
+        raise MigmError(
+            f"with {sampler.steps} steps the published schedule commits all {L} cells after {ran} steps "
+            f"(counts {counts}), so the loop stops there; choose fewer steps"
+        )
+
+
 def text_layout(cfg: DumpConfig, base, branches: int) -> tuple[list[int], dict, Dims]:
     """A text base's prompts as the plan stores them: classes index the prompts, features are padded
     to the longest row of any prompt (either branch), prompt ids to the widest branch prompt."""
@@ -126,14 +142,14 @@ def text_layout(cfg: DumpConfig, base, branches: int) -> tuple[list[int], dict, 
     return list(range(len(prompts))), text, dims
 
 
-# ---- the output folder: what this tool wrote there, and nothing else, may be replaced -------------
+# ---- the output location: what this tool wrote there, and nothing else, may be replaced -----------
 
 
 def is_ours(rel: str, plan: Plan | None) -> bool:
-    """Whether `rel` (a path inside the dataset folder) is one this tool writes for `plan`: the
-    manifest, card and state file, the format's shard folder, each shard (and everything inside a
-    Zarr shard), its recorded checksum and its temporary names."""
-    if rel in OWN_FILES or rel == MANIFEST + ".tmp":
+    """Whether `rel` (a path inside the dataset) is one this tool writes for `plan`: the manifest,
+    card and state file, the format's shard folder, each shard (and everything inside a Zarr
+    shard), its recorded checksum, and the temporary names of all of them."""
+    if rel in OWN_FILES or (rel.endswith(".tmp") and is_ours(rel[:-4], plan)):
         return True
     if plan is None:
         return False
@@ -146,73 +162,79 @@ def is_ours(rel: str, plan: Plan | None) -> bool:
     return False
 
 
-def foreign_entries(out: Path, plan: Plan | None) -> list[str]:
-    """Entries of `out` this tool did not write for `plan` (links are not followed)."""
-    found = []
-    container = SUBDIR[plan.format] if plan is not None else None
-    for dirpath, dirnames, filenames in os.walk(out):
-        here = Path(dirpath).relative_to(out)
-        for name in sorted(dirnames) + sorted(filenames):
-            rel = (here / name).as_posix()
-            if not is_ours(rel, plan):
-                found.append(rel)
-            if name in dirnames and rel != container:
-                dirnames.remove(name)  # a shard's insides are ours; a foreign folder is named once
-    return found
+def foreign_entries(loc: Location, plan: Plan | None) -> list[str]:
+    """Entries of the location this tool did not write for `plan` (links are not followed; a
+    foreign folder is named once)."""
+    container = {SUBDIR[plan.format]} if plan is not None else set()
+    return [rel for rel in loc.entries(container) if not is_ours(rel, plan)]
 
 
-def remove_ours(out: Path, plan: Plan | None) -> None:
+def remove_ours(loc: Location, plan: Plan | None) -> None:
     """Remove what `is_ours` says this tool wrote (a link is removed, never followed)."""
+    if not loc.local:  # a store has no folders: every object of ours, by name
+        loc.delete([rel for rel in loc.entries(set()) if is_ours(rel, plan)])
+        return
+    out = loc.folder
     subs = [out / SUBDIR[plan.format]] if plan is not None else []
     for folder in subs:
         if folder.is_dir() and not folder.is_symlink():
             for entry in folder.iterdir():
                 if is_ours(entry.relative_to(out).as_posix(), plan):
-                    remove_path(entry)
-    for name in (*OWN_FILES, MANIFEST + ".tmp"):
-        if (out / name).exists() or (out / name).is_symlink():
-            remove_path(out / name)
+                    loc.remove(entry.relative_to(out).as_posix())
+    for name in (*OWN_FILES, MANIFEST + ".tmp", PENDING + ".tmp"):
+        if loc.exists(name):
+            loc.remove(name)
     for folder in subs:
         if folder.is_symlink() or (folder.is_dir() and not any(folder.iterdir())):
-            remove_path(folder)
+            loc.remove(folder.relative_to(out).as_posix())
 
 
-def remove_path(path: Path) -> None:
-    if path.is_symlink() or not path.is_dir():
-        path.unlink(missing_ok=True)
-    else:
-        shutil.rmtree(path)
-
-
-def read_previous(out: Path) -> Plan | Manifest | None:
+def read_previous(loc: Location) -> Plan | Manifest | None:
     """The finished manifest, else the state of an unfinished dump, else None."""
-    if (out / MANIFEST).exists():
-        return read_manifest(out)
-    if (out / PENDING).exists():
-        return read_plan(out / PENDING)
+    if loc.exists(MANIFEST):
+        return read_manifest(loc)
+    if loc.exists(PENDING):
+        return read_plan(loc, PENDING)
     return None
 
 
-def prepare_output(out: Path, intended: Plan, overwrite: bool) -> Manifest | None:
-    """Check an existing output against the plan and get the folder ready: returns the finished
-    manifest if the same dataset is already there, else writes the state file and returns None.
+def listing(loc: Location) -> list[str] | None:
+    """What the location holds now (None: a local folder that does not exist yet). On a store this
+    is the first call: a missing bucket, bad credentials or an unreachable endpoint end here."""
+    if loc.local:
+        check_writable_dir(loc.folder, "--out")
+        return loc.entries(set()) if loc.folder.is_dir() else None
+    writable_location(loc)
+    return loc.entries(set())
+
+
+def check_out(out: str, storage_options: dict | None = None) -> Location:
+    """`--out` checked before any work (a bad location never wastes a base load): a local folder
+    that can be written, or a store location that answers (protocol, endpoint, credentials, bucket)."""
+    loc = open_location(out, storage_options)
+    listing(loc)
+    return loc
+
+
+def prepare_output(loc: Location, intended: Plan, overwrite: bool) -> Manifest | None:
+    """Check an existing output against the plan and get it ready: returns the finished manifest
+    if the same dataset is already there, else writes the state file and returns None.
 
     Another dataset is replaced only with `overwrite`, and only what this tool wrote for it is
-    removed; a folder holding anything else is refused, listing what. An unfinished dump that has
+    removed; a location holding anything else is refused, listing what. An unfinished dump that has
     not committed a shard yet holds nothing worth keeping, so a new config simply replaces it."""
-    check_writable_dir(out, "--out")
-    previous = read_previous(out) if out.is_dir() else None
-    if out.is_dir() and any(out.iterdir()):
+    held = listing(loc)
+    previous = read_previous(loc) if held else None
+    if held:
         same = previous is not None and previous.plan_dict() == intended.plan_dict()
         if same and isinstance(previous, Manifest):
             return previous
         if not same:
-            committed = previous is not None and any(
-                (out / previous.shard_name(k)).exists() for k in range(previous.num_shards)
-            )
+            tops = {"/".join(rel.split("/")[:2]) for rel in held}  # a shard's name, from any of its objects
+            committed = previous is not None and any(previous.shard_name(k) in tops for k in range(previous.num_shards))
             if not overwrite and (isinstance(previous, Manifest) or committed):
-                raise MigmError(f"{out} holds a dataset made with another config; pass --overwrite to replace it")
-            foreign = foreign_entries(out, previous)
+                raise MigmError(f"{loc} holds a dataset made with another config; pass --overwrite to replace it")
+            foreign = foreign_entries(loc, previous)
             if foreign:
                 shown = ", ".join(repr(f) for f in foreign[:5]) + (
                     f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
@@ -222,70 +244,77 @@ def prepare_output(out: Path, intended: Plan, overwrite: bool) -> Manifest | Non
                     if previous is None
                     else "holds files this tool did not write"
                 )
-                raise MigmError(f"{out} {what} ({shown}); move them away or choose another --out")
+                raise MigmError(f"{loc} {what} ({shown}); move them away or choose another --out")
             if previous is not None:
-                if overwrite:
-                    check_removable_dir(out, "--out")
-                remove_ours(out, previous)
-    writable_dir(out, "--out")  # created with its parents when missing
-    try:
-        (out / SUBDIR[intended.format]).mkdir(exist_ok=True)
-        for tmp in (out / SUBDIR[intended.format]).glob("*.tmp-*"):  # left by a killed run
-            remove_path(tmp)
-    except OSError as e:
-        raise MigmError(f"cannot write {e.filename or out}: {e.strerror or e}") from None
-    write_json_atomic(out / PENDING, intended.plan_dict())
+                if overwrite and loc.local:
+                    check_removable_dir(loc.folder, "--out")
+                remove_ours(loc, previous)
+    if loc.local:
+        out = writable_dir(loc.folder, "--out")  # created with its parents when missing
+        try:
+            (out / SUBDIR[intended.format]).mkdir(exist_ok=True)
+            for tmp in (out / SUBDIR[intended.format]).glob("*.tmp-*"):  # left by a killed run
+                loc.remove(tmp.relative_to(out).as_posix())
+        except OSError as e:
+            raise MigmError(f"cannot write {e.filename or out}: {e.strerror or e}") from None
+    loc.write_text(PENDING, json.dumps(intended.plan_dict(), indent=2, sort_keys=True) + "\n")
     return None
 
 
-def recheck_finished(out: Path, manifest: Manifest) -> Manifest | None:
+def recheck_finished(loc: Location, manifest: Manifest) -> Manifest | None:
     """A rerun of a finished dump: every shard is re-hashed against the manifest. All whole: the
     manifest is returned. Otherwise the dump goes back to unfinished, keeping the whole shards
     (with their checksums recorded) so that the missing and damaged ones are rebuilt."""
     good = {}
     for k, shard in enumerate(manifest.shards):
-        path = out / shard.name
         try:
-            if path.exists() and not path.is_symlink() and sha256_path(path) == shard.sha256:
+            if loc.exists(shard.name) and loc.sha256(shard.name) == shard.sha256:
                 good[k] = shard.sha256
         except MigmError:  # a link inside the shard: rebuilt
             pass
     if len(good) == len(manifest.shards):
         return manifest
-    write_json_atomic(out / PENDING, manifest.plan_dict())  # first: a kill from here on resumes
+    loc.write_text(
+        PENDING, json.dumps(manifest.plan_dict(), indent=2, sort_keys=True) + "\n"
+    )  # first: a kill from here on resumes
     for k, sha in good.items():
-        record_checksum(out / manifest.shard_name(k), sha)
-    (out / MANIFEST).unlink()
+        record_checksum(loc, manifest.shard_name(k), sha)
+    loc.delete([MANIFEST])
     for k in range(manifest.num_shards):
         if k not in good:
-            remove_path(out / manifest.shard_name(k))
+            loc.remove(manifest.shard_name(k))
     return None
 
 
-def record_checksum(path: Path, sha: str) -> None:
-    """The shard's sha256 beside it, written right after the shard is committed."""
-    (path.parent / (path.name + CHECKSUM)).write_text(sha + "\n")
+def record_checksum(loc: Location, name: str, sha: str) -> None:
+    """The shard's sha256 beside it (`NAME.sha256`), written right after the shard is committed."""
+    loc.write_text(name + CHECKSUM, sha + "\n")
 
 
-def recorded_checksum(path: Path) -> str | None:
-    record = path.parent / (path.name + CHECKSUM)
-    return record.read_text().strip() if record.is_file() and not record.is_symlink() else None
+def recorded_checksum(loc: Location, name: str) -> str | None:
+    record = name + CHECKSUM
+    if loc.local:
+        path = loc.folder / record
+        return path.read_text().strip() if path.is_file() and not path.is_symlink() else None
+    if not loc.exists(record) or loc.size(record) > 256:  # a sha256 line; anything else is not ours
+        return None
+    return loc.read_bytes(record).decode("ascii", errors="replace").strip()
 
 
-def keep_shard(out: Path, plan: Plan, k: int) -> bool:
+def keep_shard(loc: Location, plan: Plan, k: int) -> bool:
     """Whether shard k of an unfinished dump is whole: it exists and its bytes hash to the checksum
     recorded when it was committed. A shard that is not is removed, to be rebuilt."""
-    path = out / plan.shard_name(k)
-    if not path.exists() and not path.is_symlink():
+    name = plan.shard_name(k)
+    if not loc.exists(name):
         return False
-    recorded = recorded_checksum(path)
+    recorded = recorded_checksum(loc, name)
     try:
-        if recorded is not None and not path.is_symlink() and sha256_path(path) == recorded:
+        if recorded is not None and loc.sha256(name) == recorded:
             return True
     except MigmError:
         pass
-    remove_path(path)
-    (path.parent / (path.name + CHECKSUM)).unlink(missing_ok=True)
+    loc.remove(name)
+    loc.delete([name + CHECKSUM])
     return False
 
 
@@ -362,16 +391,20 @@ def rollout_rows(
     }
 
 
-def dump_shard(base, plan: Plan, k: int, out: Path, batch_size: int, progress: Callable[[int], None] | None) -> None:
-    """Roll out shard k's samples and write it whole (temporary name, then renamed), then record its
-    checksum. A write error (disk full, permissions) leaves no partial shard and is one line."""
+def dump_shard(
+    base, plan: Plan, k: int, loc: Location, batch_size: int, progress: Callable[[int], None] | None
+) -> None:
+    """Roll out shard k's samples and write it whole, then record its checksum: in a local folder
+    under a temporary name then renamed; for a store, staged locally and uploaded whole under its
+    final name. A write error (disk full, permissions) leaves no partial shard and is one line."""
     samples = plan.shard_samples(k)
     first, last = samples.start, samples.stop
-    path = out / plan.shard_name(k)
+    name = plan.shard_name(k)
+    staged = loc.staging(name)
     prompt_ids = base.encode_prompts(plan.text["prompts"]) if plan.text is not None else None
     writer = None
     try:
-        writer = WRITERS[plan.format](path, plan.shard_rows(k), plan.dims, plan.codec)
+        writer = WRITERS[plan.format](staged, plan.shard_rows(k), plan.dims, plan.codec)
         for start in range(first, last, batch_size):
             stop = min(start + batch_size, last)
             fields = rollout_rows(base, plan, start, stop, prompt_ids)
@@ -380,16 +413,19 @@ def dump_shard(base, plan: Plan, k: int, out: Path, batch_size: int, progress: C
             if progress is not None:
                 progress(stop - start)
         writer.commit()
-        record_checksum(path, sha256_path(path))
+        sha = sha256_path(staged)
+        loc.publish(staged, name)
+        record_checksum(loc, name, sha)
     except BaseException as e:
         if writer is not None:
             try:
                 writer.abort()
             except OSError:
                 pass
+        loc.discard(staged)
         if isinstance(e, OSError):
             raise MigmError(
-                f"cannot write shard {e.filename or path}: {e.strerror or e}; a rerun continues from the shards already written"
+                f"cannot write shard {e.filename or loc.url_of(name)}: {e.strerror or e}; a rerun continues from the shards already written"
             ) from None
         raise
 
@@ -397,70 +433,74 @@ def dump_shard(base, plan: Plan, k: int, out: Path, batch_size: int, progress: C
 def dump_trajectories(
     cfg: DumpConfig, base, overwrite: bool = False, progress: Callable[[int], None] | None = None
 ) -> Manifest:
-    """Dump `cfg.num_samples` trajectories of the loaded `base` to `cfg.out`; returns the manifest.
-    Under torchrun each rank loads its base on its own device (`resolve_device` reads LOCAL_RANK)."""
+    """Dump `cfg.num_samples` trajectories of the loaded `base` to `cfg.out` (a folder or an fsspec
+    URL); returns the manifest. Under torchrun each rank loads its base on its own device
+    (`resolve_device` reads LOCAL_RANK); ranks share nothing but the output location."""
     from accelerate import PartialState
 
     state = PartialState(cpu=base.device.type == "cpu")
-    out = Path(cfg.out)
-    check_writable_dir(out, "--out")
+    loc = open_location(cfg.out, cfg.storage_options)
+    if loc.local:
+        check_writable_dir(loc.folder, "--out")
+    else:
+        writable_location(loc)
     intended = plan(cfg, base)
-    created = not out.exists()  # a folder this run makes is removed again if the run leaves it empty
+    created = loc.local and not loc.folder.exists()  # a folder this run makes is removed if left empty
     done = None
     if state.is_main_process:
-        done = prepare_output(out, intended, overwrite)
+        done = prepare_output(loc, intended, overwrite)
         if done is not None:
-            done = recheck_finished(out, done)
+            done = recheck_finished(loc, done)
     state.wait_for_everyone()
-    if done is None and not state.is_main_process and (out / MANIFEST).exists():
-        done = read_manifest(out)
+    if done is None and not state.is_main_process and loc.exists(MANIFEST):
+        done = read_manifest(loc)
     if done is not None:
         return done
 
     try:
         for k in range(state.process_index, intended.num_shards, state.num_processes):
-            if keep_shard(out, intended, k):
+            if keep_shard(loc, intended, k):
                 if progress is not None:
                     progress(len(intended.shard_samples(k)))
                 continue
-            dump_shard(base, intended, k, out, cfg.batch_size, progress)
+            dump_shard(base, intended, k, loc, cfg.batch_size, progress)
     except BaseException:
         if state.num_processes == 1:
-            abandon_if_empty(out, intended, created)
+            abandon_if_empty(loc, intended, created)
         raise
     state.wait_for_everyone()
 
     manifest = None
     if state.is_main_process:
-        manifest = finish(out, intended, processes=state.num_processes)
+        manifest = finish(loc, intended, processes=state.num_processes)
     state.wait_for_everyone()
-    return manifest or read_manifest(out)
+    return manifest or read_manifest(loc)
 
 
-def abandon_if_empty(out: Path, plan: Plan, created: bool) -> None:
+def abandon_if_empty(loc: Location, plan: Plan, created: bool) -> None:
     """A dump that failed before committing any shard leaves nothing behind, not even its state
-    file (nor `out`, if this run created it), so the next run (with any config) starts cleanly."""
-    if any((out / plan.shard_name(k)).exists() for k in range(plan.num_shards)):
-        return
+    file (nor its folder, if this run created it), so the next run (with any config) starts cleanly."""
     try:
-        remove_ours(out, plan)
-        if created and not any(out.iterdir()):
-            out.rmdir()
-    except OSError:
+        if any(loc.exists(plan.shard_name(k)) for k in range(plan.num_shards)):
+            return
+        remove_ours(loc, plan)
+        if created and not any(loc.folder.iterdir()):
+            loc.folder.rmdir()
+    except (OSError, MigmError):
         pass
 
 
-def finish(out: Path, plan: Plan, processes: int) -> Manifest:
-    """Collect every shard's recorded checksum, render the card, then commit `dataset.json` (last)."""
+def finish(loc: Location, plan: Plan, processes: int) -> Manifest:
+    """Collect every shard's recorded checksum, write the card, then commit `dataset.json` (last)."""
     from migm.trajectories.store.card import dataset_card
 
     shards = []
     for k in range(plan.num_shards):
-        path = out / plan.shard_name(k)
-        sha = recorded_checksum(path)
+        name = plan.shard_name(k)
+        sha = recorded_checksum(loc, name)
         if sha is None:
-            raise MigmError(f"shard {plan.shard_name(k)!r} has no recorded checksum; rerun the dump to rebuild it")
-        shards.append(Shard(name=plan.shard_name(k), rows=plan.shard_rows(k), sha256=sha, bytes=path_size(path)))
+            raise MigmError(f"shard {name!r} has no recorded checksum; rerun the dump to rebuild it")
+        shards.append(Shard(name=name, rows=plan.shard_rows(k), sha256=sha, bytes=loc.size(name)))
     manifest = Manifest(
         **vars(plan),
         shards=shards,
@@ -468,13 +508,7 @@ def finish(out: Path, plan: Plan, processes: int) -> Manifest:
         created_by=f"migm {__version__}",
         processes=processes,
     )
-    try:
-        (out / "README.md").write_text(dataset_card(manifest))
-    except OSError as e:
-        raise MigmError(f"cannot write {out / 'README.md'}: {e.strerror or e}") from None
-    write_manifest(out, manifest)
-    (out / PENDING).unlink(missing_ok=True)
-    for k in range(plan.num_shards):
-        path = out / plan.shard_name(k)
-        (path.parent / (path.name + CHECKSUM)).unlink(missing_ok=True)
+    loc.write_text("README.md", dataset_card(manifest))
+    write_manifest(loc, manifest)
+    loc.delete([PENDING, *(plan.shard_name(k) + CHECKSUM for k in range(plan.num_shards))])
     return manifest

@@ -1,9 +1,8 @@
-"""Generation and scoring on top of the rollout: batches of samples, PNG grids, and what
-`migm generate`, `migm sample` and `migm score` call. Every function takes a loaded base."""
+"""Generation on top of the rollout: batches of samples, PNG grids, and what `migm generate` and
+`migm sample` call (`migm score` is `shortcut_zoo.score`). Every function takes a loaded base."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,6 @@ import torch
 
 from migm.trajectories.checks import IMAGE_EXTENSIONS, check_int, check_seed, output_file, writable_dir
 from migm.trajectories.errors import MigmError
-from migm.trajectories.metrics import ImageMetrics, image_metrics
 from migm.trajectories.rollout import Predictor, SamplerConfig, rollout, sample_seeds
 
 
@@ -46,7 +44,7 @@ def conditions(base, classes: list[int] | None = None, prompts: list[str] | None
     return classes, torch.tensor(classes)
 
 
-def spread(base, samples: int, prompts: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def cycled_conditions(base, samples: int, prompts: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`samples` labels cycling over every class (or prompt), and the cond of each. A text base's
     prompts default to its `default_prompts`; its labels are the classes its `label_of` reads from
     the prompts (a scorer needs them), else the prompt indices."""
@@ -65,8 +63,8 @@ def spread(base, samples: int, prompts: list[str] | None = None) -> tuple[torch.
     return labels, cond[index]
 
 
-def spread_prompts(base, samples: int, prompts: list[str] | None = None) -> list[str] | None:
-    """The prompt of each of `samples` samples of a text base, cycling as `spread` does (None: class base)."""
+def cycled_prompts(base, samples: int, prompts: list[str] | None = None) -> list[str] | None:
+    """The prompt of each of `samples` samples of a text base, cycling as `cycled_conditions` does (None: class base)."""
     if not base.text:
         return None
     names = list(prompts or getattr(base, "default_prompts", None) or [])
@@ -158,38 +156,3 @@ def generate(
             raise MigmError(f"cannot write {captions}: {e.strerror or e}") from None
         result["prompts"] = str(captions)
     return result
-
-
-def score(
-    base,
-    samples: int,
-    config: SamplerConfig,
-    seed: int,
-    batch_size: int = 250,
-    progress: Callable[[int], None] | None = None,
-    prompts: list[str] | None = None,
-    metrics: ImageMetrics | None = None,
-) -> dict:
-    """Sample `samples` images with classes (or prompts) spread evenly and score them: the base's own
-    scorer (digits bases) and the image metrics asked for (FID, IS, CLIP score); `progress` counts
-    samples drawn, then samples scored by the image metrics."""
-    if samples < 2:
-        raise MigmError(f"samples must be at least 2 (the Fréchet distance needs a covariance), got {samples}")
-    check_int("--batch-size", batch_size)
-    check_seed(seed)
-    if base.scorer is None and metrics is None:
-        raise MigmError(
-            f"--model {base.name} brings no classifier scorer: give --fid-ref for FID "
-            "and Inception Score, or --clip DIR for the CLIP score of a text base"
-        )
-    labels, cond = spread(base, samples, prompts)
-    s = sample_many(base, labels, config, seed, batch_size, progress=progress, cond=cond)
-    result = {"model": base.name, "samples": samples}
-    if base.scorer is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            result |= base.scorer(s.tokens, s.labels)
-    if metrics is not None:
-        texts = spread_prompts(base, samples, prompts)
-        result |= image_metrics(metrics, base, s.tokens, texts, batch_size, progress=progress) | metrics.about
-    return {**result, "latency_per_image_s": s.latency_per_image, "sampler": config.to_dict()}

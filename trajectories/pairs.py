@@ -150,9 +150,24 @@ class PairStream(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def shard_of(self, blocks: np.ndarray) -> np.ndarray:
+        """The shard holding each block's first row (0 for a dataset without shards)."""
+        starts = getattr(self.ds, "starts", None)
+        if starts is None:
+            return np.zeros(len(blocks), dtype=np.int64)
+        return np.searchsorted(starts, blocks * self.block_rows, side="right") - 1
+
     def my_blocks(self) -> np.ndarray:
+        """This rank's and worker's blocks, shard by shard: the shard order and the block order inside
+        each shard are shuffled by (seed, epoch), so a reader works through one shard at a time (a
+        streamed dataset fetches each shard once per epoch) wherever the dataset lies."""
         rng = np.random.default_rng([self.seed, self.epoch])
         blocks = rng.permutation(self.blocks) if self.shuffle else self.blocks
+        shards = self.shard_of(blocks)
+        order = rng.permutation(int(shards.max()) + 1) if self.shuffle and len(blocks) else None
+        if order is not None:
+            rank_of = np.argsort(order)  # position of each shard in the shuffled shard order
+            blocks = blocks[np.argsort(rank_of[shards], kind="stable")]
         blocks = blocks[self.rank :: self.world]
         info = get_worker_info()
         return blocks if info is None else blocks[info.id :: info.num_workers]
@@ -180,7 +195,10 @@ class PairStream(IterableDataset):
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, info.id if info else 0])
         blocks = self.my_blocks()
         steps = self.ds.dims.N - self.window  # window starts per row: s = 0 … N−1−window
+        shards = self.shard_of(blocks)
         for i in range(0, len(blocks), self.buffer_blocks):
+            nxt = shards[i : i + self.buffer_blocks + 4096]  # this buffer's shards, then enough to name the next
+            self.ds.prefetch(list(dict.fromkeys(nxt.tolist())))  # read-ahead hint
             data = self.read_blocks(blocks[i : i + self.buffer_blocks])
             pairs = np.arange(len(data["tokens"]) * steps)
             if self.shuffle:

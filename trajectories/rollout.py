@@ -24,6 +24,9 @@ LEGACY_SAMPLER = {"rule": "maskgit", "temperature": 1.0}  # what a sampler confi
 
 @dataclass
 class SamplerConfig:
+    """The sampler: N steps, B full steps (None: all), CFG weight, the confidence noise and softmax
+    temperatures of MaskGIT's rule, or the DiMOO rule and its temperature."""
+
     steps: int = 16  # N
     budget: int | None = None  # B full steps; None means every step is full
     guidance: float = 2.8  # CFG weight: MaskGIT's w reached at the last step (linear ramp), DiMOO's constant s
@@ -74,14 +77,14 @@ class SamplerConfig:
         return cls(steps=steps, budget=budget, **values)
 
 
-# recorder(step, feature [B·branches, T, D], new_ids [B, k], new_pos [B, k]) after each step
+# recorder(step, feature [batch·branches, T, D], new_ids [batch, k], new_pos [batch, k]) after each step
 Recorder = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
 @dataclass
 class RolloutResult:
-    tokens: torch.Tensor  # [B, L] final tokens
-    order: torch.Tensor  # [B, L] step at which each position was unmasked
+    tokens: torch.Tensor  # [batch, L] final tokens
+    order: torch.Tensor  # [batch, L] step at which each position was unmasked
     step_times: list[float] = field(default_factory=list)  # seconds per step
     full: list[int] = field(default_factory=list)  # indices of the full steps
 
@@ -98,7 +101,7 @@ def sample_seeds(seed: int, start: int, count: int) -> list[int]:
 
 
 def _noise(seeds: list[int], N: int, L: int, device: torch.device) -> torch.Tensor:
-    """[B, N, 2, L] uniforms: per step, one for token sampling and one for the Gumbel confidence."""
+    """[batch, N, 2, L] uniforms: per step, one for token sampling and one for the Gumbel confidence."""
     out = torch.empty(len(seeds), N, 2, L)
     for i, s in enumerate(seeds):
         out[i] = torch.rand(N, 2, L, generator=torch.Generator().manual_seed(s))
@@ -142,20 +145,69 @@ def autocast(base) -> torch.autocast:
     return torch.autocast(base.device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def choose_full_steps(predictor: Predictor | None, N: int, B: int, budget_given: bool) -> list[int]:
+def rule_of(base, config: SamplerConfig):
+    """The base's sampling rule, which the config must be made for."""
+    if config.rule != base.rule.name:
+        raise MigmError(
+            f"the sampler config is for the {config.rule!r} rule; --model {base.name} samples by {base.rule.name!r}"
+        )
+    return base.rule
+
+
+def choose_full_steps(predictor: Predictor | None, N: int, budget: int | None) -> list[int]:
     """The full steps of a rollout: the predictor's own choice, its placement of a budget B < N, or
-    the uniform rule (B = N is vanilla, whatever the predictor)."""
+    the uniform rule (B = N is vanilla, whatever the predictor); a budget below N needs a predictor."""
+    B = budget if budget is not None else N
     own = predictor.full_steps(N) if predictor is not None else None
     if own is not None:
-        if budget_given:
+        if budget is not None:
             raise MigmError("this predictor chooses its own full steps; leave the budget (--budget) unset")
         return check_full_steps(own, N)
+    if predictor is None and B < N:
+        raise MigmError(f"a budget of {B} full steps below N = {N} needs a predictor (--shortcut or --predictor)")
     if predictor is not None and B < N:
         full = check_full_steps(predictor.place(N, B), N)
         if len(full) != B:
             raise MigmError(f"the predictor placed {len(full)} full steps for a budget of {B}")
         return full
     return full_steps(N, B)
+
+
+def step_logits(base, predictor, s: int, full_step: bool, rows, cond, feature, step_input, text_rows):
+    """(logits, feature) of step s for the token rows [R, L] of both branches: the base (or the predictor's
+    `full_forward`, which may record what it needs) at a full step, else the predictor's feature through
+    the base's head."""
+    if full_step:
+        if predictor is None:
+            return base.forward(rows, cond)
+        logits, feature = predictor.full_forward(base, rows, cond)
+        predictor.observe(s, feature)
+        return logits, feature
+    state = {"base": base, "tokens": rows, "cond": cond} if predictor.needs_state else {}  # recomputes from tokens
+    feature = predictor.predict(s, feature, *step_input, **text_rows, **state)
+    return base.head(feature, cond), feature
+
+
+def commit(rule, config: SamplerConfig, logits, noise_s, tokens, order, mask_id: int, s: int, k: int):
+    """Sample a code at every cell, then commit the k most confident masked cells (in place in `tokens`
+    and `order`). Returns the committed codes and cells [batch, k]."""
+    sampled, confidence = rule.choose_tokens(config, logits, noise_s[:, 0], noise_s[:, 1], s)
+    confidence = confidence.masked_fill(tokens != mask_id, -torch.inf)
+    new_pos = confidence.topk(k, dim=-1).indices
+    new_ids = sampled.gather(-1, new_pos)
+    tokens.scatter_(1, new_pos, new_ids)
+    order.scatter_(1, new_pos, s)
+    return new_ids, new_pos
+
+
+def branch_rows(base, cond: torch.Tensor, branches: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The condition of each row of the branches (conditional rows first, then unconditional), each row's
+    branch (0 conditional, 1 unconditional), and for text rows their real positions (`feat_valid`)."""
+    batch = len(cond)
+    branch_cond = stack_cond(cond, base.null_cond(batch).to(cond.device)) if branches == 2 else cond
+    branch = torch.arange(branches, device=cond.device).repeat_interleave(batch)
+    feat_valid = base.feature_valid(branch_cond)
+    return branch_cond, branch, {} if feat_valid is None else {"feat_valid": feat_valid}  # only text rows are padded
 
 
 @torch.no_grad()
@@ -166,41 +218,28 @@ def rollout(
     config: SamplerConfig,
     predictor: Predictor | None = None,
     recorder: Recorder | None = None,
+    noise: torch.Tensor | None = None,
 ) -> RolloutResult:
     """Sample `len(cond)` token grids with `config.steps` steps under the base's rule.
 
-    `cond` is class ids [B] or, for text bases, prompt ids [B, P] right-padded with -1. With CFG
-    (guidance > 0) the conditional and unconditional branches run as one batch of 2B, conditional
-    first; features handed to the predictor and recorder cover both branches.
+    `cond` is class ids [batch] or, for text bases, prompt ids [batch, P] right-padded with -1. With CFG
+    (guidance > 0) the conditional and unconditional branches run as one batch of 2·batch rows, conditional
+    first; features handed to the predictor and recorder cover both branches. `noise` [batch, N, 2, L]
+    replaces the uniforms the seeds would draw (to replay a reference run's draws).
     """
-    N, L, device, rule = config.steps, base.L, base.device, base.rule
-    if config.rule != rule.name:
-        raise MigmError(
-            f"the sampler config is for the {config.rule!r} rule; --model {base.name} samples by {rule.name!r}"
-        )
-    B_full = config.budget if config.budget is not None else N
+    N, L, device, rule = config.steps, base.L, base.device, rule_of(base, config)
     counts = rule.unmask_counts(L, N)
-    full = choose_full_steps(predictor, N, B_full, config.budget is not None)
-    if predictor is None and B_full < N:
-        raise MigmError(f"a budget of {B_full} full steps below N = {N} needs a predictor (--shortcut or --predictor)")
+    full = choose_full_steps(predictor, N, config.budget)
     if len(seeds) != len(cond):
         raise MigmError(f"got {len(seeds)} seeds for {len(cond)} samples")
 
-    batch = len(cond)
-    cond = cond.to(device)
-    cfg = config.guidance > 0
+    batch, cfg = len(cond), config.guidance > 0
     branches = 2 if cfg else 1
-    branch_cond = stack_cond(cond, base.null_cond(batch).to(device)) if cfg else cond
-    branch = torch.arange(branches, device=device).repeat_interleave(batch)  # 0 conditional, 1 unconditional
-    feat_valid = base.feature_valid(branch_cond)
-    padding = {} if feat_valid is None else {"feat_valid": feat_valid}  # only text rows are padded
-    noise = _noise(seeds, N, L, device)
+    branch_cond, branch, text_rows = branch_rows(base, cond.to(device), branches)
+    noise = _noise(seeds, N, L, device) if noise is None else noise.to(device)
     tokens = torch.full((batch, L), base.mask_id, dtype=torch.long, device=device)
     order = torch.full((batch, L), -1, dtype=torch.long, device=device)
-    remaining = L
-    is_full = [False] * N
-    for s in full:
-        is_full[s] = True
+    remaining, is_full = L, [s in full for s in range(N)]
 
     if predictor is not None:
         predictor.reset()
@@ -209,33 +248,17 @@ def rollout(
     feature = step_input = None
     with autocast(base):  # fp32 unless the base was loaded with --precision bf16/fp16
         for s in range(N):
-            if is_full[s]:
-                if predictor is not None:  # a predictor may record what it needs at the full steps
-                    logits, feature = predictor.full_forward(base, tokens.repeat(branches, 1), branch_cond)
-                    predictor.observe(s, feature)
-                else:
-                    logits, feature = base.forward(tokens.repeat(branches, 1), branch_cond)
-            else:
-                state = {}
-                if predictor.needs_state:  # a predictor that recomputes from the tokens
-                    state = {"base": base, "tokens": tokens.repeat(branches, 1), "cond": branch_cond}
-                feature = predictor.predict(s, feature, *step_input, **padding, **state)
-                logits = base.head(feature, branch_cond)
-
+            if remaining == 0:  # a MaskGIT schedule may reach L early: the published loop stops here
+                break
+            rows = tokens.repeat(branches, 1)
+            logits, feature = step_logits(
+                base, predictor, s, is_full[s], rows, branch_cond, feature, step_input, text_rows
+            )
             logits = logits.float()
             if cfg:
                 logits = rule.guide(logits[:batch], logits[batch:], config.guidance, s, N)
-
-            # Sample a code at every cell, then commit the k most confident masked cells.
-            sampled, confidence = rule.choose_tokens(config, logits, noise[:, s, 0], noise[:, s, 1], s)
-            confidence = confidence.masked_fill(tokens != base.mask_id, -torch.inf)
-            k = counts[s]
-            new_pos = confidence.topk(k, dim=-1).indices
-            new_ids = sampled.gather(-1, new_pos)
-            tokens.scatter_(1, new_pos, new_ids)
-            order.scatter_(1, new_pos, s)
-            remaining -= k
-
+            new_ids, new_pos = commit(rule, config, logits, noise[:, s], tokens, order, base.mask_id, s, counts[s])
+            remaining -= counts[s]
             if recorder is not None:
                 recorder(s, feature, new_ids, new_pos)
             if s + 1 < N and not is_full[s + 1]:

@@ -16,36 +16,61 @@ import torch
 from migm.trajectories.errors import MigmError
 
 
-def token_schedule(L: int, N: int) -> list[int]:
-    """Tokens unmasked at each of N steps (arccos schedule, as published). Sums to L, each ≥ 1."""
+def arccos_schedule(L: int, N: int) -> list[int]:
+    """The published MaskGIT scheduler's counts (`adap_sche`, arccos), computed as published in float32:
+    weights arccos(linspace(1, 0, N))/(π/2), normalised to L, rounded half to even, zeros raised to 1,
+    the last step getting L minus the others. Nothing guards that last entry: it is 0 or negative when
+    the rounded counts already reach L (L = 9, N = 8: 1,1,1,1,1,2,2,0). N = 1 (unusable in the published
+    code, which divides by N − 1) is migm's: one step commits every cell."""
     if not 1 <= N <= L:
         raise MigmError(f"steps must be between 1 and {L} (the number of image tokens), got {N}")
     if N == 1:
         return [L]
-    r = [1 - i / (N - 1) for i in range(N)]  # linspace(1, 0, N)
-    w = [math.acos(min(1.0, max(-1.0, x))) / (math.pi / 2) for x in r]
-    total = sum(w)
-    counts = [max(1, math.floor(x / total * L + 0.5)) for x in w]
-    counts[-1] += L - sum(counts)  # the last step absorbs the remainder, as published
-    # Raising zeros to 1 can overshoot L for large N; take the excess from the largest steps.
-    while counts[-1] < 1:
-        i = max(range(N - 1), key=lambda j: (counts[j], j))
-        counts[i] -= 1
-        counts[-1] += 1
-    return counts
+    weights = torch.arccos(torch.linspace(1, 0, N)) / (math.pi * 0.5)
+    counts = (weights / weights.sum() * L).round()
+    counts[counts == 0] = 1
+    counts[-1] += L - counts.sum()
+    return [int(c) for c in counts.tolist()]
+
+
+def token_schedule(L: int, N: int) -> list[int]:
+    """Cells the published MaskGIT loop commits at each of N steps: the scheduler's counts clamped to the
+    cells still masked. Where they reach L early (a last entry of 0 or below), the step that reaches L
+    commits every remaining cell and the later steps commit none: the published loop stops at the first
+    step that finds nothing masked, and so does the rollout (see `steps_run`). Sums to L."""
+    left, out = L, []
+    for count in arccos_schedule(L, N):
+        out.append(max(0, min(count, left)))
+        left -= out[-1]
+    return out
 
 
 def dimoo_schedule(L: int, N: int) -> list[int]:
-    """Cells committed at each of N steps under the DiMOO rule (some steps may commit none)."""
+    """Cells committed at each of N steps under the DiMOO rule (some steps may commit none): after step
+    s < N − 1, max(1, floor(L·cos(π/2·(s+1)/N))) cells stay masked, computed in float32 as published
+    (where L·cos(…) is an exact integer the float32 cosine lands below it: one fewer stays masked)."""
     if N < 1:
         raise MigmError(f"steps must be at least 1, got {N}")
     masked, out = L, []
     for s in range(N):
-        keep = max(1, math.floor(L * math.cos(math.pi / 2 * (s + 1) / N))) if s < N - 1 else 0
+        keep = 0
+        if s < N - 1:
+            ratio = torch.cos(torch.tensor((s + 1) / N) * math.pi / 2)  # float32, as published
+            keep = max(1, int(torch.floor(L * ratio)))
         keep = min(keep, masked)
         out.append(masked - keep)
         masked = keep
     return out
+
+
+def steps_run(counts: list[int]) -> int:
+    """Steps a loop with these counts runs: it stops at the first step that finds nothing masked."""
+    total, L = 0, sum(counts)
+    for s, count in enumerate(counts):
+        if total == L:
+            return s
+        total += count
+    return len(counts)
 
 
 def inverse_cdf(log_probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -61,12 +86,13 @@ def inverse_cdf(log_probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 def full_steps(N: int, B: int) -> list[int]:
     """Indices of the B steps that run the base model, the published rule: step 0, then
-    s_k = max(s_{k-1} + 1, round(N·k/B)) for k = 1 … B−1 with Python's round (half to even)."""
+    s_k = max(s_{k-1} + 1, round(N·(k/B))) for k = 1 … B−1 with Python's round (half to even) on the float
+    product, k/B evaluated first. B = 1, which the published loops refuse, is migm's: step 0 alone."""
     if not 1 <= B <= N:
         raise MigmError(f"budget must satisfy 1 <= budget <= steps ({N}), got {B}")
     out = [0]
     for k in range(1, B):
-        out.append(max(out[-1] + 1, round(N * k / B)))
+        out.append(max(out[-1] + 1, round(N * (k / B))))  # k/B first, as published: 45·(7/10) rounds to 31
     return out
 
 
@@ -103,12 +129,3 @@ def placed_full_steps(N: int, B: int, cost) -> list[int]:
     for choice in reversed(back):
         full.append(int(choice[full[-1]]))
     return check_full_steps(full[::-1], N)
-
-
-def mask_ratios(L: int, N: int) -> list[float]:
-    """Fraction of image tokens still masked after each step."""
-    left, out = L, []
-    for c in token_schedule(L, N):
-        left -= c
-        out.append(left / L)
-    return out

@@ -33,13 +33,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from migm.trajectories.base.digits import LEVELS, decode_digits, load_classifier, load_digits_split, score_digits, shift
-from migm.trajectories.base.dimoo import (
-    SYSTEM_PROMPT,
-    UNCONDITION,
-    DiMOO,
-    SpecialTokens,
-    load_tokenizer,
-)
+from migm.trajectories.base.dimoo import DiMOO
 from migm.trajectories.base.dimoo_digits import (
     GRID,
     HELD_OUT_PHRASINGS,
@@ -49,6 +43,8 @@ from migm.trajectories.base.dimoo_digits import (
     phrase,
     prompts_of,
 )
+from migm.trajectories.base.dimoo_layout import SYSTEM_PROMPT, UNCONDITION, SpecialTokens
+from migm.trajectories.base.dimoo_loading import load_tokenizer
 from migm.trajectories.base.llada import LLaDA, LLaDAConfig
 from migm.trajectories.generate import sample_many
 from migm.trajectories.rollout import SamplerConfig

@@ -86,16 +86,12 @@ def strip_prefixes(state: dict, prefixes: tuple[str, ...] = ("module.", "_orig_m
     return out
 
 
-def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """Strict load whose error names the missing, unexpected or mis-shaped keys."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    shapes = [
-        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state and state[k].shape != v.shape
-    ]
+def key_problems(own: dict[str, tuple], found: dict[str, tuple]) -> list[str]:
+    """The missing, unexpected and mis-shaped keys of `found` against `own` (name -> shape), as one
+    line each (at most 8 names a line); empty when they match."""
+    missing = sorted(set(own) - set(found))
+    extra = sorted(set(found) - set(own))
+    shapes = [f"{k} {found[k]} != {own[k]}" for k in own if k in found and found[k] != own[k]]
     problems = []
     if missing:
         problems.append("missing keys: " + ", ".join(missing[:8]) + (" …" if len(missing) > 8 else ""))
@@ -103,6 +99,13 @@ def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], wh
         problems.append("unexpected keys: " + ", ".join(extra[:8]) + (" …" if len(extra) > 8 else ""))
     if shapes:
         problems.append("wrong shapes: " + ", ".join(shapes[:8]))
+    return problems
+
+
+def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Strict load whose error names the missing, unexpected or mis-shaped keys."""
+    own = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    problems = key_problems(own, {k: tuple(v.shape) for k, v in state.items()})
     if problems:
         raise MigmError(f"{what}: " + "; ".join(problems))
     module.load_state_dict(state, strict=True)

@@ -7,7 +7,6 @@ the tokens, so no tokenizer is needed (L = 64, V = 17). Weights ship in `weights
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +19,7 @@ from safetensors.torch import load_file
 from migm.trajectories.base.checkpoints import load_state_dict_strict
 from migm.trajectories.base.maskgit import MaskGIT, MaskGITConfig, MaskTransformer
 from migm.trajectories.errors import MigmError
+from migm.trajectories.frechet import frechet_distance, frechet_to, moments
 
 WEIGHTS = Path(__file__).parent / "weights"
 LEVELS = 17  # grey levels 0…16
@@ -103,33 +103,6 @@ def load_classifier(weights_dir: str | Path | None = None) -> DigitClassifier:
     return clf.eval().requires_grad_(False)
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets [n, d]."""
-    from scipy import linalg
-
-    mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    with warnings.catch_warnings():  # near-singular covariances of small sample sets are expected
-        warnings.simplefilter("ignore")
-        covmean = np.real(linalg.sqrtm(s1 @ s2))
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
-
-
-def frechet_to(reference: np.ndarray) -> Callable[[np.ndarray], float]:
-    """Fréchet distance to fixed reference features [m, d], fast over many feature sets (bootstrap):
-    tr sqrtm(S1·S2) = tr sqrtm(A·S1·A) with A = sqrtm(S2), a symmetric matrix, so one `eigvalsh` a call."""
-    mu2, s2 = reference.mean(0), np.cov(reference, rowvar=False)
-    w, v = np.linalg.eigh(s2)
-    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-
-    def distance(a: np.ndarray) -> float:
-        mu1, s1 = a.mean(0), np.cov(a, rowvar=False)
-        cross = np.sqrt(np.clip(np.linalg.eigvalsh(root @ s1 @ root), 0, None)).sum()
-        return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * cross)
-
-    return distance
-
-
 @lru_cache(maxsize=1)
 def _real_features() -> np.ndarray:
     """The shipped classifier's features of the held-out real digits (loaded once)."""
@@ -145,8 +118,8 @@ def digit_statistics(tokens: torch.Tensor, labels: torch.Tensor) -> dict[str, Ca
     clf = load_classifier()
     feats = clf.features(tokens.cpu().view(-1, 64))
     correct = (clf.out(feats).argmax(-1) == labels.cpu()).double().numpy()
-    feats, frechet = feats.double().numpy(), frechet_to(_real_features())
-    return {"accuracy": lambda i: float(correct[i].mean()), "frechet": lambda i: frechet(feats[i])}
+    feats, frechet = feats.double().numpy(), frechet_to(*moments(_real_features()))
+    return {"accuracy": lambda i: float(correct[i].mean()), "frechet": lambda i: frechet(*moments(feats[i]))}
 
 
 @torch.no_grad()
@@ -161,5 +134,5 @@ def score_digits(tokens: torch.Tensor, labels: torch.Tensor, clf: DigitClassifie
         real = _real_features()
     else:
         real = clf.features(torch.from_numpy(load_digits_split()["x_test"]).view(-1, 64)).double().numpy()
-    fd = frechet_distance(feats.double().numpy(), real)
+    fd = frechet_distance(*moments(feats.double().numpy()), *moments(real))
     return {"accuracy": acc, "frechet": fd, "samples": len(tokens)}

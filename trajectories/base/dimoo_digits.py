@@ -14,7 +14,8 @@ import re
 from pathlib import Path
 
 from migm.trajectories.base.digits import decode_digits, digit_statistics, score_digits
-from migm.trajectories.base.dimoo import DiMOO, load_dimoo, read_json
+from migm.trajectories.base.dimoo import DiMOO
+from migm.trajectories.base.dimoo_loading import load_dimoo, read_json
 from migm.trajectories.errors import MigmError
 
 WEIGHTS = Path(__file__).parent / "weights" / "dimoo-digits"

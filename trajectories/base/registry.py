@@ -51,7 +51,7 @@ BUILTIN: dict[str, tuple[str, str, str]] = {
         "published MaskGIT ImageNet checkpoint: --checkpoint FILE [--vqgan DIR to decode] [--heads 16]",
     ),
     "dimoo": (
-        "migm.trajectories.base.dimoo",
+        "migm.trajectories.base.dimoo_loading",
         "load_dimoo",
         "Lumina-DiMOO text-to-image (LLaDA): --checkpoint DIR (its Hugging Face folder) [--height/--width 1024]",
     ),

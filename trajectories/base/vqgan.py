@@ -84,12 +84,12 @@ class AttnBlock(nn.Module):
         self.q, self.k, self.v, self.proj_out = (nn.Conv2d(c, c, 1) for _ in range(4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
+        n, C, H, W = x.shape
         h = self.norm(x)
         q, k, v = (
             conv(h).flatten(2).transpose(1, 2).unsqueeze(1) for conv in (self.q, self.k, self.v)
-        )  # [B, 1, HW, C]
-        h = F.scaled_dot_product_attention(q, k, v).squeeze(1).transpose(1, 2).reshape(B, C, H, W)
+        )  # [n, 1, HW, C]
+        h = F.scaled_dot_product_attention(q, k, v).squeeze(1).transpose(1, 2).reshape(n, C, H, W)
         return x + self.proj_out(h)
 
 
@@ -177,11 +177,11 @@ class VQGANDecoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, tokens: torch.Tensor, pixels: str = "minmax") -> torch.Tensor:
-        B, L = tokens.shape
+        n, L = tokens.shape
         side = int(round(L**0.5))
         if side * side != L:
             raise MigmError(f"VQGAN decoding needs a square token grid, got L={L}")
-        z = self.quantize.embedding(tokens.long()).view(B, side, side, -1).permute(0, 3, 1, 2)
+        z = self.quantize.embedding(tokens.long()).view(n, side, side, -1).permute(0, 3, 1, 2)
         with torch.autocast(z.device.type, enabled=False):  # decode in fp32 whatever the sampling precision
             x = self.decoder(self.post_quant_conv(z.float()))
         return to_pixels(x.float(), pixels)

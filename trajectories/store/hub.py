@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from migm.trajectories.checks import check_repo_id, inert
 from migm.trajectories.errors import MigmError
 from migm.trajectories.safe_load import read_text
+from migm.trajectories.store.location import Location, open_location
 from migm.trajectories.store.manifest import read_manifest, shard_path
-from migm.trajectories.store.schema import MANIFEST
+from migm.trajectories.store.schema import MANIFEST, sha256_path
 from migm.trajectories.store.verify import verify_dataset
 
 
@@ -33,17 +35,45 @@ def dataset_files(root: str | Path) -> list[str]:
 
 
 def push_dataset(
-    root: str | Path, repo_id: str, private: bool = True, dry_run: bool = False, token: str | None = None
+    root: str | Path,
+    repo_id: str,
+    private: bool = True,
+    dry_run: bool = False,
+    token: str | None = None,
+    storage_options: dict | None = None,
 ) -> dict:
-    """Verify every shard (every row), then upload exactly the dataset's files as a Hub dataset repo."""
+    """Verify every shard (every row), then upload exactly the dataset's files as a Hub dataset repo.
+    A dataset at a URL is downloaded to a temporary folder first (and its shards checked again there)."""
     check_repo_id(repo_id)
-    report = verify_dataset(root)
+    report = verify_dataset(root, storage_options)
     if not report["ok"]:
         bad = [s["name"] for s in report["shards"] if not s["ok"]]
         raise MigmError(
             f"refusing to push a dataset with bad shards: {', '.join(map(repr, bad))} (see `migm verify {root}`)"
         )
-    return upload_files(root, dataset_files(root), repo_id, "dataset", private, dry_run, token=token)
+    loc = open_location(root, storage_options)
+    if loc.local:
+        return upload_files(root, dataset_files(root), repo_id, "dataset", private, dry_run, token=token)
+    with tempfile.TemporaryDirectory(prefix="migm-push-") as tmp:
+        files = download_dataset(loc, Path(tmp))
+        return upload_files(tmp, files, repo_id, "dataset", private, dry_run, token=token)
+
+
+def download_dataset(loc: Location, dest: Path) -> list[str]:
+    """The manifest, card and every shard object of a store dataset, copied into `dest` and each
+    shard checked against the manifest there; returns the relative names."""
+    manifest = read_manifest(loc)
+    files = [MANIFEST, "README.md"]
+    for shard in manifest.shards:
+        files += [f"{shard.name}/{rel}" if rel else shard.name for rel in loc.files(shard.name)]
+    with loc.guard("read"):
+        for name in files:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            loc.fs.get_file(loc.path(name), str(dest / name))
+    for shard in manifest.shards:
+        if sha256_path(dest / shard.name) != shard.sha256:
+            raise MigmError(f"shard {shard.name!r} changed while it was downloaded from {loc.url}; push again")
+    return files
 
 
 def upload_files(

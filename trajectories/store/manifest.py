@@ -20,7 +20,8 @@ from migm.trajectories.errors import MigmError
 from migm.trajectories.rollout import LEGACY_SAMPLER, SamplerConfig
 from migm.trajectories.safe_load import load_json
 from migm.trajectories.store.codecs import Codec, parse_codec
-from migm.trajectories.store.schema import FORMATS, MANIFEST, SCHEMA_VERSION, Dims, shard_name, write_json_atomic
+from migm.trajectories.store.location import Location, open_location
+from migm.trajectories.store.schema import FORMATS, MANIFEST, SCHEMA_VERSION, Dims, shard_name
 
 SUBDIR = {"zarr": "shards", "parquet": "data"}  # where each format keeps its shards
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -343,25 +344,51 @@ def read_json(path: Path):
     return load_json(path)
 
 
-def read_manifest(root: str | Path) -> Manifest:
-    """Read and check `ROOT/dataset.json`."""
-    root = Path(root)
-    if not root.is_dir():
-        raise MigmError(f"{str(root)!r} is not a dataset folder")
-    path = root / MANIFEST
-    if not path.is_file():
-        raise MigmError(f"{str(root)!r} has no {MANIFEST}: not a trajectory dataset, or its dump has not finished")
-    return manifest_from_dict(read_json(path), path)
+def read_manifest(root: str | Path | Location, storage_options: dict | None = None) -> Manifest:
+    """Read and check `ROOT/dataset.json` (ROOT: a folder or an fsspec URL)."""
+    loc = open_location(root, storage_options)
+    if loc.local:
+        root = loc.folder
+        if not root.is_dir():
+            raise MigmError(f"{str(root)!r} is not a dataset folder")
+        path = root / MANIFEST
+        if not path.is_file():
+            raise MigmError(f"{str(root)!r} has no {MANIFEST}: not a trajectory dataset, or its dump has not finished")
+        return manifest_from_dict(read_json(path), path)
+    return manifest_from_dict(read_store_json(loc, MANIFEST), loc.url_of(MANIFEST))
 
 
-def read_plan(path: Path) -> Plan:
-    return plan_from_dict(read_json(path), path)
+def read_store_json(loc: Location, name: str):
+    """A JSON object of a store location, within the safe loader's limits (size, UTF-8, depth,
+    integers); a missing one names the location."""
+    from migm.trajectories.safe_load import MAX_JSON_BYTES, parse_json
+
+    where = loc.url_of(name)
+    if not loc.exists(name):
+        raise MigmError(f"{loc.url} has no {name}: not a trajectory dataset, or its dump has not finished")
+    size = loc.size(name)
+    if size > MAX_JSON_BYTES:
+        raise MigmError(f"JSON file {where} is {size:,} bytes, more than the {MAX_JSON_BYTES:,} this tool reads")
+    try:
+        text = loc.read_bytes(name).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MigmError(f"JSON file {where} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    return parse_json(text, where)
 
 
-def write_manifest(root: str | Path, manifest: Manifest) -> None:
-    """Validate, then write `dataset.json` atomically (a reader sees the old file or the new one)."""
-    manifest_from_dict(manifest.to_dict(), Path(root) / MANIFEST)
-    write_json_atomic(Path(root) / MANIFEST, manifest.to_dict())
+def read_plan(loc: Location, name: str) -> Plan:
+    """The plan a dump's state file `name` holds."""
+    if loc.local:
+        return plan_from_dict(read_json(loc.folder / name), loc.folder / name)
+    return plan_from_dict(read_store_json(loc, name), loc.url_of(name))
+
+
+def write_manifest(root: str | Path | Location, manifest: Manifest) -> None:
+    """Validate, then write `dataset.json` whole (a folder: temporary name and rename; a store:
+    one put): a reader sees the old file or the new one."""
+    loc = open_location(root)
+    manifest_from_dict(manifest.to_dict(), loc.url_of(MANIFEST))
+    loc.write_text(MANIFEST, json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
 def shard_path(root: str | Path, name: str) -> Path:

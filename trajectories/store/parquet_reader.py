@@ -19,10 +19,13 @@ class ParquetShardReader:
     def __init__(
         self, path: Path, specs: dict[str, tuple[tuple[int, ...], np.dtype]], rows: int, name: str | None = None
     ):
-        self.path = Path(path)
-        self.name = name or self.path.name
+        # a local file, or an object on a store (`dataset.RemoteFile`: its path and pyarrow filesystem)
+        filesystem = getattr(path, "filesystem", None)
+        self.path = Path(path) if filesystem is None else path
+        self.name = name or Path(str(path)).name
         try:
-            self.file = pq.ParquetFile(self.path, page_checksum_verification=True)
+            source = str(self.path) if filesystem is not None else self.path
+            self.file = pq.ParquetFile(source, page_checksum_verification=True, filesystem=filesystem)
         except Exception as e:
             raise MigmError(f"shard {self.name!r} cannot be opened ({type(e).__name__}: {e})") from None
         self.fields = tuple(specs)

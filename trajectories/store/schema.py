@@ -96,10 +96,15 @@ def path_size(path: Path) -> int:
 def write_json_atomic(path: Path, obj: dict) -> None:
     """Write to a temporary name, flush to disk, rename: a reader sees the old file or the new one.
     A write error (disk full, read-only folder) is one line naming the file."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """`write_json_atomic` for any text."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "w") as f:
-            f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

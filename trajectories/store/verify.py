@@ -10,7 +10,6 @@ from migm.trajectories.checks import output_file, writable_dir
 from migm.trajectories.errors import MigmError
 from migm.trajectories.store.content import rows_problem
 from migm.trajectories.store.dataset import TrajectoryDataset, open_dataset
-from migm.trajectories.store.schema import path_size
 
 
 def shard_problem(ds: TrajectoryDataset, k: int, block: int = 64) -> str | None:
@@ -48,9 +47,10 @@ def shard_problem(ds: TrajectoryDataset, k: int, block: int = 64) -> str | None:
     return None
 
 
-def verify_dataset(root: str | Path) -> dict:
-    """Manifest, checksums, and every row of every shard. Returns a report; `ok` is False if any is bad."""
-    ds = open_dataset(root)
+def verify_dataset(root: str | Path, storage_options: dict | None = None) -> dict:
+    """Manifest, checksums, and every row of every shard. Returns a report; `ok` is False if any is bad.
+    `root`: a folder or an fsspec URL (the shards are read straight from the store)."""
+    ds = open_dataset(root, storage_options=storage_options)
     report = []
     for k, shard in enumerate(ds.shards):
         problem = shard_problem(ds, k)
@@ -58,14 +58,16 @@ def verify_dataset(root: str | Path) -> dict:
     return {"dataset": str(root), "ok": all(r["ok"] for r in report), "shards": report}
 
 
-def inspect_dataset(root: str | Path, plot: str | Path | None = None, sample_rows: int = 64) -> dict:
+def inspect_dataset(
+    root: str | Path, plot: str | Path | None = None, sample_rows: int = 64, storage_options: dict | None = None
+) -> dict:
     """Rows, dims, sizes, codec error bound and the smoothness curve (mean cos(f_s, f_{s+1}) per step).
     The plot is written only where `plot` says (its folder created); shards read are checked first."""
     if plot is not None:
         plot = output_file(plot, (".png",), "--plot")
-    ds = open_dataset(root)
+    ds = open_dataset(root, storage_options=storage_options)
     manifest, dims = ds.manifest, ds.dims
-    size = sum(path_size(ds.path(k)) for k in range(len(ds.shards)))
+    size = sum(ds.size(k) for k in range(len(ds.shards)))
     raw = dims.N * dims.T * dims.D * 2
     rows = np.linspace(0, len(ds) - 1, min(sample_rows, len(ds))).round().astype(int)
     picked = [ds[int(r)] for r in rows]

@@ -18,10 +18,12 @@ class ZarrShardReader:
     def __init__(
         self, path: Path, specs: dict[str, tuple[tuple[int, ...], np.dtype]], rows: int, name: str | None = None
     ):
-        self.path = Path(path)
-        self.name = name or self.path.name
+        # a local folder, or a zarr store (`FsspecStore` of a shard on an object store)
+        self.path = Path(path) if isinstance(path, (str, Path)) else path
+        self.name = name or getattr(self.path, "name", str(path))
         try:
-            group = zarr.open_group(str(self.path), mode="r", zarr_format=3)
+            store = str(self.path) if isinstance(self.path, Path) else self.path
+            group = zarr.open_group(store, mode="r", zarr_format=3)
             arrays = {field: group[field] for field in specs}
         except Exception as e:  # zarr raises many kinds for a damaged store
             raise MigmError(f"shard {self.name!r} cannot be opened ({type(e).__name__}: {e})") from None

@@ -34,10 +34,13 @@ import torch
 from migm.trajectories.base.checkpoints import load_state_dict
 from migm.trajectories.checks import IMAGE_EXTENSIONS, check_int, output_file
 from migm.trajectories.errors import MigmError
+from migm.trajectories.frechet import frechet_distance
 from migm.trajectories.safe_load import load_npz, read_rgb
 
 FEATURES = 2048  # Inception-v3 pool features: the FID space, as published
 DIMS = (64, 192, 768, 2048)  # torch-fidelity's feature layers (pytorch-fid's --dims): fewer for few samples
+# the release this module was tested with (pyproject's `metrics` extra, the Makefile's --no-deps install)
+FIDELITY = "torch-fidelity==0.4.0"
 IS_SPLITS = 10  # Inception Score: mean over 10 splits, as published
 
 
@@ -64,7 +67,10 @@ def fidelity():
     """torch-fidelity's Inception module (FeatureExtractorInceptionV3, URL_INCEPTION_V3), importable beside
     torchmetrics without torchvision (module docstring)."""
     if not _bare_fidelity():
-        raise MigmError("FID / IS need torch-fidelity: `pip install --no-deps torch-fidelity` (make installs it)")
+        raise MigmError(
+            f"FID / IS need torch-fidelity: `pip install --no-deps {FIDELITY}` (no torchvision; what `make` "
+            f"installs), or `pip install 'migm[metrics]'` where a torchvision matching your torch can come with it"
+        )
     from torch_fidelity import feature_extractor_inceptionv3
 
     return feature_extractor_inceptionv3
@@ -205,15 +211,6 @@ def _read_stats(metric, side: str) -> FeatureStats:
     return FeatureStats(mean.cpu().numpy(), sigma.cpu().numpy(), n)
 
 
-def _write_stats(metric, side: str, stats: FeatureStats) -> None:
-    """One side of torchmetrics' FID state from a mean and covariance (any n >= 2 gives them back)."""
-    n = max(stats.n, 2)
-    mu, sigma = torch.from_numpy(stats.mu), torch.from_numpy(stats.sigma)
-    setattr(metric, f"{side}_features_sum", mu * n)
-    setattr(metric, f"{side}_features_cov_sum", sigma * (n - 1) + n * torch.outer(mu, mu))
-    setattr(metric, f"{side}_features_num_samples", torch.tensor(n))
-
-
 def feature_stats(features: torch.Tensor) -> FeatureStats:
     """The statistics of features [n, dims], accumulated and read as torchmetrics' FID does."""
     metric = _fid_metric(features.shape[1])
@@ -221,16 +218,11 @@ def feature_stats(features: torch.Tensor) -> FeatureStats:
     return _read_stats(metric, "real")
 
 
-def frechet_distance(ref: FeatureStats, gen: FeatureStats) -> float:
-    """torchmetrics' FID between two sets given as statistics."""
+def fid(ref: FeatureStats, gen: FeatureStats) -> float:
+    """FID between two sets given as statistics (`trajectories.frechet`; equal to torchmetrics' own, tested)."""
     if ref.mu.shape != gen.mu.shape:
         raise MigmError(f"FID between {len(ref.mu)}-d and {len(gen.mu)}-d statistics")
-    metric = _fid_metric(len(ref.mu))
-    _write_stats(metric, "real", ref)
-    _write_stats(metric, "fake", gen)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*called before the ``update``")  # its state is set, not updated
-        return float(metric.compute())
+    return frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma)
 
 
 def inception_score(logits: torch.Tensor, seed: int = 0) -> tuple[float, float]:
@@ -463,7 +455,7 @@ def image_metrics(
     check_int("--batch-size", batch_size)
     if m.clip is not None and (prompts is None or len(prompts) != len(tokens)):
         raise MigmError("CLIP score needs one prompt per sample")
-    fid = _fid_metric(m.dims) if m.inception is not None else None
+    fid_metric = _fid_metric(m.dims) if m.inception is not None else None
     clip = _clip_metric(m.clip) if m.clip is not None else None
     logits = []
     for i in range(0, len(tokens), batch_size):
@@ -471,17 +463,17 @@ def image_metrics(
         # decode a few at a time: a 512-px VQGAN decode holds GiBs of activations per dozen images
         with torch.no_grad():
             images = torch.cat([to_uint8(base.decode(t)) for t in chunk.split(8)])
-            if fid is not None:
+            if fid_metric is not None:
                 features, lg = inception_outputs(m.inception, images)
-                fid.update(features, real=False)
+                fid_metric.update(features, real=False)
                 logits.append(lg)
             if clip is not None:
                 clip.update(images, prompts[i : i + batch_size])
         if progress is not None:
             progress(len(chunk))
     out = {}
-    if fid is not None:
-        out["fid"] = frechet_distance(m.reference, _read_stats(fid, "fake"))
+    if fid_metric is not None:
+        out["fid"] = fid(m.reference, _read_stats(fid_metric, "fake"))
         out["inception_score"], out["inception_score_std"] = inception_score(torch.cat(logits), m.seed)
     if clip is not None:
         out["clip_score"] = float(clip.compute())
