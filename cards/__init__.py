@@ -153,10 +153,19 @@ def trained_on(dataset: dict, N: int) -> str:
             f"codec `{dataset['codec']}`)"
         )
     (a, b), (va, vb) = live["training_samples"], live["validation_samples"]
-    return (
+    text = (
         f"live rollouts (no dataset), seed {live['seed']}, N = {N}: samples {a}–{b - 1} ({b - a}); "
         f"validated on held-out samples {va}–{vb - 1}"
     )
+    policy = live.get("on_policy")
+    if policy is not None:
+        budgets = ", ".join(f"N{N}B{B}" for B in policy["budgets"])
+        text += (
+            f"; on-policy (DAgger): {policy['fraction']:.0%} of each batch from {policy['rollout_batches']} "
+            f"rollout batches with the shortcut in the loop at {budgets}, from step {policy['start']} "
+            f"(ramp {policy['ramp']} steps), the base's features on the shortcut's states as targets"
+        )
+    return text
 
 
 def render_imported_card(config: dict, path: str) -> str:

@@ -157,6 +157,57 @@ LIVE_OPTIONS: Options = {
         64,
     ),
 }
+
+
+def on_policy_config(share: float | None, budgets: str | None, start: int, ramp: int):
+    """`OnPolicyConfig` of `train --on-policy SHARE` (None without it)."""
+    from migm.trajectories.on_policy import OnPolicyConfig
+
+    if share is None:
+        if budgets is not None or start or ramp:
+            raise MigmError("--on-policy-budget, --on-policy-start and --on-policy-ramp go with --on-policy SHARE")
+        return None
+    try:
+        parsed = [int(b) for b in (budgets or "4").split(",")]
+    except ValueError:
+        raise MigmError(f"--on-policy-budget takes comma-separated budgets, e.g. 2,4, got {budgets!r}") from None
+    return OnPolicyConfig(fraction=share, budgets=parsed, start=start, ramp=ramp)
+
+
+def _on_policy_options(on_policy, on_policy_budget, on_policy_start, on_policy_ramp, chain_budget) -> dict:
+    """The TrainConfig fields of on-policy training and budget-aware chains (docs/on-policy.md)."""
+    return {
+        "on_policy": on_policy_config(on_policy, on_policy_budget, on_policy_start, on_policy_ramp),
+        "chain_budget": chain_budget,
+    }
+
+
+ON_POLICY_OPTIONS: Options = {
+    "on_policy": (
+        option(
+            "--on-policy",
+            Optional[float],
+            "--live: SHARE in (0, 1] of each batch from on-policy pairs: the base rolled out with the current "
+            "shortcut in the loop at --on-policy-budget, the base's feature on its states as target.",
+        ),
+        None,
+    ),
+    "on_policy_budget": (
+        option("--on-policy-budget", Optional[str], "--on-policy: budgets B of those rollouts, cycled (default 4)."),
+        None,
+    ),
+    "on_policy_start": (option("--on-policy-start", int, "--on-policy: step of the first on-policy rollout."), 0),
+    "on_policy_ramp": (option("--on-policy-ramp", int, "--on-policy: steps over which the share grows from 0."), 0),
+    "chain_budget": (
+        option(
+            "--chain-budget",
+            Optional[int],
+            "--live: chain the shortcut from each full step to the next of the placement for (N, B), a loss at "
+            "every chained step (weights: --rollout-weights, one per step of the longest chain).",
+        ),
+        None,
+    ),
+}
 TRAIN_MODEL = (option("--model", Optional[str], "Base model (default: the one the dataset names).", "-m"), None)
 
 
@@ -204,7 +255,9 @@ LiveOpt = Annotated[
 @prompt_options
 @group("live_options", _live_options, LIVE_OPTIONS)
 @group("train_options", dict, TRAIN_OPTIONS)
+@group("on_policy_options", _on_policy_options, ON_POLICY_OPTIONS)
 def train(
+    on_policy_options: dict,
     train_options: dict,
     live_options: dict,
     sampler: dict,
@@ -242,6 +295,7 @@ def train(
         storage_options=call(parse_storage_options, storage_option),
         cache=call(cache_config, cache_dir, cache_size),
         **train_options,
+        **on_policy_options,
     )
     if quiet or as_json:
         result = call(run, cfg, spec, resume=resume)

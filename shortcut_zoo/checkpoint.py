@@ -41,6 +41,7 @@ OLD = "checkpoint.old"
 FORMAT = 1
 STATE = "train_state.json"
 MODEL, EMA_WEIGHTS, OPTIMIZER = "model.safetensors", "ema.safetensors", "optimizer.safetensors"
+EXTRA = "extra.safetensors"  # what else a run needs to resume exactly (on-policy: the rollout weights)
 RNG = re.compile(r"rng-(\d+)\.safetensors")
 
 
@@ -82,7 +83,7 @@ def _remove(folder: Path) -> None:
     """Delete a checkpoint folder this tool wrote: its own file names only, then the folder (a file
     it did not write stops the removal, so nothing of the user's is ever deleted)."""
     for p in folder.iterdir():
-        own = p.name in (STATE, MODEL, EMA_WEIGHTS, OPTIMIZER) or RNG.fullmatch(p.name)
+        own = p.name in (STATE, MODEL, EMA_WEIGHTS, OPTIMIZER, EXTRA) or RNG.fullmatch(p.name)
         if not own or p.is_dir():
             raise MigmError(inert(f"{folder} holds {p.name}, which migm did not write; move it away and retry"))
         p.unlink()
@@ -131,9 +132,12 @@ def _optimizer_state(opt) -> tuple[dict[str, torch.Tensor], list[dict]]:
     return _cpu(tensors), groups
 
 
-def save_checkpoint(out: Path, accelerator, model, opt, ema, state: dict, provenance: dict) -> Path:
-    """Write a whole checkpoint of the run to `out/checkpoint` (every process calls this). A write
-    error (disk full, read-only) is one line naming the folder, and leaves the previous checkpoint."""
+def save_checkpoint(
+    out: Path, accelerator, model, opt, ema, state: dict, provenance: dict, extra: dict | None = None
+) -> Path:
+    """Write a whole checkpoint of the run to `out/checkpoint` (every process calls this), with the
+    main process's `extra` tensors when given. A write error (disk full, read-only) is one line naming
+    the folder, and leaves the previous checkpoint."""
     partial, main = out / PARTIAL, accelerator.is_main_process
     try:
         if main:
@@ -153,6 +157,8 @@ def save_checkpoint(out: Path, accelerator, model, opt, ema, state: dict, proven
             save_file(_cpu(ema.shadow), str(partial / EMA_WEIGHTS))
             opt_tensors, groups = _optimizer_state(opt)
             save_file(opt_tensors, str(partial / OPTIMIZER))
+            if extra is not None:
+                save_file(_cpu(extra), str(partial / EXTRA))
         accelerator.wait_for_everyone()
         if main:
             record = {
@@ -362,3 +368,11 @@ def load_checkpoint(out: Path, accelerator, model, opt, ema, provenance: dict) -
     _load_optimizer(opt, ckpt / OPTIMIZER, record["optimizer"]["param_groups"])
     _load_rng(ckpt / f"rng-{accelerator.process_index}.safetensors")
     return {k: record[k] for k in ("step", "epoch", "batch_in_epoch", "losses")}
+
+
+def read_extra(out: Path) -> dict[str, torch.Tensor]:
+    """The `extra` tensors of `out`'s checkpoint (after `load_checkpoint` checked it; {}: none saved)."""
+    ckpt = find_checkpoint(out)
+    if ckpt is None or not (ckpt / EXTRA).is_file():
+        return {}
+    return _read(ckpt / EXTRA)[0]

@@ -25,13 +25,22 @@ import torch
 import torch.nn.functional as F
 
 from migm.shortcut_zoo.archs import build_for_base
-from migm.shortcut_zoo.checkpoint import CHECKPOINT, check_out_folder, load_checkpoint, save_checkpoint
+from migm.shortcut_zoo.checkpoint import CHECKPOINT, check_out_folder, load_checkpoint, read_extra, save_checkpoint
 from migm.shortcut_zoo.cost import relative_cost
 from migm.shortcut_zoo.evaluate import chained_errors, masked_positions, predict, validate
+from migm.shortcut_zoo.on_policy import (
+    check_training,
+    fingerprint_extra,
+    mixed_live_batches,
+    mixed_loss,
+    on_policy_source,
+    trained_on_policy,
+)
 from migm.trajectories.base import BaseSpec, load_base
 from migm.trajectories.checks import check_finite, check_int, check_seed, writable_dir
 from migm.trajectories.errors import MigmError
 from migm.trajectories.live import LiveConfig, LiveSource, MemoryDataset, heldout_rows, live_fingerprint, live_plan
+from migm.trajectories.on_policy import OnPolicyConfig
 from migm.trajectories.pairs import PairStream, pair_loader, split_window
 from migm.trajectories.store.cache import CacheConfig
 from migm.trajectories.store.dataset import open_dataset
@@ -69,6 +78,8 @@ class TrainConfig:
     rollout: int = 1  # K: chain the shortcut over K steps from a true feature (1: one-step pairs)
     rollout_weights: list[float] | None = None  # loss weight of each chained step (None: equal)
     live: LiveConfig | None = None  # train from live rollouts of the base instead of a dataset
+    on_policy: OnPolicyConfig | None = None  # live: mix in pairs rolled out with the shortcut in the loop
+    chain_budget: int | None = None  # live: chain between the full steps of (N, this B) (rollout_weights per step)
     storage_options: dict | None = None  # a dataset at an fsspec URL: options of its filesystem
     cache: CacheConfig | None = None  # a dataset on a store: streamed through this bounded local cache
 
@@ -185,7 +196,7 @@ def check_config(cfg: TrainConfig) -> None:
     check_int("--rollout", cfg.rollout)
     weights = cfg.rollout_weights
     if weights is not None:
-        if len(weights) != cfg.rollout:
+        if len(weights) != cfg.rollout and cfg.chain_budget is None:  # a chain's length is known with N
             raise MigmError(f"--rollout-weights needs one weight per chained step ({cfg.rollout}), got {len(weights)}")
         if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
             raise MigmError(f"--rollout-weights must be finite, at least 0 and not all 0, got {weights}")
@@ -259,6 +270,7 @@ class Run:
     batches: Callable = None  # () -> (index, batch) of one epoch (live: endless)
     val_rows: np.ndarray | None = None
     live: LiveSource | None = None
+    policy: Any = None  # the on-policy source (OnPolicySource), with --on-policy
 
 
 def start_run(cfg: TrainConfig, spec: BaseSpec, ds, out: Path, resume: bool) -> Run:
@@ -271,7 +283,9 @@ def start_run(cfg: TrainConfig, spec: BaseSpec, ds, out: Path, resume: bool) -> 
     base, manifest = training_base(cfg, spec, ds, str(accelerator.device))
     model = build_for_base(cfg.arch, base, **cfg.arch_config)
     provenance = {
-        "dataset": manifest.fingerprint() if ds is not None else live_fingerprint(manifest, cfg.live),
+        "dataset": manifest.fingerprint()
+        if ds is not None
+        else live_fingerprint(manifest, cfg.live, fingerprint_extra(cfg)),
         "arch": cfg.arch,
         "arch_config": asdict(model.cfg),
         "rollout": cfg.rollout,
@@ -304,8 +318,15 @@ def attach_pairs(run: Run) -> None:
         run.batches = lambda: dataset_batches(stream, run.state, cfg.workers)
     else:
         step = run.state["step"]
-        run.live = LiveSource(run.base, run.manifest, cfg.live, cfg.batch_size, cfg.rollout, rank, world, step)
+        run.live = LiveSource(
+            run.base, run.manifest, cfg.live, cfg.batch_size, cfg.rollout, rank, world, step, cfg.chain_budget
+        )
         run.batches = lambda: live_batches(run.live, run.state)
+        if cfg.on_policy is not None:
+            unwrapped = run.accelerator.unwrap_model(run.model)
+            run.policy = on_policy_source(run.live, cfg.on_policy, unwrapped, run.ema, step)
+            run.policy.restore(read_extra(run.out) if step else {})
+            run.batches = lambda: mixed_live_batches(run.live, run.policy, run.state)
 
 
 def train_step(run: Run, batch: dict) -> float:
@@ -313,7 +334,7 @@ def train_step(run: Run, batch: dict) -> float:
     cfg, accelerator, model, opt = run.cfg, run.accelerator, run.model, run.opt
     for group in opt.param_groups:
         group["lr"] = get_lr(run.state["step"], cfg)
-    loss = rollout_loss(model, run.base, batch, cfg)
+    loss = mixed_loss(model, run.base, batch, cfg, lambda b: rollout_loss(model, run.base, b, cfg), shortcut_loss)
     if not torch.isfinite(loss):
         raise MigmError(f"loss became {loss.item()} at step {run.state['step']}; lower --lr or check the dataset")
     accelerator.backward(loss)
@@ -337,11 +358,12 @@ def train_loop(run: Run, stop: int, progress: Callable[[int, float, float], None
             state["step"] += 1
             state["batch_in_epoch"] = i + 1
             state["losses"].append(loss)
-            pairs += len(batch["step"]) * accelerator.num_processes
+            pairs += len(batch["step"]) * accelerator.num_processes  # teacher-forced windows
             if progress is not None and accelerator.is_main_process:
                 progress(state["step"], loss, pairs / (time.perf_counter() - t0))
             if state["step"] % run.cfg.save_every == 0 or state["step"] == stop:
-                save_checkpoint(run.out, accelerator, run.model, run.opt, run.ema, state, run.provenance)
+                extra = None if run.policy is None else run.policy.snapshots()
+                save_checkpoint(run.out, accelerator, run.model, run.opt, run.ema, state, run.provenance, extra)
             if state["step"] >= stop:
                 break
         else:
@@ -380,6 +402,8 @@ def export_trained(run: Run, pairs: int, seconds: float) -> dict:
             "training_samples": run.live.trained_samples(),
             "validation_samples": [0, cfg.live.val_samples],
         }
+        if run.policy is not None:
+            trained_live["on_policy"] = trained_on_policy(run.policy, run.accelerator.num_processes)
     result = export_shortcut(
         run.out, final, cfg.arch, base, manifest, metrics, cost, training, step_errors, live=trained_live
     )
@@ -398,6 +422,7 @@ def train(
     from migm.shortcut_zoo.export import CONFIG
 
     check_config(cfg)
+    check_training(cfg)
     if (cfg.data is None) == (cfg.live is None):
         raise MigmError("give a dataset (--data DIR) or --live with a base (--model), not both")
     ds = open_dataset(cfg.data, storage_options=cfg.storage_options, cache=cfg.cache) if cfg.live is None else None

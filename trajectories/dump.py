@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -353,13 +353,21 @@ def text_fields(base, cond: torch.Tensor, branches: int, dims: Dims) -> dict[str
 
 
 def rollout_rows(
-    base, plan: Plan, start: int, stop: int, prompt_ids: torch.Tensor | None = None
+    base,
+    plan: Plan,
+    start: int,
+    stop: int,
+    prompt_ids: torch.Tensor | None = None,
+    predictor=None,
+    budget: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Samples [start, stop) of `plan` rolled out with a recorder: one row per sample and CFG branch
     (sample-major) with every field a dataset row holds, `features` as float16 before any codec.
     Sample i uses its own seed (from the plan's seed and i) and condition classes[i % len(classes)],
     so these rows equal the dump's rows of those samples (live training uses them unstored).
-    Text bases: `prompt_ids` is `base.encode_prompts(plan.text["prompts"])` (encoded once by the caller)."""
+    Text bases: `prompt_ids` is `base.encode_prompts(plan.text["prompts"])` (encoded once by the caller).
+    With a `predictor` and a `budget` B < N, only B steps run the base (on-policy live training): the
+    features recorded are the ones the sampler used, the predictor's at its steps."""
     branches, classes, dims = plan.branches, plan.classes, plan.dims
     if plan.text is not None and prompt_ids is None:
         prompt_ids = base.encode_prompts(plan.text["prompts"])
@@ -368,7 +376,8 @@ def rollout_rows(
     labels = torch.tensor([classes[i % len(classes)] for i in ids])
     cond = prompt_ids[labels] if plan.text is not None else labels
     rec = StepRecorder(stop - start, branches, dims)
-    result = rollout(base, cond, seeds, plan.sampler, recorder=rec)
+    sampler = plan.sampler if budget is None else replace(plan.sampler, budget=budget)
+    result = rollout(base, cond, seeds, sampler, predictor=predictor, recorder=rec)
     rep = lambda a: np.repeat(np.asarray(a), branches, axis=0)  # noqa: E731
     return {
         "features": rec.features,

@@ -1,0 +1,168 @@
+"""Training on the states the shortcut will meet, at B/N <= 0.125 on maskgit-digits (issue 31).
+
+    .venv/bin/python benchmarks/on_policy.py [--out bench-on-policy] [--samples 2000] [--train-steps 6000]
+    .venv/bin/python benchmarks/on_policy.py --smoke      # tiny sizes: checks that it runs
+
+Trains tiny-transformers of the same size, steps, batch and seed from live rollouts at N = 16 (or, with
+`--data DIR`, a dumped dataset for the teacher-forced variants): teacher-forced K = 1, `--rollout 3`,
+on-policy (`--on-policy 0.5 --on-policy-budget 2,3,4` from a quarter of the steps on), budget-aware
+(`--chain-budget 2`, the MSE and KL at every chained step), then runs one `migm bench` at N32B4, N16B2,
+N32B6, N16B3 beside vanilla N16 / N32, cache and taylor: bootstrap 95% intervals, rollout fidelity.
+Prints and writes (OUT/summary.json) the issue's checks at N32B4 and N16B2: Fréchet inside vanilla's
+seed-to-seed interval (vanilla ± |seed 0 − seed 1|), accuracy within 0.01, cache / taylor outside,
+the best variant's fidelity interval above K = 1's. Zoo folders already in OUT are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from migm.shortcut_zoo.bench import BenchConfig, results_table, run_bench
+from migm.shortcut_zoo.train import TrainConfig, train
+from migm.trajectories.base import BaseSpec, load_base
+from migm.trajectories.live import LiveConfig
+from migm.trajectories.on_policy import OnPolicyConfig
+
+FULL = {"train_steps": 6000, "batch": 128, "samples": 2000, "live_batch": 64, "bootstrap": 1000}
+SMOKE = {"train_steps": 24, "batch": 16, "samples": 24, "live_batch": 4, "bootstrap": 50}
+TARGETS = {"N32B4": "N32", "N16B2": "N16"}  # the issue's B/N = 0.125 points and their vanilla rows
+
+
+def variants(steps: int, batch: int) -> dict[str, dict]:
+    """TrainConfig options of each variant (beside the shared ones). The budget-aware chains of N16B2
+    are 7 steps long: a quarter of the windows per batch keeps its predicted pairs per step (7/4 of
+    K = 1's) below K = 3's."""
+    return {
+        "tf-k1": {},
+        "tf-k3": {"rollout": 3},
+        "on-policy": {"on_policy": OnPolicyConfig(fraction=0.5, budgets=[2, 3, 4], start=steps // 4)},
+        "chain-b2": {"chain_budget": 2, "loss": "mse+kl", "batch_size": max(1, batch // 4)},
+    }
+
+
+def apart(a: dict, b: dict, key: str) -> bool | None:
+    """Whether row a's interval of `key` lies wholly above row b's (None: an interval is missing)."""
+    ca, cb = a.get(f"{key}_ci"), b.get(f"{key}_ci")
+    return None if not ca or not cb else ca[0] > cb[1]
+
+
+def checks(rows: list[dict], names: list[str]) -> dict:
+    """The issue's must-hold items at each target config, read off the bench rows; `miss` is how far
+    outside (Fréchet, accuracy) a target was (0: held)."""
+    by = {(r["config"], r["method"]): r for r in rows}
+    out = {}
+    for config, vanilla_config in TARGETS.items():
+        v = by.get((vanilla_config, "vanilla"))
+        if v is None or (config, "cache") not in by:
+            continue
+        spread = v.get("frechet_spread") or 0.0
+        lo, hi = v["frechet"] - spread, v["frechet"] + spread
+        shortcuts = {n: by[(config, f"shortcut:{n}")] for n in names}
+        best = max(shortcuts, key=lambda n: shortcuts[n]["fidelity"])
+        item = {"vanilla_frechet_interval": [lo, hi], "vanilla_accuracy": v["accuracy"], "best": best, "variants": {}}
+        for name, r in shortcuts.items():
+            item["variants"][name] = {
+                "frechet": r["frechet"],
+                "frechet_inside": lo <= r["frechet"] <= hi,
+                "frechet_miss": max(0.0, lo - r["frechet"], r["frechet"] - hi),
+                "accuracy": r["accuracy"],
+                "accuracy_within_0.01": abs(r["accuracy"] - v["accuracy"]) <= 0.01,
+                "accuracy_miss": max(0.0, abs(r["accuracy"] - v["accuracy"]) - 0.01),
+                "fidelity": r["fidelity"],
+                "fidelity_ci": r.get("fidelity_ci"),
+                "fidelity_above_k1": apart(r, shortcuts["tf-k1"], "fidelity") if name != "tf-k1" else None,
+            }
+        for peer in ("cache", "taylor"):
+            item[peer] = {
+                "frechet": by[(config, peer)]["frechet"],
+                "outside": not lo <= by[(config, peer)]["frechet"] <= hi,
+            }
+        out[config] = item
+    return out
+
+
+def train_variants(root: Path, size: dict, data: str | None, seed: int, names: list[str]) -> dict[str, float]:
+    """Train (or reuse) the variants `names`; minutes of each training run."""
+    live = LiveConfig(steps=16, batch_size=size["live_batch"], val_samples=64 if size["samples"] > 100 else 8)
+    minutes = {}
+    for name, options in variants(size["train_steps"], size["batch"]).items():
+        if name not in names:
+            continue
+        out = root / name
+        if (out / "config.json").exists():
+            continue
+        dataset = data if data is not None and not set(options) & {"on_policy", "chain_budget"} else None
+        shared = dict(arch="tiny-transformer", steps=size["train_steps"], batch_size=size["batch"], lr=2e-3)
+        shared |= dict(save_every=500, seed=seed, warmup=min(100, size["train_steps"] // 10))
+        cfg = TrainConfig(data=dataset, live=None if dataset else live, out=str(out), **{**shared, **options})
+        t0 = time.perf_counter()
+        spec = BaseSpec("maskgit-digits", device="cpu")
+        train(cfg, spec, resume=(out / "checkpoint").is_dir())
+        minutes[name] = (time.perf_counter() - t0) / 60
+        print(f"trained {name} in {minutes[name]:.1f} min", flush=True)
+    return minutes
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="bench-on-policy", help="zoo folders and bench results go here")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs")
+    p.add_argument("--samples", type=int, default=None, help="bench samples per point (default 2,000)")
+    p.add_argument("--train-steps", type=int, default=None, help="optimizer steps of every variant (default 6,000)")
+    p.add_argument(
+        "--data", default=None, help="a dumped N = 16 dataset for the teacher-forced variants (default: live)"
+    )
+    p.add_argument("--configs", default="N16,N32,N32B4,N16B2,N32B6,N16B3", help="bench configs, comma-separated")
+    p.add_argument("--repeats", type=int, default=1, help="latency repeats of the bench")
+    p.add_argument("--batch", type=int, default=None, help="training batch (default 128)")
+    p.add_argument("--live-batch", type=int, default=None, help="samples per live rollout batch (default 64)")
+    p.add_argument("--bench-batch", type=int, default=250, help="bench sampling batch (also the latency batch)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variants", default=None, help="train and bench only these, comma-separated (tf-k1 always)")
+    args = p.parse_args()
+    size = dict(SMOKE if args.smoke else FULL)
+    given = {
+        "samples": args.samples,
+        "train_steps": args.train_steps,
+        "batch": args.batch,
+        "live_batch": args.live_batch,
+    }
+    size |= {k: v for k, v in given.items() if v is not None}
+    root = Path(args.out)
+    root.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    names = list(variants(size["train_steps"], size["batch"]))
+    if args.variants:
+        names = ["tf-k1", *(n for n in args.variants.split(",") if n in names and n != "tf-k1")]
+    minutes = train_variants(root, size, args.data, args.seed, names)
+    base = load_base(BaseSpec("maskgit-digits", device="cpu"))
+    cfg = BenchConfig(
+        shortcuts=[str(root / n) for n in names],
+        configs=args.configs.split(","),
+        predictors=["shortcut", "cache", "taylor"],
+        samples=size["samples"],
+        repeats=args.repeats,
+        batch_size=args.bench_batch,
+        out=str(root / "bench"),
+        bootstrap=size["bootstrap"],
+    )
+    result = run_bench(cfg, base, progress=lambda what: print(f"  {what}", flush=True))
+    print(results_table(result))
+    summary = {
+        "benchmark": "on-policy",
+        "size": size,
+        "source": "dataset " + args.data if args.data else "live",
+        "train_minutes": minutes,
+        "wall_minutes": (time.perf_counter() - t0) / 60,
+        "checks": checks(result["rows"], names),
+    }
+    print(json.dumps(summary["checks"], indent=1))
+    (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\nwrote {root / 'summary.json'} and {', '.join(result['files'])}")
+
+
+if __name__ == "__main__":
+    main()
