@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from migm.trajectories.checks import inert
+from migm.trajectories.checks import check_prompts, inert
 from migm.trajectories.errors import MigmError
 
 app = typer.Typer(
@@ -194,9 +194,8 @@ def parse_prompts(prompt: list[str] | None, prompts_file: str | None) -> list[st
         if not lines:
             raise MigmError(f"the prompt file {prompts_file} holds no prompt")
         out += lines
-    for i, text in enumerate(out):
-        if not text.strip():
-            raise MigmError(f"prompt {i + 1} is empty")
+    if out:
+        check_prompts(out)
     return out or None
 
 

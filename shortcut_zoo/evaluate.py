@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from migm.trajectories.base.protocol import Predictor
+from migm.trajectories.base.protocol import Predictor, ProbedPredictor
 
 
 def at_cells(values: torch.Tensor, batch: dict[str, torch.Tensor], T: int) -> torch.Tensor:
@@ -130,46 +130,25 @@ def masked_cosine(base, feature: torch.Tensor, true: torch.Tensor, tokens: torch
     return (cos * masked).sum(1) / masked.sum(1).clamp(min=1)
 
 
-class FidelityProbe:
+class FidelityProbe(ProbedPredictor):
     """A predictor wrapped for `migm bench`: at each shortcut step it also runs the base on the sampler's
     state (one extra base forward) and records the cosine between the feature the sampler uses and the
     one the base computes (`masked_cosine`), averaged over both CFG branches of a sample. `values()`:
     per sample, the mean over its shortcut steps. Sampling itself is unchanged."""
 
-    needs_state = True  # predict gets base=, tokens=, cond=
-
     def __init__(self, inner: Predictor, branches: int):
-        self.inner, self.branches = inner, branches
+        super().__init__(inner)
+        self.branches = branches
         self.batches: list[torch.Tensor] = []  # per rollout: [batch] mean over its shortcut steps
         self.steps: list[torch.Tensor] = []  # this rollout's shortcut steps: [batch] each
 
-    # the inner predictor's own hooks
-    @property
-    def static_new_tokens(self) -> bool:
-        return self.inner.static_new_tokens
-
-    def full_steps(self, N: int) -> list[int] | None:
-        return self.inner.full_steps(N)
-
-    def place(self, N: int, B: int) -> list[int]:
-        return self.inner.place(N, B)
-
-    def full_forward(self, base, tokens: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.inner.full_forward(base, tokens, cond)
-
     def reset(self) -> None:
         self._flush()
-        self.inner.reset()
+        super().reset()
 
-    def observe(self, step: int, feature: torch.Tensor) -> None:
-        self.inner.observe(step, feature)
-
-    def predict(self, step, feature, new_emb, new_pos, new_valid, mask_ratio, feat_valid=None, *, base, tokens, cond):
-        state = {"base": base, "tokens": tokens, "cond": cond} if self.inner.needs_state else {}
-        out = self.inner.predict(step, feature, new_emb, new_pos, new_valid, mask_ratio, feat_valid=feat_valid, **state)
+    def record(self, step, out, base, tokens, cond) -> None:
         true = base.forward(tokens, cond)[1]
         self.steps.append(masked_cosine(base, out, true, tokens, cond).view(self.branches, -1).mean(0))
-        return out
 
     def _flush(self) -> None:
         if self.steps:

@@ -38,6 +38,15 @@ def check_int(name: str, value: int | None, low: int = 1, high: int | None = Non
         raise MigmError(f"{name} must be at most {high}, got {value}")
 
 
+def check_prompts(texts: list[str]) -> None:
+    """At least one prompt, none empty (a text base would condition on markup alone)."""
+    if not texts:
+        raise MigmError("no prompts given")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise MigmError(f"prompt {i + 1} is empty")
+
+
 def check_seed(value: int) -> None:
     check_int("--seed", value, low=0, high=2**63 - 1)
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from migm.trajectories.base.protocol import ProbedPredictor
 from migm.trajectories.checks import check_finite, check_int
 from migm.trajectories.dump import rollout_rows, sample_major
 from migm.trajectories.errors import MigmError
@@ -62,38 +63,20 @@ def on_policy_share(step: int, cfg: OnPolicyConfig) -> float:
     return cfg.fraction * min(1.0, (step - cfg.start + 1) / cfg.ramp)
 
 
-class TargetProbe:
+class TargetProbe(ProbedPredictor):
     """A predictor wrapped so each shortcut step also runs the base on the sampler's state: `true[s]`
     is the base's feature of step s ([rows, T, D], branch-major as the rollout's). Sampling is unchanged."""
 
-    needs_state = True  # predict gets base=, tokens=, cond=
-
     def __init__(self, inner):
-        self.inner = inner
+        super().__init__(inner)
         self.true: dict[int, torch.Tensor] = {}
-
-    # the inner predictor's own hooks
-    def full_steps(self, N: int) -> list[int] | None:
-        return self.inner.full_steps(N)
-
-    def place(self, N: int, B: int) -> list[int]:
-        return self.inner.place(N, B)
-
-    def full_forward(self, base, tokens: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.inner.full_forward(base, tokens, cond)
 
     def reset(self) -> None:
         self.true = {}
-        self.inner.reset()
+        super().reset()
 
-    def observe(self, step: int, feature: torch.Tensor) -> None:
-        self.inner.observe(step, feature)
-
-    def predict(self, step, feature, new_emb, new_pos, new_valid, mask_ratio, feat_valid=None, *, base, tokens, cond):
-        state = {"base": base, "tokens": tokens, "cond": cond} if self.inner.needs_state else {}
-        out = self.inner.predict(step, feature, new_emb, new_pos, new_valid, mask_ratio, feat_valid=feat_valid, **state)
+    def record(self, step, out, base, tokens, cond) -> None:
         self.true[step] = base.forward(tokens, cond)[1]
-        return out
 
 
 def on_policy_rows(base, p: Plan, start: int, stop: int, predictor, budget: int, prompt_ids=None) -> dict:

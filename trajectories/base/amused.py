@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from migm.trajectories.base.rules import gumbel
+from migm.trajectories.checks import check_prompts
 from migm.trajectories.errors import MigmError
 
 FEATURES = ("up", "transformer")
@@ -168,11 +169,7 @@ class Amused:
 
     def encode_prompts(self, texts: list[str]) -> torch.Tensor:
         """Prompts -> prompt ids [n, P] as the pipeline tokenizes them (padded to model_max_length)."""
-        if not texts:
-            raise MigmError("no prompts given")
-        for i, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                raise MigmError(f"prompt {i + 1} is empty")
+        check_prompts(texts)
         return self._ids(list(texts))
 
     def null_cond(self, batch: int) -> torch.Tensor:

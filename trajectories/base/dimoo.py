@@ -43,6 +43,7 @@ from migm.trajectories.base.dimoo_layout import (
 )
 from migm.trajectories.base.llada import LLaDA
 from migm.trajectories.base.rules import DIMOO_RULE
+from migm.trajectories.checks import check_prompts
 from migm.trajectories.errors import MigmError, first_line
 
 
@@ -119,11 +120,7 @@ class DiMOO(PartialForward):
 
     def encode_prompts(self, texts: list[str]) -> torch.Tensor:
         """Prompts -> cond-branch prompt ids [n, P] (markup included, no BOS), right-padded with -1."""
-        if not texts:
-            raise MigmError("no prompts given")
-        for i, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                raise MigmError(f"prompt {i + 1} is empty")
+        check_prompts(texts)
         rows = [self._encode_one(t) for t in texts]
         for i, ids in enumerate(rows):  # attention grows with the square of the sequence: refused, not run
             if len(ids) > self.max_prompt:

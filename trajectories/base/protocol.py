@@ -182,3 +182,43 @@ class PredictorDefaults:
 
     def full_forward(self, base: Base, tokens: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return base.forward(tokens, cond)
+
+
+class ProbedPredictor:
+    """A predictor wrapped so each shortcut step also sees the sampler's state: the inner predictor's
+    hooks pass through unchanged, and `record(step, out, base, tokens, cond)` gets the feature the
+    sampler will use (subclasses run the base on that state: bench's fidelity, on-policy targets).
+    Sampling itself is unchanged."""
+
+    needs_state = True  # predict gets base=, tokens=, cond=
+
+    def __init__(self, inner: Predictor):
+        self.inner = inner
+
+    @property
+    def static_new_tokens(self) -> bool:
+        return self.inner.static_new_tokens
+
+    def full_steps(self, N: int) -> list[int] | None:
+        return self.inner.full_steps(N)
+
+    def place(self, N: int, B: int) -> list[int]:
+        return self.inner.place(N, B)
+
+    def full_forward(self, base: Base, tokens: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inner.full_forward(base, tokens, cond)
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def observe(self, step: int, feature: torch.Tensor) -> None:
+        self.inner.observe(step, feature)
+
+    def predict(self, step, feature, new_emb, new_pos, new_valid, mask_ratio, feat_valid=None, *, base, tokens, cond):
+        state = {"base": base, "tokens": tokens, "cond": cond} if self.inner.needs_state else {}
+        out = self.inner.predict(step, feature, new_emb, new_pos, new_valid, mask_ratio, feat_valid=feat_valid, **state)
+        self.record(step, out, base, tokens, cond)
+        return out
+
+    def record(self, step: int, out: torch.Tensor, base: Base, tokens: torch.Tensor, cond: torch.Tensor) -> None:
+        raise NotImplementedError
