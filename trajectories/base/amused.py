@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from migm.trajectories.base.protocol import same_new_tokens_per_branch
 from migm.trajectories.base.rules import gumbel
 from migm.trajectories.checks import check_prompts
 from migm.trajectories.errors import MigmError
@@ -262,10 +263,7 @@ class Amused:
     def new_tokens(
         self, new_ids: torch.Tensor, new_pos: torch.Tensor, cond: torch.Tensor, branch: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Both branches see the same new tokens: the committed cells at their grid positions."""
-        reps = len(cond) // len(new_ids)
-        pos = new_pos.repeat(reps, 1)
-        return self.embed(new_ids, new_pos).repeat(reps, 1, 1), pos, torch.ones_like(pos, dtype=torch.bool)
+        return same_new_tokens_per_branch(self, new_ids, new_pos, cond)
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:

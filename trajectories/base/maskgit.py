@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from migm.trajectories.base.checkpoints import fingerprint, load_state_dict_strict
+from migm.trajectories.base.protocol import same_new_tokens_per_branch
 from migm.trajectories.base.rules import MASKGIT_RULE
 
 
@@ -209,10 +210,7 @@ class MaskGIT:
     def new_tokens(
         self, new_ids: torch.Tensor, new_pos: torch.Tensor, cond: torch.Tensor, branch: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Both branches see the same new tokens: the cells committed at the step, embedded with position."""
-        reps = len(cond) // len(new_ids)
-        pos = new_pos.repeat(reps, 1)
-        return self.embed(new_ids, new_pos).repeat(reps, 1, 1), pos, torch.ones_like(pos, dtype=torch.bool)
+        return same_new_tokens_per_branch(self, new_ids, new_pos, cond)
 
     def null_cond(self, batch: int) -> torch.Tensor:
         return torch.full((batch,), self.cfg.num_classes, dtype=torch.long, device=self.device)

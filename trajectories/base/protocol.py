@@ -222,3 +222,13 @@ class ProbedPredictor:
 
     def record(self, step: int, out: torch.Tensor, base: Base, tokens: torch.Tensor, cond: torch.Tensor) -> None:
         raise NotImplementedError
+
+
+def same_new_tokens_per_branch(
+    base: Base, new_ids: torch.Tensor, new_pos: torch.Tensor, cond: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`new_tokens` of a base whose CFG branches share one token grid (class-conditional MaskGIT,
+    aMUSEd): every branch sees the cells committed at the step, embedded at their grid positions."""
+    reps = len(cond) // len(new_ids)
+    pos = new_pos.repeat(reps, 1)
+    return base.embed(new_ids, new_pos).repeat(reps, 1, 1), pos, torch.ones_like(pos, dtype=torch.bool)
