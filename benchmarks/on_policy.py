@@ -29,6 +29,21 @@ from migm.trajectories.on_policy import OnPolicyConfig
 FULL = {"train_steps": 6000, "batch": 128, "samples": 2000, "live_batch": 64, "bootstrap": 1000}
 SMOKE = {"train_steps": 24, "batch": 16, "samples": 24, "live_batch": 4, "bootstrap": 50}
 TARGETS = {"N32B4": "N32", "N16B2": "N16"}  # the issue's B/N = 0.125 points and their vanilla rows
+ML_CACHE = "ml-cache:warmup=0,period=4"  # refresh steps 0, 4, 8, …: the shortcut's uniform placement at B/N = 0.25
+# per base: the shortcut trained, the bench's configs and peers (dimoo-digits: the bottleneck-1 one-block
+# shortcut of docs/embedded-bases.md, against ML-Cache at the same B/N = 0.25 placement)
+MODELS = {
+    "maskgit-digits": {
+        "train": {"arch": "tiny-transformer", "lr": 2e-3},
+        "configs": "N16,N32,N32B4,N16B2,N32B6,N16B3",
+        "predictors": ["shortcut", "cache", "taylor"],
+    },
+    "dimoo-digits": {
+        "train": {"arch": "dimoo-transformer", "arch_config": {"bottleneck": 1}, "lr": 5e-3},
+        "configs": "N8,N16,N8B2,N16B4",
+        "predictors": ["shortcut", "cache", "taylor", ML_CACHE],
+    },
+}
 
 
 def variants(steps: int, batch: int) -> dict[str, dict]:
@@ -40,6 +55,12 @@ def variants(steps: int, batch: int) -> dict[str, dict]:
         "tf-k3": {"rollout": 3},
         "on-policy": {"on_policy": OnPolicyConfig(fraction=0.5, budgets=[2, 3, 4], start=steps // 4)},
         "chain-b2": {"chain_budget": 2, "loss": "mse+kl", "batch_size": max(1, batch // 4)},
+        "on-policy+chain-b2": {
+            "on_policy": OnPolicyConfig(fraction=0.5, budgets=[2, 3, 4], start=steps // 4),
+            "chain_budget": 2,
+            "loss": "mse+kl",
+            "batch_size": max(1, batch // 4),
+        },
     }
 
 
@@ -84,7 +105,31 @@ def checks(rows: list[dict], names: list[str]) -> dict:
     return out
 
 
-def train_variants(root: Path, size: dict, data: str | None, seed: int, names: list[str]) -> dict[str, float]:
+def ml_cache_checks(rows: list[dict], names: list[str]) -> dict:
+    """dimoo-digits: at each shortcut config, each variant's token agreement and fidelity intervals
+    against ML-Cache's at the same N and B (its refresh steps), and whether they lie wholly above."""
+    out = {}
+    for r in rows:
+        if r["method"] != f"shortcut:{names[0]}":
+            continue
+        peer = next((m for m in rows if m["method"] == ML_CACHE and m["N"] == r["N"] and m["B"] == r["B"]), None)
+        if peer is None:
+            continue
+        by = {m["method"]: m for m in rows if m["config"] == r["config"]}
+        item = {
+            "ml-cache": {k: peer.get(k) for k in ("token_agreement", "token_agreement_ci", "fidelity", "fidelity_ci")}
+        }
+        for name in names:
+            v = by[f"shortcut:{name}"]
+            item[name] = {k: v.get(k) for k in ("token_agreement", "token_agreement_ci", "fidelity", "fidelity_ci")}
+            item[name] |= {f"{k}_above_ml_cache": apart(v, peer, k) for k in ("token_agreement", "fidelity")}
+        out[r["config"]] = item
+    return out
+
+
+def train_variants(
+    root: Path, size: dict, data: str | None, seed: int, names: list[str], model: str
+) -> dict[str, float]:
     """Train (or reuse) the variants `names`; minutes of each training run."""
     live = LiveConfig(steps=16, batch_size=size["live_batch"], val_samples=64 if size["samples"] > 100 else 8)
     minutes = {}
@@ -95,11 +140,11 @@ def train_variants(root: Path, size: dict, data: str | None, seed: int, names: l
         if (out / "config.json").exists():
             continue
         dataset = data if data is not None and not set(options) & {"on_policy", "chain_budget"} else None
-        shared = dict(arch="tiny-transformer", steps=size["train_steps"], batch_size=size["batch"], lr=2e-3)
+        shared = dict(MODELS[model]["train"], steps=size["train_steps"], batch_size=size["batch"])
         shared |= dict(save_every=500, seed=seed, warmup=min(100, size["train_steps"] // 10))
         cfg = TrainConfig(data=dataset, live=None if dataset else live, out=str(out), **{**shared, **options})
         t0 = time.perf_counter()
-        spec = BaseSpec("maskgit-digits", device="cpu")
+        spec = BaseSpec(model, device="cpu")
         train(cfg, spec, resume=(out / "checkpoint").is_dir())
         minutes[name] = (time.perf_counter() - t0) / 60
         print(f"trained {name} in {minutes[name]:.1f} min", flush=True)
@@ -115,13 +160,16 @@ def main() -> None:
     p.add_argument(
         "--data", default=None, help="a dumped N = 16 dataset for the teacher-forced variants (default: live)"
     )
-    p.add_argument("--configs", default="N16,N32,N32B4,N16B2,N32B6,N16B3", help="bench configs, comma-separated")
+    p.add_argument("--model", default="maskgit-digits", choices=sorted(MODELS), help="the base")
+    p.add_argument("--configs", default=None, help="bench configs, comma-separated (default: the base's)")
     p.add_argument("--repeats", type=int, default=1, help="latency repeats of the bench")
     p.add_argument("--batch", type=int, default=None, help="training batch (default 128)")
     p.add_argument("--live-batch", type=int, default=None, help="samples per live rollout batch (default 64)")
     p.add_argument("--bench-batch", type=int, default=250, help="bench sampling batch (also the latency batch)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", default=None, help="train and bench only these, comma-separated (tf-k1 always)")
+    p.add_argument("--train-only", action="store_true", help="train exactly --variants (no bench): one job per core")
+    p.add_argument("--part", default=None, help="bench into OUT/bench-PART, summary OUT/summary-PART.json")
     args = p.parse_args()
     size = dict(SMOKE if args.smoke else FULL)
     given = {
@@ -136,17 +184,21 @@ def main() -> None:
     t0 = time.perf_counter()
     names = list(variants(size["train_steps"], size["batch"]))
     if args.variants:
-        names = ["tf-k1", *(n for n in args.variants.split(",") if n in names and n != "tf-k1")]
-    minutes = train_variants(root, size, args.data, args.seed, names)
-    base = load_base(BaseSpec("maskgit-digits", device="cpu"))
+        given_names = [n for n in args.variants.split(",") if n in names]
+        names = given_names if args.train_only else ["tf-k1", *(n for n in given_names if n != "tf-k1")]
+    minutes = train_variants(root, size, args.data, args.seed, names, args.model)
+    if args.train_only:
+        return
+    part = f"-{args.part}" if args.part else ""
+    base = load_base(BaseSpec(args.model, device="cpu"))
     cfg = BenchConfig(
         shortcuts=[str(root / n) for n in names],
-        configs=args.configs.split(","),
-        predictors=["shortcut", "cache", "taylor"],
+        configs=(args.configs or MODELS[args.model]["configs"]).split(","),
+        predictors=MODELS[args.model]["predictors"],
         samples=size["samples"],
         repeats=args.repeats,
         batch_size=args.bench_batch,
-        out=str(root / "bench"),
+        out=str(root / f"bench{part}"),
         bootstrap=size["bootstrap"],
     )
     result = run_bench(cfg, base, progress=lambda what: print(f"  {what}", flush=True))
@@ -157,11 +209,13 @@ def main() -> None:
         "source": "dataset " + args.data if args.data else "live",
         "train_minutes": minutes,
         "wall_minutes": (time.perf_counter() - t0) / 60,
+        "model": args.model,
         "checks": checks(result["rows"], names),
+        "ml_cache_checks": ml_cache_checks(result["rows"], names),
     }
-    print(json.dumps(summary["checks"], indent=1))
-    (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\nwrote {root / 'summary.json'} and {', '.join(result['files'])}")
+    print(json.dumps({k: summary[k] for k in ("checks", "ml_cache_checks")}, indent=1))
+    (root / f"summary{part}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\nwrote {root / f'summary{part}.json'} and {', '.join(result['files'])}")
 
 
 if __name__ == "__main__":
