@@ -4,10 +4,13 @@
     .venv/bin/python benchmarks/on_policy.py --smoke      # tiny sizes: checks that it runs
 
 Trains tiny-transformers of the same size, steps, batch and seed from live rollouts at N = 16 (or, with
-`--data DIR`, a dumped dataset for the teacher-forced variants): teacher-forced K = 1, `--rollout 3`,
-on-policy (`--on-policy 0.5 --on-policy-budget 2,3,4` from a quarter of the steps on), budget-aware
-(`--chain-budget 2`, the MSE and KL at every chained step), then runs one `migm bench` at N32B4, N16B2,
-N32B6, N16B3 beside vanilla N16 / N32, cache and taylor: bootstrap 95% intervals, rollout fidelity.
+`--data DIR`, a dumped dataset for the teacher-forced variants): teacher-forced K = 1, on-policy
+(`--on-policy 0.5 --on-policy-budget 2,3,4` from a quarter of the steps on), budget-aware
+(`--chain-budget 2`, the MSE and KL at every chained step) and both together (`--variants` adds
+`--rollout 3` and two on-policy settings), then runs one `migm bench` at N32B4, N16B2, N32B6, N16B3
+beside vanilla N16 / N32, cache and taylor: bootstrap 95% intervals, rollout fidelity.
+`--model dimoo-digits` trains the DiMOO shortcut and benches N8B2, N16B4 against ML-Cache at the same
+refresh steps (token agreement and fidelity intervals in `ml_cache_checks`).
 Prints and writes (OUT/summary.json) the issue's checks at N32B4 and N16B2: Fréchet inside vanilla's
 seed-to-seed interval (vanilla ± |seed 0 − seed 1|), accuracy within 0.01, cache / taylor outside,
 the best variant's fidelity interval above K = 1's. Zoo folders already in OUT are reused.
@@ -28,6 +31,7 @@ from migm.trajectories.on_policy import OnPolicyConfig
 
 FULL = {"train_steps": 6000, "batch": 128, "samples": 2000, "live_batch": 64, "bootstrap": 1000}
 SMOKE = {"train_steps": 24, "batch": 16, "samples": 24, "live_batch": 4, "bootstrap": 50}
+DEFAULT_VARIANTS = ["tf-k1", "on-policy", "chain-b2", "on-policy+chain-b2"]  # the issue-size run's
 TARGETS = {"N32B4": "N32", "N16B2": "N16"}  # the issue's B/N = 0.125 points and their vanilla rows
 ML_CACHE = "ml-cache:warmup=0,period=4"  # refresh steps 0, 4, 8, …: the shortcut's uniform placement at B/N = 0.25
 # per base: the shortcut trained, the bench's configs and peers (dimoo-digits: the bottleneck-1 one-block
@@ -55,6 +59,15 @@ def variants(steps: int, batch: int) -> dict[str, dict]:
         "tf-k3": {"rollout": 3},
         "on-policy": {"on_policy": OnPolicyConfig(fraction=0.5, budgets=[2, 3, 4], start=steps // 4)},
         "chain-b2": {"chain_budget": 2, "loss": "mse+kl", "batch_size": max(1, batch // 4)},
+        "on-policy-b2": {  # all on-policy rollouts at the hardest target budget, most of each batch, KL on
+            "on_policy": OnPolicyConfig(fraction=0.75, budgets=[2], start=steps // 8),
+            "loss": "mse+kl",
+        },
+        "on-policy-kl1": {  # the on-policy variant with the logits' KL weighted as much as the MSE
+            "on_policy": OnPolicyConfig(fraction=0.5, budgets=[2, 3, 4], start=steps // 4),
+            "loss": "mse+kl",
+            "kl_weight": 1.0,
+        },
         "on-policy+chain-b2": {
             "on_policy": OnPolicyConfig(fraction=0.5, budgets=[2, 3, 4], start=steps // 4),
             "chain_budget": 2,
@@ -182,9 +195,12 @@ def main() -> None:
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    names = list(variants(size["train_steps"], size["batch"]))
+    names = list(DEFAULT_VARIANTS)
     if args.variants:
-        given_names = [n for n in args.variants.split(",") if n in names]
+        known = variants(size["train_steps"], size["batch"])
+        given_names = args.variants.split(",")
+        if unknown := [n for n in given_names if n not in known]:
+            p.error(f"unknown variants {unknown}; known: {', '.join(known)}")
         names = given_names if args.train_only else ["tf-k1", *(n for n in given_names if n != "tf-k1")]
     minutes = train_variants(root, size, args.data, args.seed, names, args.model)
     if args.train_only:

@@ -72,8 +72,13 @@ def live_config(live: bool, data: str | None, model: str | None, compile: bool =
 # TrainConfig's fields the command line sets, one option each (the others: --data, --out, -a, --rollout-weights, --live)
 TRAIN_OPTIONS: Options = {
     "arch": (
-        option("--arch", str, "tiny-transformer, mlp, gru, or dimoo-transformer (DiMOO-architecture bases)."),
-        "tiny-transformer",
+        option(
+            "--arch",
+            str,
+            "tiny-transformer, mlp, gru, or dimoo-transformer (default: the base's own: "
+            "dimoo-transformer for DiMOO-architecture bases, tiny-transformer otherwise).",
+        ),
+        None,
     ),
     "steps": (option("--steps", int, "Optimizer steps."), 2000),
     "batch_size": (option("--batch-size", int, "Pairs per step and process."), 128),
@@ -328,7 +333,7 @@ def print_training(cfg, result: dict, as_json: bool) -> None:
         return
     m, cost = result["metrics"]["overall"], result["cost"]
     print_metrics(
-        f"{cfg.out} ({cfg.arch}, {cost['parameters']:,} parameters, {cost['relative_cost']:.3f}x a base forward)",
+        f"{cfg.out} ({result['arch']}, {cost['parameters']:,} parameters, {cost['relative_cost']:.3f}x a base forward)",
         {
             "val cosine": m["cos"],
             "cache cosine": m["cache_cos"],

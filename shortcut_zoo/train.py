@@ -53,7 +53,7 @@ class TrainConfig:
     validation, checkpoints and rollout training (`rollout` = K chained steps per window)."""
 
     data: str | None  # dataset folder; None with `live`
-    arch: str = "tiny-transformer"
+    arch: str | None = None  # None: the base's own (`base.shortcut_arch`: dimoo-transformer for DiMOO)
     out: str = "zoo/tiny-transformer"
     arch_config: dict = field(default_factory=dict)  # e.g. {"bottleneck": 2, "blocks": 1}
     steps: int = 2000
@@ -281,6 +281,7 @@ def start_run(cfg: TrainConfig, spec: BaseSpec, ds, out: Path, resume: bool) -> 
     accelerator = Accelerator(cpu=spec.device == "cpu" or not torch.cuda.is_available())
     set_seed(cfg.seed)  # the same initial weights on every rank
     base, manifest = training_base(cfg, spec, ds, str(accelerator.device))
+    cfg = replace(cfg, arch=cfg.arch or base.shortcut_arch)
     model = build_for_base(cfg.arch, base, **cfg.arch_config)
     provenance = {
         "dataset": manifest.fingerprint()

@@ -116,3 +116,16 @@ def test_live_cli_trains_and_refuses_bad_combinations(tmp_path):
     for case, message in cases:
         bad = runner.invoke(app, case)
         assert bad.exit_code == 2 and message in bad.stderr, (case, bad.output)
+
+
+@pytest.mark.parametrize(
+    ("model", "arch"), [("dimoo-digits", "dimoo-transformer"), ("maskgit-digits", "tiny-transformer")]
+)
+def test_train_without_arch_builds_the_bases_own_shortcut(tmp_path, model, arch):
+    """No --arch: the base's own architecture (a DiMOO base gets the DiMOO shortcut, not a MaskGIT one)."""
+    args = ["train", "--live", "--model", model, "--device", "cpu", "--steps", "2", "--batch-size", "8"]
+    args += ["--sampling-steps", "4", "--live-batch", "2", "--buffer", "12", "--val-samples", "2"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "z")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "z" / "config.json").read_text())["arch"] == arch
+    assert f"({arch}," in result.stdout
