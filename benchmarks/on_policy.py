@@ -54,26 +54,21 @@ def variants(steps: int, batch: int) -> dict[str, dict]:
     """TrainConfig options of each variant (beside the shared ones). The budget-aware chains of N16B2
     are 7 steps long: a quarter of the windows per batch keeps its predicted pairs per step (7/4 of
     K = 1's) below K = 3's."""
+
+    def on_policy(**options) -> dict:  # the on-policy settings: shares of each batch from budgets 2, 3, 4
+        return {"on_policy": OnPolicyConfig(**{"fraction": 0.5, "budgets": [2, 3, 4], "start": steps // 4, **options})}
+
+    chains = {"chain_budget": 2, "loss": "mse+kl", "batch_size": max(1, batch // 4)}
     return {
         "tf-k1": {},
         "tf-k3": {"rollout": 3},
-        "on-policy": {"on_policy": OnPolicyConfig(fraction=0.5, budgets=[2, 3, 4], start=steps // 4)},
-        "chain-b2": {"chain_budget": 2, "loss": "mse+kl", "batch_size": max(1, batch // 4)},
-        "on-policy-b2": {  # all on-policy rollouts at the hardest target budget, most of each batch, KL on
-            "on_policy": OnPolicyConfig(fraction=0.75, budgets=[2], start=steps // 8),
-            "loss": "mse+kl",
-        },
-        "on-policy-kl1": {  # the on-policy variant with the logits' KL weighted as much as the MSE
-            "on_policy": OnPolicyConfig(fraction=0.5, budgets=[2, 3, 4], start=steps // 4),
-            "loss": "mse+kl",
-            "kl_weight": 1.0,
-        },
-        "on-policy+chain-b2": {
-            "on_policy": OnPolicyConfig(fraction=0.5, budgets=[2, 3, 4], start=steps // 4),
-            "chain_budget": 2,
-            "loss": "mse+kl",
-            "batch_size": max(1, batch // 4),
-        },
+        "on-policy": on_policy(),
+        "chain-b2": chains,
+        # every on-policy rollout at the hardest target budget, most of each batch, KL on
+        "on-policy-b2": {**on_policy(fraction=0.75, budgets=[2], start=steps // 8), "loss": "mse+kl"},
+        # the logits' KL weighted as much as the MSE
+        "on-policy-kl1": {**on_policy(), "loss": "mse+kl", "kl_weight": 1.0},
+        "on-policy+chain-b2": {**on_policy(), **chains},
     }
 
 
