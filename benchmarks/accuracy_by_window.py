@@ -6,8 +6,9 @@ compensation buys back.
 The shortcut's rollouts at N steps and B uniform full steps are scored (the base's classifier and
 Fréchet distance, the samples `migm bench` draws: classes cycling, seed 0) beside hybrids that run the
 shortcut in one window only (every other step full), which splits the accuracy lost between windows,
-and beside rollouts whose first-window shortcut steps have their CFG branch difference scaled by
-`--gammas` (f_c ← f_u + γ·(f_c − f_u): undoing the damping `guidance_damping.py` measures). Prints a
+beside rollouts whose first-window shortcut steps have their CFG branch difference scaled by
+`--gammas` (f_c ← f_u + γ·(f_c − f_u): undoing the damping `guidance_damping.py` measures), and beside
+other placements of the same budget (`--placements`). Prints a
 markdown table and writes `--out` (JSON).
 """
 
@@ -50,8 +51,9 @@ class Steered(ProbedPredictor):
         pass
 
 
-def runs(N: int, B: int, gammas: list[float]) -> list[tuple[str, list[int], float]]:
-    """(name, full steps, γ) of each rollout: the shortcut as placed, one window at a time, γ in window 1."""
+def runs(N: int, B: int, gammas: list[float], placements: list[list[int]]) -> list[tuple[str, list[int], float]]:
+    """(name, full steps, γ) of each rollout: the shortcut as placed, one window at a time, γ in window 1,
+    other placements of the same budget."""
     placed = full_steps(N, B)
     bounds = [*placed, N]
     out = [("shortcut", placed, 1.0)]
@@ -59,18 +61,20 @@ def runs(N: int, B: int, gammas: list[float]) -> list[tuple[str, list[int], floa
         if end - start > 1:  # shortcut steps start+1 … end−1 only; every other step full
             out.append((f"window {i + 1} only (steps {start + 1}-{end - 1})", _all_but(N, start, end), 1.0))
     out += [(f"γ = {g} in window 1", placed, g) for g in gammas]
-    return out
+    return out + [(f"placed at {p}", p, 1.0) for p in placements]
 
 
 def _all_but(N: int, start: int, end: int) -> list[int]:
     return [s for s in range(N) if not start < s < end]
 
 
-def measure(base, shortcut: str, N: int, B: int, samples: int, gammas: list[float], batch: int) -> list[dict]:
+def measure(
+    base, shortcut: str, N: int, B: int, samples: int, gammas: list[float], placements: list[list[int]], batch: int
+) -> list[dict]:
     labels, cond = cycled_conditions(base, samples, None)
     first_window_end = full_steps(N, B)[1] if B > 1 else N
     rows = []
-    for name, full, gamma in [("vanilla", list(range(N)), 1.0), *runs(N, B, gammas)]:
+    for name, full, gamma in [("vanilla", list(range(N)), 1.0), *runs(N, B, gammas, placements)]:
         config = SamplerConfig.for_base(base, N, len(full))
         predictor = Steered(make_predictor("shortcut", load_shortcut(shortcut, base)), full, gamma, first_window_end)
         with torch.no_grad():
@@ -93,14 +97,18 @@ def main() -> None:
     p.add_argument("--budget", type=int, default=2)
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--gammas", default="1.05,1.1,1.2", help="first-window branch-difference scales")
+    p.add_argument("--placements", default="", help="other full steps of the budget, e.g. '0,3;0,5'")
     p.add_argument("--batch", type=int, default=200)
     p.add_argument("--out", default=None, help="write the rows here (JSON)")
     args = p.parse_args()
+    placements = [[int(x) for x in spec.split(",")] for spec in args.placements.split(";") if spec]
+    if bad := [f for f in placements if len(f) != args.budget or f[0] != 0]:
+        p.error(f"placements {bad} must hold {args.budget} full steps, step 0 first")
     base = load_base(BaseSpec(args.model, device="cpu"))
     if base.scorer is None:
-        raise SystemExit(f"error: --model {args.model} brings no classifier to score accuracy with")
+        p.error(f"--model {args.model} brings no classifier to score accuracy with")
     gammas = [float(g) for g in args.gammas.split(",") if g]
-    rows = measure(base, args.shortcut, args.steps, args.budget, args.samples, gammas, args.batch)
+    rows = measure(base, args.shortcut, args.steps, args.budget, args.samples, gammas, placements, args.batch)
     print(f"\n| run (N{args.steps}B{args.budget}, {args.samples} samples) | full steps | accuracy | Fréchet |")
     print("|---|---|---|---|")
     for r in rows:
