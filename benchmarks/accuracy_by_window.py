@@ -48,7 +48,7 @@ class Steered(ProbedPredictor):
         return torch.cat([uncond + self.gamma * (cond - uncond), uncond])
 
     def record(self, step, out, base, tokens, cond) -> None:
-        pass
+        pass  # it steers; nothing to record
 
 
 def runs(N: int, B: int, gammas: list[float], placements: list[list[int]]) -> list[tuple[str, list[int], float]]:
@@ -59,18 +59,16 @@ def runs(N: int, B: int, gammas: list[float], placements: list[list[int]]) -> li
     out = [("shortcut", placed, 1.0)]
     for i, (start, end) in enumerate(zip(bounds, bounds[1:])):
         if end - start > 1:  # shortcut steps start+1 … end−1 only; every other step full
-            out.append((f"window {i + 1} only (steps {start + 1}-{end - 1})", _all_but(N, start, end), 1.0))
+            full = [s for s in range(N) if not start < s < end]
+            out.append((f"window {i + 1} only (steps {start + 1}-{end - 1})", full, 1.0))
     out += [(f"γ = {g} in window 1", placed, g) for g in gammas]
     return out + [(f"placed at {p}", p, 1.0) for p in placements]
-
-
-def _all_but(N: int, start: int, end: int) -> list[int]:
-    return [s for s in range(N) if not start < s < end]
 
 
 def measure(
     base, shortcut: str, N: int, B: int, samples: int, gammas: list[float], placements: list[list[int]], batch: int
 ) -> list[dict]:
+    """Accuracy and Fréchet distance of vanilla N and of each of `runs`, on the bench's samples."""
     labels, cond = cycled_conditions(base, samples, None)
     first_window_end = full_steps(N, B)[1] if B > 1 else N
     rows = []
