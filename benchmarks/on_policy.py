@@ -73,6 +73,11 @@ def variants(steps: int, batch: int) -> dict[str, dict]:
         # forward (cheaper than the default 1 block of width 32, 0.23); 2 blocks of width 32, 0.41
         "on-policy-deep3": {**on_policy(), "arch_config": {"blocks": 3, "bottleneck": 4}},
         "on-policy-deep2": {**on_policy(), "arch_config": {"blocks": 2, "bottleneck": 2}},
+        "on-policy-b2-deep2": {
+            **on_policy(fraction=0.75, budgets=[2], start=steps // 8),
+            "loss": "mse+kl",
+            "arch_config": {"blocks": 2, "bottleneck": 2},
+        },
     }
 
 
