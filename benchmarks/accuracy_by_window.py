@@ -70,11 +70,12 @@ def measure(
 ) -> list[dict]:
     """Accuracy and Fréchet distance of vanilla N and of each of `runs`, on the bench's samples."""
     labels, cond = cycled_conditions(base, samples, None)
+    model = load_shortcut(shortcut, base)  # once: every run wraps the same weights
     first_window_end = full_steps(N, B)[1] if B > 1 else N
     rows = []
     for name, full, gamma in [("vanilla", list(range(N)), 1.0), *runs(N, B, gammas, placements)]:
         config = SamplerConfig.for_base(base, N, len(full))
-        predictor = Steered(make_predictor("shortcut", load_shortcut(shortcut, base)), full, gamma, first_window_end)
+        predictor = Steered(make_predictor("shortcut", model), full, gamma, first_window_end)
         with torch.no_grad():
             s = sample_many(base, labels, config, 0, batch, predictor=predictor, cond=cond)
         with warnings.catch_warnings():

@@ -54,8 +54,6 @@ class BranchProbe(ProbedPredictor):
 
 def measure(base, shortcut: str, steps: int, budget: int, samples: int, batch: int) -> list[dict]:
     config = SamplerConfig.for_base(base, steps, budget)
-    if config.guidance <= 0:
-        raise SystemExit("error: the base samples without guidance: there is no branch difference to measure")
     probe = BranchProbe(make_predictor("shortcut", load_shortcut(shortcut, base)))
     with torch.no_grad():
         for start in range(0, samples, batch):
@@ -75,6 +73,8 @@ def main() -> None:
     p.add_argument("--out", default=None, help="write the rows here (JSON)")
     args = p.parse_args()
     base = load_base(BaseSpec(args.model, device="cpu"))
+    if base.sampler_defaults.get("guidance", 0) <= 0:
+        p.error(f"--model {args.model} samples without guidance: there is no branch difference to measure")
     result = {"model": args.model, "steps": args.steps, "budget": args.budget, "samples": args.samples}
     result["shortcuts"] = {
         s: measure(base, s, args.steps, args.budget, args.samples, args.batch) for s in args.shortcut

@@ -7,7 +7,7 @@ Trains tiny-transformers of the same size, steps, batch and seed from live rollo
 `--data DIR`, a dumped dataset for the teacher-forced variants): teacher-forced K = 1, on-policy
 (`--on-policy 0.5 --on-policy-budget 2,3,4` from a quarter of the steps on), budget-aware
 (`--chain-budget 2`, the MSE and KL at every chained step) and both together (`--variants` adds
-`--rollout 3` and two on-policy settings), then runs one `migm bench` at N32B4, N16B2, N32B6, N16B3
+`--rollout 3`, two more on-policy settings and deeper shortcuts), then runs one `migm bench` at N32B4, N16B2, N32B6, N16B3
 beside vanilla N16 / N32, cache and taylor: bootstrap 95% intervals, rollout fidelity.
 `--model dimoo-digits` trains the DiMOO shortcut and benches N8B2, N16B4 against ML-Cache at the same
 refresh steps (token agreement and fidelity intervals in `ml_cache_checks`).
@@ -59,25 +59,22 @@ def variants(steps: int, batch: int) -> dict[str, dict]:
         return {"on_policy": OnPolicyConfig(**{"fraction": 0.5, "budgets": [2, 3, 4], "start": steps // 4, **options})}
 
     chains = {"chain_budget": 2, "loss": "mse+kl", "batch_size": max(1, batch // 4)}
+    # every on-policy rollout at the hardest target budget, most of each batch, KL on
+    b2 = {**on_policy(fraction=0.75, budgets=[2], start=steps // 8), "loss": "mse+kl"}
+    # deeper shortcuts (maskgit-digits' tiny-transformer): 3 blocks of width 16, 0.18 of a base forward
+    # (cheaper than the default 1 block of width 32, 0.23); 2 blocks of width 32, 0.41
+    deep3, deep2 = {"arch_config": {"blocks": 3, "bottleneck": 4}}, {"arch_config": {"blocks": 2, "bottleneck": 2}}
     return {
         "tf-k1": {},
         "tf-k3": {"rollout": 3},
         "on-policy": on_policy(),
         "chain-b2": chains,
-        # every on-policy rollout at the hardest target budget, most of each batch, KL on
-        "on-policy-b2": {**on_policy(fraction=0.75, budgets=[2], start=steps // 8), "loss": "mse+kl"},
-        # the logits' KL weighted as much as the MSE
-        "on-policy-kl1": {**on_policy(), "loss": "mse+kl", "kl_weight": 1.0},
+        "on-policy-b2": b2,
+        "on-policy-kl1": {**on_policy(), "loss": "mse+kl", "kl_weight": 1.0},  # the KL weighted as the MSE
         "on-policy+chain-b2": {**on_policy(), **chains},
-        # deeper shortcuts (maskgit-digits' tiny-transformer): 3 blocks of width 16, 0.18 of a base
-        # forward (cheaper than the default 1 block of width 32, 0.23); 2 blocks of width 32, 0.41
-        "on-policy-deep3": {**on_policy(), "arch_config": {"blocks": 3, "bottleneck": 4}},
-        "on-policy-deep2": {**on_policy(), "arch_config": {"blocks": 2, "bottleneck": 2}},
-        "on-policy-b2-deep2": {
-            **on_policy(fraction=0.75, budgets=[2], start=steps // 8),
-            "loss": "mse+kl",
-            "arch_config": {"blocks": 2, "bottleneck": 2},
-        },
+        "on-policy-deep3": {**on_policy(), **deep3},
+        "on-policy-deep2": {**on_policy(), **deep2},
+        "on-policy-b2-deep2": {**b2, **deep2},
     }
 
 
