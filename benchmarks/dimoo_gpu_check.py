@@ -12,8 +12,8 @@ and a random `dimoo-transformer` shortcut (bottleneck 2, 1 block). Three phases:
    sequence lengths; compiled: N64B11, its shapes, the compile included), then `--repeats` timed runs
    each, median; achieved TFLOP/s (counted FLOPs of both CFG branches) and MFU against the card's bf16
    dense peak (shortcut_zoo/gpu.py; blank for a card not in its table), peak memory per config;
-   speedups measured, ideal (counted FLOPs) and published (over 4x at N64B11; the paper reports 4-6x).
-   Order: eager batch 1, compiled batch 1, eager batch 4, compiled batch 4 (the published batch first).
+   speedups measured, ideal (counted FLOPs) and published (over 4x at N64B11; the paper reports 4-6x);
+   how far the compiled configs' tokens agree with the eager ones' (same seeds). Order: eager batch 1, compiled batch 1, eager batch 4, compiled batch 4 (the published batch first).
 
 Before phase 2: which fused attention kernels (flash, memory-efficient) the base and the shortcut run on
 under the rollout's autocast, and why not where not (torch's own reasons).
@@ -49,7 +49,7 @@ import torch.nn as nn
 from migm.shortcut_zoo.archs import build_for_base
 from migm.shortcut_zoo.bench import cpu_name
 from migm.shortcut_zoo.cost import relative_cost
-from migm.shortcut_zoo.gpu import peak_tflops, sdpa_backends, utilisation
+from migm.shortcut_zoo.gpu import peak_tflops, sdpa_backends, token_agreement, utilisation
 from migm.shortcut_zoo.predictors import make_predictor
 from migm.trajectories.base import resolve_device
 from migm.trajectories.base.dimoo import DiMOO
@@ -58,7 +58,7 @@ from migm.trajectories.base.dimoo_loading import DTYPES, load_tokenizer
 from migm.trajectories.base.llada import LLaDA, LLaDAConfig, RMSNorm
 from migm.trajectories.compile import compile_base, compile_shortcut
 from migm.trajectories.errors import MigmError
-from migm.trajectories.rollout import SamplerConfig, autocast, rollout, sample_seeds, stack_cond
+from migm.trajectories.rollout import RolloutResult, SamplerConfig, autocast, rollout, sample_seeds, stack_cond
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "published" / "dimoo" / "checkpoint"
@@ -223,28 +223,29 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed_rollout(base: DiMOO, cond, seeds, config: SamplerConfig, predictor) -> tuple[float, list, list]:
+def timed_rollout(base: DiMOO, cond, seeds, config: SamplerConfig, predictor) -> tuple[float, RolloutResult]:
     sync(str(base.device))
     t0 = time.perf_counter()
     result = rollout(base, cond, seeds, config, predictor=predictor)
     sync(str(base.device))
-    return time.perf_counter() - t0, result.step_times, result.full
+    return time.perf_counter() - t0, result
 
 
 def latency(base: DiMOO, shortcut: nn.Module, b: int, repeats: int, deadline: float, warmup: tuple) -> dict:
     """At batch b: a warm-up rollout (`warmup` = (N, B); its per-step times predict each config's run
     time; compiled, it compiles), then vanilla N64 and shortcut N64B* with as many of `repeats` timed runs
-    as fit before `deadline`, each with its peak GPU memory."""
+    as fit before `deadline`, each with its peak GPU memory and its last run's tokens (under "tokens")."""
     cond = base.encode_prompts([PROMPTS[i % len(PROMPTS)] for i in range(b)])
     seeds = sample_seeds(0, 0, b)
-    t_warm, step_times, full = timed_rollout(
+    t_warm, warm = timed_rollout(
         base, cond, seeds, SamplerConfig.for_base(base, *warmup), make_predictor("shortcut", shortcut)
     )
-    t_full = statistics.median(t for s, t in enumerate(step_times) if s in full)
-    t_short = statistics.median(t for s, t in enumerate(step_times) if s not in full)
+    t_full = statistics.median(t for s, t in enumerate(warm.step_times) if s in warm.full)
+    t_short = statistics.median(t for s, t in enumerate(warm.step_times) if s not in warm.full)
     budgets = (None, *BUDGETS)
     predicted = [(B or STEPS) * t_full + (STEPS - (B or STEPS)) * t_short for B in budgets]
-    out = {"warmup_s": t_warm, "ms_per_full_step": 1000 * t_full, "ms_per_shortcut_step": 1000 * t_short, "configs": {}}
+    out = {"warmup_s": t_warm, "ms_per_full_step": 1000 * t_full, "ms_per_shortcut_step": 1000 * t_short}
+    out |= {"configs": {}, "tokens": {}}
     for i, budget in enumerate(budgets):
         # as many repeats as fit while leaving one run for each config still to come (one if only it fits)
         left = deadline - time.perf_counter()
@@ -253,8 +254,11 @@ def latency(base: DiMOO, shortcut: nn.Module, b: int, repeats: int, deadline: fl
         predictor = make_predictor("shortcut", shortcut) if budget else None
         if base.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        times = [timed_rollout(base, cond, seeds, config, predictor)[0] for _ in range(runs)]
+        timed = [timed_rollout(base, cond, seeds, config, predictor) for _ in range(runs)]
+        times = [t for t, _ in timed]
         name = f"N{STEPS}" + (f"B{budget}" if budget else "")
+        if timed:
+            out["tokens"][name] = timed[-1][1].tokens
         out["configs"][name] = {
             "ms_per_image": 1000 * statistics.median(times) / b if times else None,
             "min_max_ms_per_image": [1000 * min(times) / b, 1000 * max(times) / b] if times else None,
@@ -362,7 +366,8 @@ def num(x: float | None, spec: str = ".1f") -> str:
 def run_latency(phases: Phases, base: DiMOO, shortcut: nn.Module, args, deadline: float) -> dict:
     """Phase 3 in the order of the targets: eager batch 1, compiled batch 1 (the published batch), then
     eager and compiled at --batch, as time allows. Compiling happens once, before the first compiled phase;
-    a compiled phase warms up on N64B11 itself (its shapes), an eager one on N8B4."""
+    a compiled phase warms up on N64B11 itself (its shapes), an eager one on N8B4. The models are compiled in
+    place, so the eager phases after the first compile run under torch's "force_eager" stance."""
     timings = {}
     for b in sorted({1, args.batch}):
         for mode in ("eager", "compile") if args.compile else ("eager",):
@@ -374,8 +379,25 @@ def run_latency(phases: Phases, base: DiMOO, shortcut: nn.Module, args, deadline
                 print(f"[3 latency {key}] skipped (past --max-seconds)", flush=True)
                 timings[key] = None
                 continue
-            timings[key] = phases.run(f"3 latency {key}", latency, base, shortcut, b, args.repeats, deadline, warmup)
+            with torch.compiler.set_stance("force_eager" if mode == "eager" else "default"):
+                timings[key] = phases.run(
+                    f"3 latency {key}", latency, base, shortcut, b, args.repeats, deadline, warmup
+                )
     return timings
+
+
+def compiled_vs_eager(timings: dict) -> dict:
+    """Token agreement of each compiled config with the eager one at the same batch (same seeds), where both
+    ran; takes the tokens out of `timings` (they stay out of the JSON)."""
+    tokens = {key: t.pop("tokens") for key, t in timings.items() if t}
+    out = {}
+    for key, compiled in tokens.items():
+        mode, b = key.split(" batch ")
+        for name, t in compiled.items():
+            eager = tokens.get(f"eager batch {b}", {}).get(name)
+            if mode == "compile" and eager is not None:
+                out[f"batch {b} {name}"] = token_agreement(t, eager)
+    return out
 
 
 def compile_models(base: DiMOO, shortcut: nn.Module) -> None:
@@ -463,6 +485,7 @@ def main() -> None:
     timings = run_latency(phases, base, shortcut, args, phases.start + args.max_seconds)
     utilisation_rows(timings, cost, peak)
     gains = speedups(timings, cost)
+    agreement = compiled_vs_eager(timings)
 
     prompt_ids = base.encode_prompts(PROMPTS[:2])
     lengths = [int(n) for n in (prompt_ids >= 0).sum(1)] + [base.null_cond(1).shape[1]]
@@ -480,6 +503,8 @@ def main() -> None:
         print(f"padded batch vs alone ({precision}): feature relative error {padded['feature_relative_error']:.2e}")
         print(f"  token agreement {agree}")
     print_latency(timings, gains)
+    for name, same in agreement.items():
+        print(f"compiled vs eager {name}: same tokens {same['tokens']:.4f}, same images {same['images']:.3f}")
     for name, err in phases.errors.items():
         print(f"FAILED {name}: {err}")
     print(
@@ -499,6 +524,7 @@ def main() -> None:
                 "cost": cost,
                 "latency": timings,
                 "speedups": gains,
+                "compiled_vs_eager": agreement,
                 "peak_gpu_memory_gib": {"max": max(phases.peak_gib.values()), **phases.peak_gib}
                 if phases.cuda
                 else None,

@@ -3,16 +3,17 @@ random weights. Checks bf16 / fp16 against fp32 logits, which fused attention ke
 shortcut can run on (flash, memory-efficient; why not where not), then times vanilla N32 against shortcut
 N32B12 at batch 1, 10 and 64, eager and with `--compile` (trajectories/compile.py): ms per image, achieved
 TFLOP/s from counted FLOPs (both CFG branches), MFU against the card's bf16 dense peak (blank for a card
-not in shortcut_zoo/gpu.py's table), peak memory, and the measured vs ideal N32B12 / N32 ratio.
+not in shortcut_zoo/gpu.py's table), peak memory, the measured vs ideal N32B12 / N32 ratio, and how far
+the compiled rows' tokens agree with the eager rows' (same seeds; bf16 kernels that round differently can
+flip a close draw).
 
     bash benchmarks/gpu_check.sh            # on a machine with a CUDA GPU (this check, then DiMOO's)
     bash benchmarks/gpu_check.sh --smoke    # tiny sizes on CPU (what the tests run)
 
 Time guard: no run starts past `--max-seconds` (default 170, or $MASKGIT_GPU_CHECK_SECONDS); the
 compiled rows' first run per batch is their warm-up (it compiles) and its seconds are reported; batch 64
-runs first (the targets), then 10, then 1. Prints
-a table and a JSON line. Targets (issue 28): N32 at batch 64 >= 40% MFU; N32B12 / N32 <= 0.41 at
-batch 10 and 64 (published: <= 0.44).
+runs first (the targets), then 10, then 1. Prints tables and a JSON line. Targets (issue 28): N32 at
+batch 64 >= 40% MFU; N32B12 / N32 <= 0.41 at batch 10 and 64 (published: <= 0.44).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from migm.shortcut_zoo.archs import build
 from migm.shortcut_zoo.bench import cpu_name
 from migm.shortcut_zoo.cost import relative_cost
-from migm.shortcut_zoo.gpu import peak_tflops, sdpa_backends, utilisation
+from migm.shortcut_zoo.gpu import peak_tflops, sdpa_backends, token_agreement, utilisation
 from migm.shortcut_zoo.predictors import make_predictor
 from migm.trajectories.base import resolve_device
 from migm.trajectories.base.maskgit import MaskGIT, MaskGITConfig, MaskTransformer
@@ -98,36 +99,41 @@ def attention_backends(base: MaskGIT, shortcut: torch.nn.Module, batch: int) -> 
         }
 
 
-def time_rollout(base, config: SamplerConfig, predictor, batch: int, repeats: int, deadline: float) -> dict:
+def time_rollout(base, config: SamplerConfig, predictor, batch: int, repeats: int, deadline: float) -> tuple:
     """A warm-up rollout (under --compile: the compile), then up to `repeats` timed ones, none started
-    when its predicted end is past `deadline`."""
+    when its predicted end is past `deadline`: (the row, the last run's tokens or None)."""
     cond = torch.arange(batch) % base.num_classes
     seeds = sample_seeds(0, 0, batch)
     cuda = base.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
 
+    tokens = None
+
     def run() -> float:
+        nonlocal tokens
         sync(base.device.type)
         t0 = time.perf_counter()
-        rollout(base, cond, seeds, config, predictor=predictor)
+        tokens = rollout(base, cond, seeds, config, predictor=predictor).tokens
         sync(base.device.type)
         return time.perf_counter() - t0
 
     if time.perf_counter() >= deadline:  # not even the warm-up (under --compile it may take minutes)
-        return {"warmup_s": None, "runs": 0, "ms_per_image": None, "min_max_ms_per_image": None, "peak_gib": None}
+        skipped = {"warmup_s": None, "runs": 0, "ms_per_image": None, "min_max_ms_per_image": None, "peak_gib": None}
+        return skipped, None
     warmup = run()
     times: list[float] = []
     while len(times) < repeats and time.perf_counter() + (times[-1] if times else warmup) < deadline:
         times.append(run())
     med = statistics.median(times) if times else None
-    return {
+    row = {
         "warmup_s": warmup,
         "runs": len(times),
         "ms_per_image": 1000 * med / batch if times else None,
         "min_max_ms_per_image": [1000 * min(times) / batch, 1000 * max(times) / batch] if times else None,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
     }
+    return row, tokens
 
 
 def flops_per_image(cost: dict, N: int, B: int | None, branches: int = 2) -> float:
@@ -136,9 +142,11 @@ def flops_per_image(cost: dict, N: int, B: int | None, branches: int = 2) -> flo
     return branches * (B * cost["base_flops"] + (N - B) * (cost["shortcut_flops"] + cost["head_flops"]))
 
 
-def time_rows(base, shortcut, cost: dict, args, deadline: float, peak: float | None) -> dict:
-    """Eager rows, then (unless --no-compile) the same rows compiled: mode -> batch -> config -> row."""
+def time_rows(base, shortcut, cost: dict, args, deadline: float, peak: float | None) -> tuple[dict, dict]:
+    """Eager rows, then (unless --no-compile) the same rows compiled: mode -> batch -> config -> row; and
+    how far the compiled tokens agree with the eager ones (same seeds): "batch B config" -> agreement."""
     rows: dict = {}
+    tokens: dict = {}  # (mode, batch, config) -> the last run's tokens
     for mode in ("eager", "compile") if args.compile else ("eager",):
         if mode == "compile":
             compile_base(base)
@@ -147,7 +155,8 @@ def time_rows(base, shortcut, cost: dict, args, deadline: float, peak: float | N
             for N, B in CONFIGS:
                 name = f"N{N}" + (f"B{B}" if B else "")
                 predictor = make_predictor("shortcut", shortcut) if B else None
-                row = time_rollout(base, SamplerConfig(steps=N, budget=B), predictor, batch, args.repeats, deadline)
+                config = SamplerConfig(steps=N, budget=B)
+                row, tokens[mode, batch, name] = time_rollout(base, config, predictor, batch, args.repeats, deadline)
                 if row["ms_per_image"]:
                     row["tflops"], row["mfu"] = utilisation(
                         flops_per_image(cost, N, B), row["ms_per_image"] / 1000, peak
@@ -155,7 +164,17 @@ def time_rows(base, shortcut, cost: dict, args, deadline: float, peak: float | N
                 rows.setdefault(mode, {}).setdefault(batch, {})[name] = row
                 warm = "skipped (past --max-seconds)" if row["warmup_s"] is None else f"warm-up {row['warmup_s']:.1f} s"
                 print(f"  {mode} batch {batch} {name}: {row['runs']} run(s), {warm}", flush=True)
-    return rows
+    return rows, compiled_vs_eager(tokens)
+
+
+def compiled_vs_eager(tokens: dict) -> dict:
+    """Token agreement of each compiled row with its eager row, where both ran."""
+    out = {}
+    for (mode, batch, name), compiled in tokens.items():
+        eager = tokens.get(("eager", batch, name))
+        if mode == "compile" and compiled is not None and eager is not None:
+            out[f"batch {batch} {name}"] = token_agreement(compiled, eager)
+    return out
 
 
 def ratios(rows: dict, cost: dict) -> dict:
@@ -174,7 +193,7 @@ def num(x: float | None, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
-def print_tables(rows: dict, gains: dict) -> None:
+def print_tables(rows: dict, gains: dict, agreement: dict) -> None:
     print("| mode | batch | config | ms / image | min-max | TFLOP/s | MFU | peak GiB | runs | warm-up s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for mode, batches in rows.items():
@@ -190,13 +209,15 @@ def print_tables(rows: dict, gains: dict) -> None:
     for name, g in gains.items():
         print(f"| {name} | {num(g['measured'], '.3f')} | {g['ideal']:.3f} |")
     if "compile" in rows:
-        print("| batch | config | eager / compiled ms per image |")
-        print("|---|---|---|")
+        print("| batch | config | eager / compiled ms per image | same tokens (compiled vs eager) | same images |")
+        print("|---|---|---|---|---|")
         for batch, configs in rows["compile"].items():
             for name, r in configs.items():
                 eager = rows["eager"][batch][name]["ms_per_image"]
                 speedup = eager / r["ms_per_image"] if eager and r["ms_per_image"] else None
-                print(f"| {batch} | {name} | {num(speedup, '.2f')}x |")
+                same = agreement.get(f"batch {batch} {name}", {})
+                cells = [num(same.get("tokens"), ".4f"), num(same.get("images"), ".3f")]
+                print(f"| {batch} | {name} | {num(speedup, '.2f')}x | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
@@ -234,7 +255,7 @@ def main() -> None:
     attention = attention_backends(base, shortcut, 2)
     gpu = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({cpu_name()}, {torch.get_num_threads()} threads)"
     peak = peak_tflops(gpu) if device == "cuda" else None
-    rows = time_rows(base, shortcut, cost, args, start + args.max_seconds, peak)
+    rows, agreement = time_rows(base, shortcut, cost, args, start + args.max_seconds, peak)
     gains = ratios(rows, cost)
 
     c = base.cfg
@@ -251,7 +272,7 @@ def main() -> None:
         print(f"logits {name} vs fp32: relative error {err:.2e}")
     for part, backends in attention.items():
         print(f"attention ({precision}) {part}: " + "; ".join(f"{k}: {v}" for k, v in backends.items()))
-    print_tables(rows, gains)
+    print_tables(rows, gains, agreement)
     print(
         json.dumps(
             {
@@ -267,6 +288,7 @@ def main() -> None:
                 "cost": cost,
                 "rows": {mode: {str(b): r for b, r in batches.items()} for mode, batches in rows.items()},
                 "ratios": gains,
+                "compiled_vs_eager": agreement,
                 "elapsed_s": time.perf_counter() - start,
             }
         )

@@ -63,3 +63,11 @@ def sdpa_backends(fn: Callable, *args) -> dict[str, str]:
                 ]
                 out[name] = "; ".join(reasons + detail[:2]) or str(e).strip().splitlines()[0]
     return out
+
+
+def token_agreement(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """How far two rollouts from the same seeds agree ([batch, L] tokens each, e.g. eager vs `--compile` in
+    bf16, where kernels that round differently can flip a close draw): the fraction of tokens that are equal
+    and of images whose every token is."""
+    same = a.cpu() == b.cpu()
+    return {"tokens": same.float().mean().item(), "images": same.all(dim=1).float().mean().item()}

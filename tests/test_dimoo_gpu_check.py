@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from migm.shortcut_zoo.archs import build_for_base
@@ -52,6 +53,7 @@ def test_gpu_check_sh_runs_maskgit_then_dimoo_smoke():
     assert set(rows) == {"N32", "N32B12"} and all(r["runs"] == 1 and r["ms_per_image"] > 0 for r in rows.values())
     assert all(r["tflops"] > 0 and r["mfu"] is None for r in rows.values())  # no known peak on a CPU
     assert set(maskgit["ratios"]) == {"eager batch 1"} and 0.4 < maskgit["ratios"]["eager batch 1"]["ideal"] < 1
+    assert maskgit["compiled_vs_eager"] == {} and dimoo["compiled_vs_eager"] == {}  # nothing compiled to compare
     assert set(maskgit["attention"]) == {"base", "shortcut"}
     assert all(set(a) == {"flash", "efficient"} for a in maskgit["attention"].values())
     assert 0 < maskgit["logits_relative_error"]["bf16"] < 0.1
@@ -120,3 +122,13 @@ def test_mfu_uses_the_cards_bf16_dense_peak_and_leaves_unknown_cards_blank():
     tflops, mfu = utilisation(237.4e9 * 20, 0.0444, peak_tflops("NVIDIA H100 80GB HBM3"))  # the H100 log's step
     assert round(tflops) == 107 and round(100 * mfu) == 11
     assert utilisation(1e12, 1.0, None) == (1.0, None)
+
+
+def test_token_agreement_counts_equal_tokens_and_whole_images():
+    from migm.shortcut_zoo.gpu import token_agreement
+
+    eager = torch.arange(12).view(3, 4)
+    compiled = eager.clone()
+    compiled[0, 1] = 99  # one flipped draw in the first image
+    assert token_agreement(compiled, eager) == pytest.approx({"tokens": 11 / 12, "images": 2 / 3})
+    assert token_agreement(eager, eager) == {"tokens": 1.0, "images": 1.0}
