@@ -14,6 +14,13 @@ PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
+# Import this checkout as `migm` even where it is not installed (a lent GPU machine has its own torch and
+# nothing of ours): a link named migm to it, first on PYTHONPATH.
+if ! "$PY" -c 'import migm, os, sys; sys.exit(os.path.realpath(os.path.dirname(migm.__file__)) != os.path.realpath("."))' 2>/dev/null; then
+  links="$(mktemp -d)"
+  ln -s "$PWD" "$links/migm"
+  export PYTHONPATH="$links${PYTHONPATH:+:$PYTHONPATH}"
+fi
 status=0
 "$PY" benchmarks/gpu_check.py "$@" || status=$?
 "$PY" benchmarks/dimoo_gpu_check.py "$@" || status=$?

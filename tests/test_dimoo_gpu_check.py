@@ -3,8 +3,10 @@ after the MaskGIT check, its bf16 padded-batch phase, and its full-size model bu
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -23,10 +25,24 @@ def load_check():
     return module
 
 
-def test_gpu_check_sh_runs_maskgit_then_dimoo_smoke():
-    """Both prepared checks, MaskGIT first, each printing its JSON line. Eager only: the compiled rows
-    run the same code through `compile_base` / `compile_shortcut`, whose tokens tests/test_compile.py checks
-    (an inductor compile of both smoke models takes minutes on two shared cores)."""
+def bare_python(tmp_path: Path) -> dict:
+    """Environment for a Python that has torch and the rest but not migm, as on a lent GPU machine (its own
+    torch, nothing of ours installed): this interpreter without `site` (so no editable install of migm),
+    its site-packages on PYTHONPATH as plain folders."""
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    wrapper.chmod(0o755)
+    paths = sysconfig.get_paths()
+    return {"PYTHON": str(wrapper), "PYTHONPATH": os.pathsep.join(dict.fromkeys([paths["purelib"], paths["platlib"]]))}
+
+
+def test_gpu_check_sh_runs_maskgit_then_dimoo_smoke(tmp_path):
+    """Both prepared checks, MaskGIT first, each printing its JSON line, with a Python where migm is not
+    installed (the script imports this checkout). Eager only: the compiled rows run the same code through
+    `compile_base` / `compile_shortcut`, whose tokens tests/test_compile.py checks (an inductor compile of
+    both smoke models takes minutes on two shared cores)."""
+    env = bare_python(tmp_path)
+    assert subprocess.run([env["PYTHON"], "-c", "import migm"], env=env, capture_output=True).returncode != 0
     r = subprocess.run(
         [
             "bash",
@@ -41,7 +57,7 @@ def test_gpu_check_sh_runs_maskgit_then_dimoo_smoke():
         capture_output=True,
         text=True,
         timeout=300,
-        env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
+        env={**env, "PATH": "/usr/bin:/bin"},
     )
     assert r.returncode == 0, r.stderr
     results = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
