@@ -18,6 +18,7 @@ fi
 # nothing of ours): a link named migm to it, first on PYTHONPATH.
 if ! "$PY" -c 'import migm, os, sys; sys.exit(os.path.realpath(os.path.dirname(migm.__file__)) != os.path.realpath("."))' 2>/dev/null; then
   links="$(mktemp -d)"
+  trap 'rm -rf "$links"' EXIT
   ln -s "$PWD" "$links/migm"
   export PYTHONPATH="$links${PYTHONPATH:+:$PYTHONPATH}"
 fi
